@@ -1,0 +1,3 @@
+from wapool.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The ``wapool`` command line."""

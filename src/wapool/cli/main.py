@@ -1,0 +1,65 @@
+"""``wapool`` entry point: parse arguments, load settings, run a command, map errors to exits.
+
+Every failure ends as one line on stderr and a documented exit code; no traceback reaches the
+operator for an expected error, and no secret reaches the screen.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+from wapool import __version__
+from wapool.errors import ConfigError, ExitCode, WapoolError
+from wapool.observability.logs import configure_logging
+from wapool.observability.redact import describe_error
+from wapool.settings import Settings, load_settings
+
+Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from wapool.cli import company, database, run
+
+    parser = argparse.ArgumentParser(
+        prog="wapool", description="Keeps one WhatsApp client per company connected."
+    )
+    parser.add_argument("--version", action="version", version=f"wapool {__version__}")
+    parser.add_argument(
+        "--env-file", default=".env", help="settings file read besides the environment (.env)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run.register(commands)
+    database.register(commands)
+    company.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.env_file)
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"wapool: bad configuration: {line}", file=sys.stderr)
+        return ExitCode.CONFIG
+    configure_logging(settings.log_level)
+    handler: Command = args.handler
+    try:
+        return asyncio.run(handler(settings, args))
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"wapool: bad configuration: {line}", file=sys.stderr)
+        return ExitCode.CONFIG
+    except WapoolError as exc:
+        print(f"wapool: error: {describe_error(exc).split(': ', 1)[-1]}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""PostgreSQL access: the pool, bounded queries, health tracking and migrations."""

@@ -1,0 +1,1 @@
+"""Logs, health and (later) metrics, Sentry and sd_notify."""

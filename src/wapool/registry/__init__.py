@@ -1,0 +1,1 @@
+"""The company registry: which companies this deployment keeps connected."""

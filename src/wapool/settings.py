@@ -1,0 +1,209 @@
+"""Settings from the environment and ``.env`` (prefix ``WAPOOL_``), validated up front.
+
+``load_settings`` turns every validation problem into one line that names the setting and says
+what is expected; values are never echoed, so a secret cannot leak through an error.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wapool.errors import ConfigError
+
+ENV_PREFIX = "WAPOOL_"
+PositiveFloat = Annotated[float, Field(gt=0)]
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+class Settings(BaseSettings):
+    """Every setting wapool reads; see ``.env.example`` and the README for each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    database_url: SecretStr | None = None
+    database_password: SecretStr | None = None
+    state_dir: Path = Path("/var/lib/wapool")
+    whatsapp_backend: Literal["neonize", "simulated"] = "neonize"
+
+    cache_ttl_seconds: PositiveFloat = 300.0
+    cache_sweep_seconds: PositiveFloat = 60.0
+    cache_max_entries: int = Field(10_000, ge=1)
+    key_retention_days: int = Field(30, ge=1)
+    cleanup_cron: str = "0 3 * * *"
+    companies_per_worker: int = Field(50, ge=1, le=1000)
+    http_addr: str = "127.0.0.1:8787"
+
+    db_pool_min_size: int = Field(2, ge=1)
+    db_pool_max_size: int = Field(6, ge=2)
+    db_connect_timeout_seconds: int = Field(2, ge=1, le=60)
+    db_pool_timeout_seconds: PositiveFloat = 2.0
+    db_reconnect_timeout_seconds: PositiveFloat = 2.0
+    db_query_timeout_seconds: PositiveFloat = 5.0
+    db_tcp_user_timeout_ms: int = Field(5_000, ge=0)
+    db_keepalives_idle_seconds: int = Field(10, ge=1)
+    db_keepalives_interval_seconds: int = Field(3, ge=1)
+    db_keepalives_count: int = Field(3, ge=1)
+    db_max_lifetime_seconds: PositiveFloat = 3600.0
+    db_max_idle_seconds: PositiveFloat = 600.0
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    sentry_dsn: SecretStr | None = None
+    sentry_environment: str = "production"
+    telegram_bot_token: SecretStr | None = None
+    telegram_chat_id: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parse_conninfo(value.get_secret_value())
+        return value
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_usable(cls, value: Path) -> Path:
+        path = value.expanduser().absolute()
+        probe = path
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"must be a directory; {probe} is not one")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"must be a directory wapool can write; {probe} is not writable")
+        return path
+
+    @field_validator("cleanup_cron")
+    @classmethod
+    def _cron_parses(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError:
+            raise ValueError(
+                "must be a five-field crontab expression like '0 3 * * *' (minute hour "
+                "day month weekday, UTC)"
+            ) from None
+        return value
+
+    @field_validator("http_addr")
+    @classmethod
+    def _http_addr_well_formed(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _telegram_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http:// or https:// base URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _pool_sizes(self) -> Settings:
+        if self.db_pool_max_size <= self.db_pool_min_size:
+            raise ValueError(
+                "WAPOOL_DB_POOL_MAX_SIZE must be greater than WAPOOL_DB_POOL_MIN_SIZE "
+                "(the spare room is how the pool reconnects quickly after an outage)"
+            )
+        return self
+
+    def require_database_url(self) -> str:
+        """The libpq connection string, with ``WAPOOL_DATABASE_PASSWORD`` applied."""
+        if self.database_url is None:
+            raise ConfigError(
+                [
+                    "WAPOOL_DATABASE_URL: required; expected a PostgreSQL URL such as "
+                    "postgresql://wapool@db.example:5432/wapool"
+                ]
+            )
+        from psycopg.conninfo import make_conninfo
+
+        url = self.database_url.get_secret_value()
+        if self.database_password is not None:
+            return make_conninfo(url, password=self.database_password.get_secret_value())
+        return url
+
+    def safe_database_target(self) -> str:
+        """Where the database is, for logs: host, port and database name, never the password."""
+        if self.database_url is None:
+            return "unset"
+        parts = parse_conninfo(self.database_url.get_secret_value())
+        host = parts.get("host") or parts.get("hostaddr") or "local socket"
+        return (
+            f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or parts.get('user') or ''}"
+        )
+
+
+def parse_conninfo(value: str) -> dict[str, Any]:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    if value.startswith(("postgres://", "postgresql://")) or "=" in value:
+        try:
+            return conninfo_to_dict(value)
+        except ProgrammingError:
+            pass
+    raise ValueError(
+        "must be a PostgreSQL URL such as postgresql://wapool@db.example:5432/wapool "
+        "(or a libpq key=value string)"
+    )
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Parse ``host:port`` (``[v6]:port`` for IPv6); raise ValueError with the expected form."""
+    expected = "must be HOST:PORT, e.g. 127.0.0.1:8787 or [::1]:8787, with a port from 0 to 65535"
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([^:\[\]\s]+):(\d{1,5})", value)
+    if not match:
+        raise ValueError(expected)
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ValueError(expected)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if match.group(1) or not _HOSTNAME.match(host):
+            raise ValueError(expected) from None
+    return host, port
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read and validate settings, or raise ``ConfigError`` with one line per bad setting."""
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling against .env.example)"
+        elif error["type"] == "missing":
+            message = "required"
+        field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
+        if field:
+            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+        else:
+            lines.append(message)
+    return lines
