@@ -75,9 +75,7 @@ class FallbackCache(Generic[K, V]):
     def sweep(self) -> int:
         """Drop expired entries now (the scheduler calls this); return how many went."""
         with self._lock:
-            before = len(self._entries)
-            self._entries.expire()
-            return before - len(self._entries)
+            return len(self._entries.expire())
 
     def stats(self) -> CacheStats:
         with self._lock:

@@ -203,7 +203,8 @@ def _describe(exc: ValidationError) -> list[str]:
             message = "required"
         field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))
         if field:
-            lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+            name = field.upper()
+            lines.append(f"{name if name.startswith(ENV_PREFIX) else ENV_PREFIX + name}: {message}")
         else:
             lines.append(message)
     return lines

@@ -23,6 +23,7 @@ def register(commands: Any) -> None:
 async def open_database(settings: Settings) -> AsyncIterator[Database]:
     """A small pool for a one-shot command; fails fast when PostgreSQL is unreachable."""
     db = Database.from_settings(settings, min_size=1)
+    await db.probe(timeout=settings.db_connect_timeout_seconds + 1.0)
     await db.open(wait=True)
     try:
         yield db

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
@@ -46,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for line in exc.problems:
             print(f"wapool: bad configuration: {line}", file=sys.stderr)
         return ExitCode.CONFIG
-    configure_logging(settings.log_level)
+    # One-shot commands speak through their output and exit code; only the daemon logs events.
+    configure_logging(settings.log_level if args.command == "run" else "ERROR")
     handler: Command = args.handler
     try:
         return asyncio.run(handler(settings, args))
@@ -59,6 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for DEBUG
+        logging.getLogger("wapool").debug("internal_error", exc_info=True)
+        print(
+            f"wapool: internal error: {describe_error(exc)} "
+            "(run with WAPOOL_LOG_LEVEL=DEBUG for the traceback)",
+            file=sys.stderr,
+        )
+        return ExitCode.FAILURE
 
 
 if __name__ == "__main__":

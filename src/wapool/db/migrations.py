@@ -92,7 +92,8 @@ async def migrate(conn: AsyncConnection[Any]) -> list[Migration]:
                     (migration.version, migration.name, migration.sha256),
                 )
             log.info(
-                "migration_applied", extra={"version": migration.version, "name": migration.name}
+                "migration_applied",
+                extra={"version": migration.version, "migration": migration.name},
             )
             done.append(migration)
         return done

@@ -90,11 +90,18 @@ class Database:
     """Bounded access to PostgreSQL through the pool, feeding ``DatabaseHealth``."""
 
     def __init__(
-        self, pool: AsyncConnectionPool[Conn], health: DatabaseHealth, query_timeout: float
+        self,
+        pool: AsyncConnectionPool[Conn],
+        health: DatabaseHealth,
+        query_timeout: float,
+        conninfo: str = "",
+        connect_kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.pool = pool
         self.health = health
         self.query_timeout = query_timeout
+        self._conninfo = conninfo
+        self._connect_kwargs = connect_kwargs or {}
 
     @classmethod
     def from_settings(
@@ -108,7 +115,9 @@ class Database:
         pool = build_pool(settings, health, min_size=min_size)
         # The whole call: waiting for a connection, then the work, then the commit.
         budget = settings.db_pool_timeout_seconds + settings.db_query_timeout_seconds
-        return cls(pool, health, budget)
+        return cls(
+            pool, health, budget, settings.require_database_url(), connection_kwargs(settings)
+        )
 
     async def open(self, *, wait: bool = False) -> None:
         try:
@@ -116,6 +125,19 @@ class Database:
         except UNAVAILABLE_ERRORS as exc:
             self.health.mark_down(exc)
             raise DatabaseUnavailable(f"PostgreSQL unreachable: {describe_error(exc)}") from None
+
+    async def probe(self, timeout: float) -> None:
+        """Connect once outside the pool, to report the real reason PostgreSQL is unreachable."""
+        try:
+            conn = await bounded(
+                AsyncConnection.connect(self._conninfo, **self._connect_kwargs),
+                timeout,
+                "connect",
+            )
+        except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
+            self.health.mark_down(exc)
+            raise DatabaseUnavailable(f"PostgreSQL unreachable: {describe_error(exc)}") from None
+        await conn.close()
 
     async def close(self) -> None:
         await self.pool.close(timeout=2.0)

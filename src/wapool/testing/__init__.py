@@ -1,0 +1,1 @@
+"""Helpers for tests, drills and benchmarks (not used by the daemon itself)."""

@@ -1,0 +1,117 @@
+"""Shared fixtures: one throwaway PostgreSQL cluster per run, a migrated template database
+cloned per test, a fault proxy in front of it, and settings pointing at either."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from wapool.db.migrations import migrate
+from wapool.devdb import Cluster, free_port
+from wapool.settings import Settings, load_settings
+from wapool.testing.fault_proxy import FaultProxy
+
+TEMPLATE = "wapool_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("pg")
+    root.parent.chmod(0o755)
+    root.parent.parent.chmod(0o755)
+    pg = Cluster(root / "cluster", free_port(), durable=False)
+    pg.start()
+    with psycopg.connect(pg.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+
+    async def migrate_template() -> None:
+        async with await psycopg.AsyncConnection.connect(pg.url(TEMPLATE)) as conn:
+            await migrate(conn)
+
+    asyncio.run(migrate_template())
+    yield pg
+    pg.stop("immediate")
+
+
+@pytest.fixture
+def running_cluster(cluster: Cluster) -> Cluster:
+    """The shared cluster, started again if an earlier test stopped it."""
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture
+def database_url(running_cluster: Cluster) -> Iterator[str]:
+    """A fresh database cloned from the migrated template, dropped after the test."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    admin = running_cluster.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(TEMPLATE)
+            )
+        )
+    yield running_cluster.url(name)
+    running_cluster.start()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def empty_database_url(running_cluster: Cluster) -> Iterator[str]:
+    """A fresh database that has never been migrated."""
+    name = f"e_{os.getpid()}_{next(_counter)}"
+    admin = running_cluster.url("postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield running_cluster.url(name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+async def proxy(running_cluster: Cluster) -> AsyncIterator[FaultProxy]:
+    async with FaultProxy("127.0.0.1", running_cluster.port) as fault_proxy:
+        yield fault_proxy
+
+
+def proxied(url: str, proxy: FaultProxy) -> str:
+    """The same database, reached through the fault proxy."""
+    host_port = url.split("@", 1)[1].split("/", 1)
+    return url.replace(host_port[0], f"127.0.0.1:{proxy.port}")
+
+
+def make_settings(url: str | None, state_dir: Path, **overrides: Any) -> Settings:
+    return load_settings(None, database_url=url, state_dir=state_dir, **overrides)
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return make_settings(database_url, tmp_path / "state")
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``wapool ARGS`` in a child process with only the given WAPOOL_ settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "wapool", *args],
+        env={**base, **(env or {})},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
