@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,11 +28,10 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    root = tmp_path_factory.mktemp("pg")
-    root.parent.chmod(0o755)
-    root.parent.parent.chmod(0o755)
-    pg = Cluster(root / "cluster", free_port(), durable=False)
+def cluster() -> Iterator[Cluster]:
+    # Not under pytest's 0700 temp folders: the postgres user must reach the data folder.
+    root = Path(tempfile.mkdtemp(prefix="wapool-test-pg-"))
+    pg = Cluster(root, free_port(), durable=False)
     pg.start()
     with psycopg.connect(pg.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
@@ -42,6 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     asyncio.run(migrate_template())
     yield pg
     pg.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

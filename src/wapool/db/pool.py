@@ -13,6 +13,7 @@ the server's return, and a blackholed link fails fast instead of hanging (figure
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, LiteralString, TypeVar
@@ -63,14 +64,29 @@ def build_pool(
     """The pool wapool uses, not yet open (``await pool.open()``)."""
     check_timeout = float(settings.db_connect_timeout_seconds)
 
+    sweeping: set[asyncio.Task[None]] = set()
+
     async def check(conn: Conn) -> None:
-        await bounded(AsyncConnectionPool.check_connection(conn), check_timeout, "connection check")
+        try:
+            await bounded(
+                AsyncConnectionPool.check_connection(conn), check_timeout, "connection check"
+            )
+        except Exception:
+            # One broken idle connection usually means all of them are (server restart, cut
+            # link). psycopg_pool would try them one by one with a growing delay between
+            # tries; sweep them all at once instead so the next try gets a fresh connection.
+            if not sweeping and pool_ref:
+                task = asyncio.create_task(pool_ref[0].check(), name="pool-sweep")
+                sweeping.add(task)
+                task.add_done_callback(sweeping.discard)
+            raise
 
     async def reconnect_failed(pool: AsyncConnectionPool[Conn]) -> None:
         health.mark_down(f"reconnection to PostgreSQL failed for {pool.reconnect_timeout:g} s")
 
+    pool_ref: list[AsyncConnectionPool[Conn]] = []
     min_conns = settings.db_pool_min_size if min_size is None else min_size
-    return AsyncConnectionPool(
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
         settings.require_database_url(),
         kwargs=connection_kwargs(settings),
         min_size=min_conns,
@@ -84,6 +100,8 @@ def build_pool(
         open=False,
         name="wapool",
     )
+    pool_ref.append(pool)
+    return pool
 
 
 class Database:

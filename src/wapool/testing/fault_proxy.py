@@ -31,6 +31,7 @@ class FaultProxy:
         self.mode = Mode.FORWARD
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
         self.accepted = 0
 
     async def start(self) -> None:
@@ -39,6 +40,8 @@ class FaultProxy:
     async def close(self) -> None:
         await self._stop_listening()
         self._reset_all()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=5)
 
     async def __aenter__(self) -> FaultProxy:
         await self.start()
@@ -94,6 +97,10 @@ class FaultProxy:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
+            handler.add_done_callback(self._handlers.discard)
         link = _Link(writer)
         self._links.add(link)
         try:
