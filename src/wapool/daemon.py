@@ -17,6 +17,7 @@ from wapool.cache import FallbackCache
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode
+from wapool.observability.redact import describe_error
 from wapool.registry.company import Company
 from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
@@ -30,7 +31,13 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.stop = asyncio.Event()
+        self.failure: str | None = None
         self._loop = asyncio.get_running_loop()
+
+    def fail(self, reason: str) -> None:
+        """Stop because something vital broke; the daemon then exits non-zero."""
+        self.failure = reason
+        self.stop.set()
 
     def install(self) -> None:
         self._loop.add_signal_handler(signal.SIGTERM, self._on_signal, signal.SIGTERM)
@@ -75,7 +82,28 @@ async def _refresh_registry(registry: Registry, every: float, stop: asyncio.Even
             await registry.active_companies()
 
 
+def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
+    """A vital side task that dies takes the daemon down (systemd restarts it), loudly."""
+
+    def done(finished: asyncio.Task[None]) -> None:
+        if finished.cancelled() or finished.exception() is None:
+            return
+        exc = finished.exception()
+        error = describe_error(exc) if exc else ""
+        log.error("task_failed", extra={"task": finished.get_name(), "error": error}, exc_info=exc)
+        signals.fail(f"{finished.get_name()}: {error}")
+
+    task.add_done_callback(done)
+
+
+def prepare_state_dir(settings: Settings) -> None:
+    """The state directory exists and only wapool's user can read it."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    settings.state_dir.chmod(0o700)
+
+
 async def run_daemon(settings: Settings) -> int:
+    prepare_state_dir(settings)
     signals = StopSignals()
     signals.install()
     db = Database.from_settings(settings)
@@ -103,8 +131,9 @@ async def run_daemon(settings: Settings) -> int:
             _refresh_registry(registry, settings.cache_sweep_seconds, signals.stop),
             name="registry-refresh",
         )
+        _stop_if_it_dies(refresher, signals)
         await signals.stop.wait()
-        return ExitCode.OK
+        return ExitCode.FAILURE if signals.failure else ExitCode.OK
     finally:
         if refresher is not None:
             refresher.cancel()

@@ -73,6 +73,7 @@ class Cluster:
             return
         self.root.mkdir(parents=True, exist_ok=True)
         self.root.chmod(0o755)  # the postgres user must reach the data folder
+        self._check_reachable()
         self.data.mkdir(mode=0o700, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.data, SUPERUSER, SUPERUSER)
@@ -81,6 +82,21 @@ class Cluster:
             "initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8",
             "--locale=C.UTF-8", "--no-instructions",
         )  # fmt: skip
+
+    def _check_reachable(self) -> None:
+        if os.geteuid() != 0:
+            return
+        probe = subprocess.run(
+            ["runuser", "-u", SUPERUSER, "--", "test", "-x", str(self.root)],
+            capture_output=True,
+            check=False,
+        )
+        if probe.returncode != 0:
+            raise ClusterError(
+                f"the postgres user cannot reach {self.root} (a parent folder is private): "
+                "set WAPOOL_DEVDB_DIR to a folder under a world-searchable path, "
+                "e.g. WAPOOL_DEVDB_DIR=/var/tmp/wapool-devdb"
+            )
 
     def start(self) -> None:
         self.init()
@@ -144,18 +160,21 @@ class Cluster:
             raise ClusterError(f"{binary} failed: {detail[-1] if detail else result.returncode}")
 
 
-def _configured_url() -> str | None:
-    if os.environ.get("WAPOOL_DATABASE_URL"):
-        return os.environ["WAPOOL_DATABASE_URL"]
+def _configured(name: str) -> str | None:
+    """A setting from the environment or ``.env``, as wapool itself would find it."""
+    if os.environ.get(name):
+        return os.environ[name]
     from dotenv import dotenv_values
 
-    return dotenv_values(".env").get("WAPOOL_DATABASE_URL") or None
+    return dotenv_values(".env").get(name) or None
 
 
 def _run_with_cluster(cluster: Cluster, command: Sequence[str]) -> int:
     started = False
     env = dict(os.environ)
-    if _configured_url() is None:
+    if _configured("WAPOOL_STATE_DIR") is None:
+        env["WAPOOL_STATE_DIR"] = str(Path(".state").absolute())
+    if _configured("WAPOOL_DATABASE_URL") is None:
         started = not cluster.running()
         cluster.start()
         cluster.ensure_database()

@@ -1,0 +1,45 @@
+# wapool — see README.md. Every target creates the virtualenv first when needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv run test lint format bench devdb-start devdb-stop clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+## Run the daemon in the foreground; starts a local PostgreSQL when WAPOOL_DATABASE_URL is unset.
+run: venv
+	$(BIN)/python -m wapool.devdb run -- sh -c '"$(BIN)/wapool" migrate && exec "$(BIN)/wapool" run'
+
+## The whole suite, lint included; starts its own throwaway PostgreSQL cluster.
+test: venv lint
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+
+format: venv
+	$(BIN)/ruff check --fix src tests bench
+	$(BIN)/ruff format src tests bench
+
+## Benchmarks: figures printed, recorded in the README.
+bench: venv
+	$(BIN)/python bench/pool_recovery.py
+
+devdb-start: venv
+	$(BIN)/python -m wapool.devdb start
+
+devdb-stop: venv
+	$(BIN)/python -m wapool.devdb stop
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,139 @@
+"""``wapool run`` as operators run it: a real child process, real signals, real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from wapool.errors import ExitCode
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _start(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
+    return subprocess.Popen(
+        [sys.executable, *args],
+        env={**base, **env},
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
+    """Read stderr lines until one contains needle; return everything read."""
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen.append(line.rstrip("\n"))
+        if needle in line:
+            return seen
+    raise AssertionError(f"{needle!r} not logged; got {seen}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_runs_until_signalled_then_stops_cleanly(
+    database_url: str, tmp_path: Path, sig: signal.Signals
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('962302'), ('acme')")
+        conn.execute("UPDATE companies SET enabled = false WHERE id = 'acme'")
+    env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(tmp_path)}
+    proc = _start(env, tmp_path, "-m", "wapool", "run")
+    try:
+        lines = _wait_for_line(proc, "event=daemon_ready")
+        ready = lines[-1]
+        assert "schema_version=1" in ready
+        assert "companies=1" in ready
+        assert all(" level=" in line and " event=" in line for line in lines)
+        assert "\x1b[" not in "".join(lines)  # no colour codes off a terminal
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.OK, err
+    assert f"event=stop_requested signal={sig.name}" in err
+    assert "event=daemon_stopped" in err
+
+
+def test_waits_for_an_unreachable_database_and_still_stops(tmp_path: Path) -> None:
+    secret = "Sup3rS3cret"
+    env = {
+        "WAPOOL_DATABASE_URL": f"postgresql://wapool:{secret}@127.0.0.1:1/wapool",
+        "WAPOOL_STATE_DIR": str(tmp_path),
+    }
+    proc = _start(env, tmp_path, "-m", "wapool", "run")
+    try:
+        lines = _wait_for_line(proc, "event=waiting_for_database")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.OK
+    assert secret not in "\n".join(lines) + err
+    assert "database=127.0.0.1:1/wapool" in "\n".join(lines)
+
+
+def test_journal_lines_carry_syslog_priorities(database_url: str, tmp_path: Path) -> None:
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path),
+        "JOURNAL_STREAM": "8:1234",
+    }
+    proc = _start(env, tmp_path, "-m", "wapool", "run")
+    try:
+        lines = _wait_for_line(proc, "event=daemon_ready")
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert lines[-1].startswith("<6>level=info ")
+    assert "ts=" not in lines[-1]  # the journal stamps lines itself
+
+
+def test_second_sigint_forces_exit(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, logging, sys
+        from wapool.daemon import StopSignals
+        from wapool.observability.logs import configure_logging
+
+        async def main():
+            signals = StopSignals()
+            signals.install()
+            print("ready", file=sys.stderr, flush=True)
+            await signals.stop.wait()
+            print("slow shutdown", file=sys.stderr, flush=True)
+            await asyncio.sleep(30)
+
+        configure_logging("INFO")
+        asyncio.run(main())
+        """
+    )
+    proc = _start({}, tmp_path, "-c", script)
+    try:
+        _wait_for_line(proc, "ready")
+        proc.send_signal(signal.SIGINT)
+        _wait_for_line(proc, "slow shutdown")
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.INTERRUPTED
+    assert time.monotonic() - started < 5
+    assert "event=forced_exit signal=SIGINT" in err
