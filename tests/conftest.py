@@ -21,7 +21,11 @@ from psycopg import sql
 from wapool.db.migrations import migrate
 from wapool.devdb import Cluster, free_port
 from wapool.settings import Settings, load_settings
+from wapool.store.capture import install_capture
+from wapool.store.changelog import last_seq, trim
+from wapool.store.working_store import connect, prepare_dir
 from wapool.testing.fault_proxy import FaultProxy
+from wapool.whatsapp.neonize_store import create_schema
 
 TEMPLATE = "wapool_template"
 _counter = itertools.count()
@@ -96,6 +100,27 @@ def proxied(url: str, proxy: FaultProxy) -> str:
 
 def make_settings(url: str | None, state_dir: Path, **overrides: Any) -> Settings:
     return load_settings(None, database_url=url, state_dir=state_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+def whatsmeow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working store with whatsmeow's real schema, created by neonize once per run."""
+    path = tmp_path_factory.mktemp("whatsmeow") / "template.db"
+    assert create_schema([path]) == {path: []}
+    return path
+
+
+def new_store(template: Path, state_dir: Path, company_id: str) -> Path:
+    """A fresh working store for a company: the neonize-made schema plus change capture."""
+    path = prepare_dir(state_dir, company_id)
+    shutil.copyfile(template, path)
+    conn = connect(path)
+    try:
+        install_capture(conn)
+        trim(conn, last_seq(conn))  # start with an empty log
+    finally:
+        conn.close()
+    return path
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -39,10 +40,20 @@ class CacheStats:
 
 
 class FallbackCache(Generic[K, V]):
-    def __init__(self, ttl_seconds: float, max_entries: int, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        ttl_seconds: float,
+        max_size: int,
+        clock: Clock | None = None,
+        sizeof: Callable[[V], int] | None = None,
+    ) -> None:
+        """``max_size`` counts entries, or units of ``sizeof`` (e.g. bytes) when given."""
         self._clock = clock or SystemClock()
         self._entries: TTLCache[K, tuple[V, float]] = TTLCache(
-            maxsize=max_entries, ttl=ttl_seconds, timer=self._clock.monotonic
+            maxsize=max_size,
+            ttl=ttl_seconds,
+            timer=self._clock.monotonic,
+            getsizeof=(lambda entry: sizeof(entry[0])) if sizeof else None,
         )
         self._lock = threading.Lock()
         self.ttl_seconds = ttl_seconds
@@ -67,6 +78,12 @@ class FallbackCache(Generic[K, V]):
             self.hits += 1
             self.last_hit_age_seconds = age
             return Recalled(copy.deepcopy(value), age)
+
+    def peek_age(self, key: K) -> float | None:
+        """Age of the cached value, without counting a hit or a miss."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return None if entry is None else self._clock.monotonic() - entry[1]
 
     def forget(self, key: K) -> None:
         with self._lock:

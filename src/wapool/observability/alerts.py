@@ -1,0 +1,77 @@
+"""Events operators must hear about, sent to Sentry (and logged) with wapool's tags.
+
+Each function is one kind of event; callers decide *when* (e.g. once per outage), this module
+decides *how*. Without a configured Sentry client the events are only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import sentry_sdk
+
+log = logging.getLogger("wapool.alerts")
+
+Level = Literal["info", "warning", "error"]
+
+
+def _send(message: str, level: Level, company_id: str, component: str, **extra: Any) -> None:
+    log.log(
+        {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}[level],
+        message,
+        extra={"company": company_id, "component": component, **extra},
+    )
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("company_id", company_id)
+        scope.set_tag("component", component)
+        for key, value in extra.items():
+            scope.set_extra(key, value)
+        sentry_sdk.capture_message(message, level=level)
+
+
+def postgres_outage(company_id: str, error: str, cache_age_seconds: float | None) -> None:
+    """Once per outage per company: its changes are piling up locally."""
+    _send(
+        "postgres_outage_fallback",
+        "warning",
+        company_id,
+        "mirror",
+        error=error,
+        cache_age_seconds=None if cache_age_seconds is None else round(cache_age_seconds, 1),
+    )
+
+
+def postgres_recovered(company_id: str, outage_seconds: float, rows_replayed: int) -> None:
+    _send(
+        "postgres_recovered",
+        "info",
+        company_id,
+        "mirror",
+        outage_seconds=round(outage_seconds, 1),
+        rows_replayed=rows_replayed,
+    )
+
+
+def copy_rejected(company_id: str, reason: str) -> None:
+    _send("mirror_rejected", "error", company_id, "mirror", reason=reason)
+
+
+def restore_failed(company_id: str, reason: str) -> None:
+    _send("restore_failed", "error", company_id, "restore", reason=reason)
+
+
+def store_restored(company_id: str, source: str, reason: str) -> None:
+    _send("store_restored", "warning", company_id, "restore", source=source, reason=reason)
+
+
+def disk_low(state_dir: str, free_bytes: int, free_fraction: float) -> None:
+    _send(
+        "state_dir_low_on_space",
+        "warning",
+        "-",
+        "mirror",
+        state_dir=state_dir,
+        free_mb=free_bytes // 2**20,
+        free_percent=round(free_fraction * 100, 1),
+    )

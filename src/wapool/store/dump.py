@@ -1,0 +1,31 @@
+"""A working store's rows in the mirror's encoding: {(table, key): image}.
+
+``verify`` compares this with the PostgreSQL copy; ``export`` and tests use it too.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from wapool.store.capture import json_array_sql
+from wapool.store.schema import quote, read_schema
+
+Rows = dict[tuple[str, str], str]
+
+
+def dump_rows(conn: sqlite3.Connection) -> Rows:
+    """Every whatsmeow row, read in one transaction."""
+    rows: Rows = {}
+    conn.execute("BEGIN")
+    try:
+        for table in read_schema(conn).tables:
+            name = quote(table.name)
+            query = (
+                f"SELECT {json_array_sql(name, table.key_columns)}, "
+                f"{json_array_sql(name, table.columns)} FROM {name}"
+            )
+            for key, image in conn.execute(query):
+                rows[(table.name, key)] = image
+    finally:
+        conn.execute("COMMIT")
+    return rows

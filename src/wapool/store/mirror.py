@@ -1,0 +1,294 @@
+"""The mirror: one asyncio task that drains every company's change log into PostgreSQL.
+
+Each tick reads a consistent, coalesced prefix of each company's log (round-robin, bounded by
+``max_rows_per_tick`` but never splitting a company's prefix), applies them all in one
+PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it backs off with
+full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
+one warning goes to Sentry; when the backlog is applied, one recovery event follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wapool.backoff import Backoff
+from wapool.cache import FallbackCache
+from wapool.clock import Clock, SystemClock
+from wapool.db.pool import Database
+from wapool.errors import DatabaseUnavailable
+from wapool.observability import alerts
+from wapool.store import changelog, pg_copy
+from wapool.store.schema import StoreSchema, read_schema
+from wapool.store.snapshot import Snapshot
+from wapool.store.working_store import connect
+
+log = logging.getLogger(__name__)
+
+#: Warn when the state directory has less than this fraction, or this many bytes, free.
+LOW_DISK_FRACTION = 0.10
+LOW_DISK_BYTES = 1 << 30
+
+
+@dataclass
+class _Target:
+    company_id: str
+    path: Path
+    conn: sqlite3.Connection | None = None
+    schema: StoreSchema | None = None
+    applied_seq: int = 0
+    pending_rows: int = 0
+    oldest_pending_at: float | None = None
+    outage_started: float | None = None
+    last_snapshot: float = float("-inf")
+    rejected: str | None = None
+
+
+@dataclass(frozen=True)
+class CompanyLag:
+    pending_rows: int
+    lag_seconds: float
+    rejected: str | None
+
+
+@dataclass
+class MirrorStats:
+    ticks: int = 0
+    rows_applied: int = 0
+    entries_applied: int = 0
+    failures: int = 0
+    companies: dict[str, CompanyLag] = field(default_factory=dict)
+
+
+class Mirror:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        snapshots: FallbackCache[str, Snapshot] | None = None,
+        clock: Clock | None = None,
+        max_rows_per_tick: int = 50_000,
+        poll_interval: float = 0.02,
+        backoff: Backoff | None = None,
+        snapshot_every: float = 60.0,
+        state_dir: Path | None = None,
+    ) -> None:
+        self._db = db
+        self._snapshots = snapshots
+        self._clock = clock or SystemClock()
+        self._max_rows = max_rows_per_tick
+        self._poll = poll_interval
+        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self._snapshot_every = snapshot_every
+        self._state_dir = state_dir
+        self._targets: dict[str, _Target] = {}
+        self._order: list[str] = []
+        self._start = 0
+        self._disk_warned = False
+        self.stats = MirrorStats()
+        self.wake = asyncio.Event()
+
+    # -- membership -------------------------------------------------------------------------
+
+    def add(self, company_id: str, path: Path) -> None:
+        if company_id not in self._targets:
+            self._targets[company_id] = _Target(company_id, path)
+            self._order.append(company_id)
+            self.wake.set()
+
+    def remove(self, company_id: str) -> None:
+        target = self._targets.pop(company_id, None)
+        if target is not None:
+            self._order.remove(company_id)
+            if target.conn is not None:
+                target.conn.close()
+
+    def close(self) -> None:
+        for company_id in list(self._targets):
+            self.remove(company_id)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                applied = await self.tick()
+            except DatabaseUnavailable:
+                await self._sleep(stop, self._backoff.next_delay())
+                continue
+            self._backoff.reset()
+            if applied == 0:
+                await self._sleep(stop, self._poll)
+
+    async def drain(self, timeout: float) -> bool:
+        """Tick until nothing is pending (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.tick()
+                if all(t.pending_rows == 0 for t in self._targets.values()):
+                    return True
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - time.monotonic())))
+        return False
+
+    async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
+        self.wake.clear()
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())}
+        _, undone = await asyncio.wait(
+            waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED
+        )
+        for waiter in undone | waiters:
+            waiter.cancel()
+
+    async def tick(self) -> int:
+        """One round: read, apply, trim. Returns rows applied (0 when nothing was pending)."""
+        self.stats.ticks += 1
+        batches = await asyncio.to_thread(self._collect)
+        self._publish_stats()
+        if not batches:
+            return 0
+        rows = sum(len(b.prefix.changes) for b in batches)
+        try:
+            outcome = await pg_copy.apply(
+                self._db, batches, timeout=self._db.query_timeout + rows / 20_000
+            )
+        except DatabaseUnavailable as exc:
+            self.stats.failures += 1
+            self._on_outage(batches, str(exc))
+            raise
+        await asyncio.to_thread(self._settle, batches, outcome)
+        self._publish_stats()
+        return sum(outcome.applied.values())
+
+    # -- steps (run in a worker thread) ------------------------------------------------------
+
+    def _collect(self) -> list[pg_copy.Batch]:
+        if self._state_dir is not None:
+            self._check_disk(self._state_dir)
+        batches: list[pg_copy.Batch] = []
+        total = 0
+        count = len(self._order)
+        for i in range(count):
+            target = self._targets[self._order[(self._start + i) % count]]
+            if total >= self._max_rows:
+                break
+            prefix = self._read(target)
+            if prefix is None:
+                continue
+            batches.append(pg_copy.Batch(target.company_id, prefix, self._schema(target)))
+            total += len(prefix.changes)
+        self._start = (self._start + 1) % max(count, 1)
+        return batches
+
+    def _read(self, target: _Target) -> changelog.Prefix | None:
+        try:
+            conn = self._conn(target)
+            prefix = changelog.read_prefix(conn)
+            pending = changelog.pending(conn) if prefix else changelog.Pending(0, None)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("mirror_read_failed", extra={"company": target.company_id, "error": str(exc)})
+            self._drop_conn(target)
+            return None
+        target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
+        if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
+            target.schema = None
+        return prefix
+
+    def _settle(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
+        for batch in batches:
+            target = self._targets.get(batch.company_id)
+            if target is None:
+                continue
+            if batch.company_id in outcome.rejected:
+                self._reject(target, outcome.rejected[batch.company_id])
+                continue
+            target.rejected = None
+            target.applied_seq = batch.prefix.high_seq
+            self.stats.rows_applied += len(batch.prefix.changes)
+            self.stats.entries_applied += batch.prefix.entries
+            conn = self._conn(target)
+            changelog.trim(conn, batch.prefix.high_seq)
+            remaining = changelog.pending(conn)
+            target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
+            if target.outage_started is not None:
+                duration = self._clock.monotonic() - target.outage_started
+                target.outage_started = None
+                alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
+            if remaining.rows == 0:
+                self._maybe_snapshot(target, batch.prefix)
+
+    def _maybe_snapshot(self, target: _Target, prefix: changelog.Prefix) -> None:
+        now = self._clock.monotonic()
+        if self._snapshots is None or now - target.last_snapshot < self._snapshot_every:
+            return
+        conn = self._conn(target)
+        conn.execute("BEGIN")
+        try:
+            if changelog.pending(conn).rows:
+                return  # written to since; try again after the next drain
+            image = conn.serialize()
+        finally:
+            conn.execute("COMMIT")
+        target.last_snapshot = now
+        self._snapshots.remember(
+            target.company_id,
+            Snapshot(target.company_id, prefix.store_uuid, prefix.high_seq, image),
+        )
+
+    def _on_outage(self, batches: list[pg_copy.Batch], error: str) -> None:
+        for batch in batches:
+            target = self._targets.get(batch.company_id)
+            if target is None or target.outage_started is not None:
+                continue
+            target.outage_started = self._clock.monotonic()
+            age = self._snapshots.peek_age(target.company_id) if self._snapshots else None
+            alerts.postgres_outage(target.company_id, error, age)
+
+    def _reject(self, target: _Target, reason: str) -> None:
+        if target.rejected != reason:
+            alerts.copy_rejected(target.company_id, reason)
+        target.rejected = reason
+
+    def _check_disk(self, state_dir: Path) -> None:
+        usage = shutil.disk_usage(state_dir)
+        fraction = usage.free / usage.total if usage.total else 1.0
+        low = fraction < LOW_DISK_FRACTION or usage.free < LOW_DISK_BYTES
+        if low and not self._disk_warned:
+            alerts.disk_low(str(state_dir), usage.free, fraction)
+        self._disk_warned = low
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _conn(self, target: _Target) -> sqlite3.Connection:
+        if target.conn is None:
+            target.conn = connect(target.path)
+        return target.conn
+
+    def _drop_conn(self, target: _Target) -> None:
+        if target.conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                target.conn.close()
+        target.conn = None
+        target.schema = None
+
+    def _schema(self, target: _Target) -> StoreSchema:
+        if target.schema is None:
+            target.schema = read_schema(self._conn(target))
+        return target.schema
+
+    def _publish_stats(self) -> None:
+        now = self._clock.time()
+        self.stats.companies = {
+            t.company_id: CompanyLag(
+                t.pending_rows,
+                max(0.0, now - t.oldest_pending_at) if t.oldest_pending_at else 0.0,
+                t.rejected,
+            )
+            for t in self._targets.values()
+        }

@@ -1,0 +1,172 @@
+"""The PostgreSQL side of the auth store: per-company metadata and rows.
+
+``apply`` writes the coalesced prefixes of several companies in one transaction: COPY into a
+temporary table, then set-based deletes and upserts, then each company's ``applied_seq``. A
+prefix is applied only to the copy of the same store (``store_uuid``) and only forward
+(``high_seq > applied_seq``), so a replay after a crash changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from wapool.db.pool import Conn, Database
+from wapool.store.changelog import Prefix
+from wapool.store.schema import StoreSchema
+
+
+@dataclass(frozen=True)
+class CopyMeta:
+    company_id: str
+    store_uuid: str
+    schema_version: int
+    schema_fingerprint: str
+    schema_ddl: str
+    applied_seq: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Batch:
+    company_id: str
+    prefix: Prefix
+    #: The store's schema, sent along when the copy is new or the fingerprint changed.
+    schema: StoreSchema
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: dict[str, int]  # company -> rows written
+    rejected: dict[str, str]  # company -> why
+
+
+DDL_SEPARATOR = "\n;\n"
+
+_META = (
+    "SELECT company_id, store_uuid::text, schema_version, schema_fingerprint, schema_ddl, "
+    "applied_seq, epoch FROM store_copies"
+)
+
+
+async def fetch_meta(db: Database, company_id: str) -> CopyMeta | None:
+    async def work(conn: Conn) -> CopyMeta | None:
+        cur = await conn.execute(_META + " WHERE company_id = %s", (company_id,))
+        row = await cur.fetchone()
+        return None if row is None else CopyMeta(*row)
+
+    return await db.run(work)
+
+
+async def fetch_rows(
+    db: Database, company_id: str, timeout: float | None = None
+) -> list[tuple[str, str, str]]:
+    """(table, key, image) of every row of the company's copy."""
+
+    async def work(conn: Conn) -> list[tuple[str, str, str]]:
+        cur = await conn.execute(
+            "SELECT tbl, pk, image FROM store_rows WHERE company_id = %s", (company_id,)
+        )
+        return [(str(t), str(k), str(i)) for t, k, i in await cur.fetchall()]
+
+    return await db.run(work, timeout=timeout)
+
+
+async def apply(db: Database, batches: list[Batch], timeout: float | None = None) -> Outcome:
+    async def work(conn: Conn) -> Outcome:
+        return await _apply(conn, batches)
+
+    return await db.run(work, timeout=timeout)
+
+
+async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
+    companies = [b.company_id for b in batches]
+    cur = await conn.execute(
+        _META + " WHERE company_id = ANY(%s) ORDER BY company_id FOR UPDATE", (companies,)
+    )
+    metas = {row[0]: CopyMeta(*row) for row in await cur.fetchall()}
+    accepted: list[Batch] = []
+    rejected: dict[str, str] = {}
+    for batch in batches:
+        meta = metas.get(batch.company_id)
+        if meta is not None and meta.store_uuid != batch.prefix.store_uuid:
+            rejected[batch.company_id] = (
+                f"the PostgreSQL copy belongs to store {meta.store_uuid}, "
+                f"not to this working store ({batch.prefix.store_uuid})"
+            )
+            continue
+        accepted.append(batch)
+    if not accepted:
+        return Outcome({}, rejected)
+
+    await conn.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS incoming "
+        "(company_id text, tbl text, pk text, image text, at double precision) "
+        "ON COMMIT DELETE ROWS"
+    )
+    async with conn.cursor().copy(
+        "COPY incoming (company_id, tbl, pk, image, at) FROM STDIN"
+    ) as copy:
+        for batch in accepted:
+            for change in batch.prefix.changes:
+                await copy.write_row(
+                    (batch.company_id, change.table, change.key, change.image, change.at)
+                )
+
+    for batch in accepted:
+        await _upsert_meta(conn, batch, metas.get(batch.company_id))
+    await conn.execute(
+        "DELETE FROM store_rows r USING incoming i WHERE i.image IS NULL "
+        "AND r.company_id = i.company_id AND r.tbl = i.tbl AND r.pk = i.pk"
+    )
+    await conn.execute(
+        "INSERT INTO store_rows (company_id, tbl, pk, image, written_at) "
+        "SELECT company_id, tbl, pk, image, to_timestamp(at) FROM incoming "
+        "WHERE image IS NOT NULL "
+        "ON CONFLICT (company_id, tbl, pk) DO UPDATE "
+        "SET image = EXCLUDED.image, written_at = EXCLUDED.written_at"
+    )
+    return Outcome({b.company_id: len(b.prefix.changes) for b in accepted}, rejected)
+
+
+async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None) -> None:
+    schema, prefix = batch.schema, batch.prefix
+    params: dict[str, Any] = {
+        "company": batch.company_id,
+        "uuid": prefix.store_uuid,
+        "version": schema.version,
+        "fingerprint": schema.fingerprint,
+        "ddl": DDL_SEPARATOR.join(schema.ddl),
+        "seq": prefix.high_seq,
+    }
+    if meta is None:
+        await conn.execute(
+            "INSERT INTO store_copies (company_id, store_uuid, schema_version, "
+            "schema_fingerprint, schema_ddl, applied_seq) VALUES "
+            "(%(company)s, %(uuid)s, %(version)s, %(fingerprint)s, %(ddl)s, %(seq)s)",
+            params,
+        )
+        return
+    if meta.schema_fingerprint == schema.fingerprint:
+        await conn.execute(
+            "UPDATE store_copies SET applied_seq = greatest(applied_seq, %(seq)s), "
+            "updated_at = now() WHERE company_id = %(company)s",
+            params,
+        )
+        return
+    await conn.execute(
+        "UPDATE store_copies SET applied_seq = greatest(applied_seq, %(seq)s), "
+        "schema_version = %(version)s, schema_fingerprint = %(fingerprint)s, "
+        "schema_ddl = %(ddl)s, updated_at = now() WHERE company_id = %(company)s",
+        params,
+    )
+
+
+def digest(rows: list[tuple[str, str, str]]) -> str:
+    """Order-independent digest of a store's rows (table, key, image)."""
+    h = hashlib.sha256()
+    for row in sorted(rows):
+        h.update("\x1f".join(row).encode())
+        h.update(b"\x1e")
+    return h.hexdigest()
