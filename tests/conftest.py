@@ -22,7 +22,6 @@ from wapool.db.migrations import migrate
 from wapool.devdb import Cluster, free_port
 from wapool.settings import Settings, load_settings
 from wapool.store.capture import install_capture
-from wapool.store.changelog import last_seq, trim
 from wapool.store.working_store import connect, prepare_dir
 from wapool.testing.fault_proxy import FaultProxy
 from wapool.whatsapp.neonize_store import create_schema
@@ -116,8 +115,7 @@ def new_store(template: Path, state_dir: Path, company_id: str) -> Path:
     shutil.copyfile(template, path)
     conn = connect(path)
     try:
-        install_capture(conn)
-        trim(conn, last_seq(conn))  # start with an empty log
+        install_capture(conn)  # queues every existing row: the first mirror publishes them
     finally:
         conn.close()
     return path

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def conn(whatsmeow_template: Path, tmp_path: Path) -> Iterator[sqlite3.Connection]:
     connection = connect(new_store(whatsmeow_template, tmp_path, "962302"))
+    changelog.trim(connection, changelog.last_seq(connection))  # start from an empty log
     yield connection
     connection.close()
 
@@ -154,7 +155,7 @@ def test_schema_change_regenerates_triggers_and_rechecks_everything(
     conn.execute("ALTER TABLE whatsmeow_contacts ADD COLUMN nickname TEXT")
     conn.execute("UPDATE whatsmeow_contacts SET nickname = 'ana'")
     assert install_capture(conn) is True
-    rows, prefix = _replay(conn, rows)
+    rows, _ = _replay(conn, rows)
     assert rows == dump_rows(conn)
     assert any(
         '"tana"' in image for (table, _), image in rows.items() if table == "whatsmeow_contacts"

@@ -10,8 +10,11 @@ import logging
 from typing import Any, Literal
 
 import sentry_sdk
+from sentry_sdk.integrations.logging import ignore_logger
 
 log = logging.getLogger("wapool.alerts")
+# These lines are logged for the journal; Sentry gets the event itself, once, below.
+ignore_logger(log.name)
 
 Level = Literal["info", "warning", "error"]
 

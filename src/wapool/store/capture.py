@@ -103,18 +103,20 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 
 def drop_capture(conn: sqlite3.Connection) -> None:
     """Remove the triggers (before whatsmeow upgrades its schema); the log stays."""
-    with conn:
-        for trigger in installed_triggers(conn):
-            conn.execute(f"DROP TRIGGER {quote(trigger)}")
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'wapool_meta'").fetchone():
-            conn.execute("DELETE FROM wapool_meta WHERE key = 'capture_fingerprint'")
+    conn.execute("BEGIN IMMEDIATE")
+    for trigger in installed_triggers(conn):
+        conn.execute(f"DROP TRIGGER {quote(trigger)}")
+    conn.execute("COMMIT")
 
 
-def install_capture(conn: sqlite3.Connection, *, store_uuid: str | None = None) -> bool:
+def install_capture(
+    conn: sqlite3.Connection, *, store_uuid: str | None = None, recheck: bool = True
+) -> bool:
     """Make sure the log, the metadata and up-to-date triggers exist.
 
-    Returns True when the triggers were (re)generated; every existing row is then queued for
-    a recheck so the mirror republishes the whole store.
+    Returns True when the schema fingerprint changed (or capture is new): the triggers are then
+    regenerated and, with ``recheck``, every existing row is queued so the mirror republishes
+    the whole store. Triggers that were merely dropped are reinstalled without a recheck.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -124,7 +126,8 @@ def install_capture(conn: sqlite3.Connection, *, store_uuid: str | None = None) 
         if get_meta(conn, "store_uuid") is None:
             set_meta(conn, "store_uuid", store_uuid or str(uuid.uuid4()))
         schema = read_schema(conn)
-        if get_meta(conn, "capture_fingerprint") == schema.fingerprint and installed_triggers(conn):
+        changed = get_meta(conn, "capture_fingerprint") != schema.fingerprint
+        if not changed and installed_triggers(conn):
             conn.execute("COMMIT")
             return False
         for trigger in installed_triggers(conn):
@@ -132,10 +135,11 @@ def install_capture(conn: sqlite3.Connection, *, store_uuid: str | None = None) 
         for table in schema.tables:
             for statement in trigger_sql(table):
                 conn.execute(statement)
-        _queue_full_recheck(conn, schema)
+        if changed and recheck:
+            _queue_full_recheck(conn, schema)
         set_meta(conn, "capture_fingerprint", schema.fingerprint)
         conn.execute("COMMIT")
-        return True
+        return changed
     except BaseException:
         conn.execute("ROLLBACK")
         raise

@@ -13,10 +13,11 @@ from wapool.store.schema import quote, read_schema
 Rows = dict[tuple[str, str], str]
 
 
-def dump_rows(conn: sqlite3.Connection) -> Rows:
-    """Every whatsmeow row, read in one transaction."""
+def dump_rows(conn: sqlite3.Connection, *, own_transaction: bool = True) -> Rows:
+    """Every whatsmeow row, read in one transaction (the caller's, if it has one open)."""
     rows: Rows = {}
-    conn.execute("BEGIN")
+    if own_transaction:
+        conn.execute("BEGIN")
     try:
         for table in read_schema(conn).tables:
             name = quote(table.name)
@@ -27,5 +28,10 @@ def dump_rows(conn: sqlite3.Connection) -> Rows:
             for key, image in conn.execute(query):
                 rows[(table.name, key)] = image
     finally:
-        conn.execute("COMMIT")
+        if own_transaction:
+            conn.execute("COMMIT")
     return rows
+
+
+def as_triples(rows: Rows) -> list[tuple[str, str, str]]:
+    return [(table, key, image) for (table, key), image in rows.items()]

@@ -44,7 +44,7 @@ class Outcome:
 
 DDL_SEPARATOR = "\n;\n"
 
-_META = (
+META_QUERY = (
     "SELECT company_id, store_uuid::text, schema_version, schema_fingerprint, schema_ddl, "
     "applied_seq, epoch FROM store_copies"
 )
@@ -52,7 +52,7 @@ _META = (
 
 async def fetch_meta(db: Database, company_id: str) -> CopyMeta | None:
     async def work(conn: Conn) -> CopyMeta | None:
-        cur = await conn.execute(_META + " WHERE company_id = %s", (company_id,))
+        cur = await conn.execute(META_QUERY + " WHERE company_id = %s", (company_id,))
         row = await cur.fetchone()
         return None if row is None else CopyMeta(*row)
 
@@ -83,7 +83,7 @@ async def apply(db: Database, batches: list[Batch], timeout: float | None = None
 async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
     companies = [b.company_id for b in batches]
     cur = await conn.execute(
-        _META + " WHERE company_id = ANY(%s) ORDER BY company_id FOR UPDATE", (companies,)
+        META_QUERY + " WHERE company_id = ANY(%s) ORDER BY company_id FOR UPDATE", (companies,)
     )
     metas = {row[0]: CopyMeta(*row) for row in await cur.fetchall()}
     accepted: list[Batch] = []

@@ -36,7 +36,9 @@ class StoreSchema:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256("\n".join(sorted(self.ddl)).encode()).hexdigest()
+        """Changes when whatsmeow's DDL or its schema version changes (an upgrade)."""
+        text = "\n".join([f"version {self.version}", *sorted(self.ddl)])
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def table(self, name: str) -> Table:
         for table in self.tables:

@@ -1,0 +1,112 @@
+"""Rebuild a working store from the PostgreSQL copy, or from a cached snapshot.
+
+The new file is built beside the old one, checked (``quick_check``), synced, and renamed over
+it; whatever was there before is kept as ``store.db.replaced-<UTC time>`` (never deleted: it
+may be an operator's last resort). The restored store keeps the copy's store identity and
+continues its change-log sequence after ``applied_seq``, so the mirror carries on from there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from wapool.store.capture import install_capture
+from wapool.store.codec import decode_row, decode_value
+from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
+from wapool.store.schema import quote, read_schema
+from wapool.store.snapshot import Snapshot
+from wapool.store.working_store import connect, quick_check, secure_files
+
+
+def build_from_rows(path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]]) -> None:
+    """Write a complete store for ``meta``'s copy at ``path`` (replacing what is there)."""
+    temp = _temp_path(path)
+    conn = sqlite3.connect(temp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("PRAGMA synchronous = OFF")
+        conn.execute("BEGIN")
+        for statement in meta.schema_ddl.split(DDL_SEPARATOR):
+            conn.execute(statement)
+        schema = read_schema(conn)
+        by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for table_name, key, image in rows:
+            by_table[table_name].append((key, image))
+        for name, entries in by_table.items():
+            table = schema.table(name)
+            columns = ", ".join(quote(c) for c in table.columns)
+            marks = ", ".join("?" for _ in table.columns)
+            if table.primary_key:
+                conn.executemany(
+                    f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})",
+                    (decode_row(image) for _, image in entries),
+                )
+            else:
+                conn.executemany(
+                    f"INSERT INTO {quote(table.name)} (rowid, {columns}) VALUES (?, {marks})",
+                    (
+                        [decode_value(json.loads(key)[0]), *decode_row(image)]
+                        for key, image in entries
+                    ),
+                )
+        conn.execute("COMMIT")
+        install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
+        _continue_sequence(conn, meta.applied_seq)
+        conn.execute("PRAGMA journal_mode = WAL")
+    finally:
+        conn.close()
+    _install(temp, path)
+
+
+def build_from_snapshot(path: Path, snapshot: Snapshot) -> None:
+    temp = _temp_path(path)
+    with open(temp, "wb") as out:
+        out.write(snapshot.image)
+    _install(temp, path)
+
+
+def _continue_sequence(conn: sqlite3.Connection, applied_seq: int) -> None:
+    conn.execute("BEGIN")
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'wapool_changelog'")
+    conn.execute(
+        "INSERT INTO sqlite_sequence (name, seq) VALUES ('wapool_changelog', ?)", (applied_seq,)
+    )
+    conn.execute("COMMIT")
+
+
+def _temp_path(path: Path) -> Path:
+    temp = path.with_name(f"{path.name}.restoring-{os.getpid()}")
+    for leftover in (temp, temp.with_name(temp.name + "-journal")):
+        leftover.unlink(missing_ok=True)
+    fd = os.open(temp, os.O_CREAT | os.O_WRONLY, 0o600)
+    os.close(fd)
+    return temp
+
+
+def _install(temp: Path, path: Path) -> None:
+    """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
+    quick_check(temp)
+    _fsync(temp)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for suffix in ("", "-wal", "-shm"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            os.replace(old, path.with_name(f"{path.name}.replaced-{stamp}{suffix}"))
+    os.replace(temp, path)
+    _fsync(path.parent)
+    conn = connect(path)  # WAL mode, permissions
+    conn.close()
+    secure_files(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,158 @@
+"""The mirror against a real PostgreSQL: convergence, outages, rejection of foreign copies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.conftest import make_settings, new_store, proxied
+from tests.sentry_capture import CapturingTransport, sentry_events  # noqa: F401
+from wapool.db.pool import Database
+from wapool.settings import Settings
+from wapool.store.mirror import Mirror
+from wapool.store.verify import verify
+from wapool.store.working_store import connect
+from wapool.testing.fault_proxy import FaultProxy
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database.from_settings(settings)
+    await database.open(wait=True)
+    yield database
+    await database.close()
+
+
+def add_companies(database_url: str, *ids: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for company_id in ids:
+            conn.execute("INSERT INTO companies (id) VALUES (%s)", (company_id,))
+
+
+def writer_for(path: Path, seed: int) -> WhatsmeowWriter:
+    writer = WhatsmeowWriter(connect(path), random.Random(seed))
+    writer.pair()
+    return writer
+
+
+async def test_mirror_converges_for_many_companies(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    ids = [f"c{i}" for i in range(5)]
+    add_companies(database_url, *ids)
+    mirror = Mirror(db, max_rows_per_tick=40)
+    writers = {}
+    for n, company_id in enumerate(ids):
+        path = new_store(whatsmeow_template, tmp_path, company_id)
+        mirror.add(company_id, path)
+        writers[company_id] = (path, writer_for(path, n))
+    for _ in range(30):
+        for _, writer in writers.values():
+            writer.random_transaction()
+        await mirror.tick()  # bounded ticks while writes go on
+    assert await mirror.drain(timeout=30)
+    for company_id, (path, writer) in writers.items():
+        verdict = await verify(db, path, company_id)
+        assert verdict.equal, verdict
+        assert verdict.tables and all(t.local_rows == t.postgres_rows for t in verdict.tables)
+        writer.conn.close()
+    assert mirror.stats.companies["c0"].pending_rows == 0
+    mirror.close()
+
+
+async def test_outage_loses_nothing_and_alerts_once(
+    database_url: str,
+    proxy: FaultProxy,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    sentry_events: CapturingTransport,  # noqa: F811
+) -> None:
+    add_companies(database_url, "962302")
+    settings = make_settings(proxied(database_url, proxy), tmp_path, db_connect_timeout_seconds=1,
+                             db_pool_timeout_seconds=0.5, db_query_timeout_seconds=1)  # fmt: skip
+    db = Database.from_settings(settings)
+    await db.open(wait=True)
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    writer = writer_for(path, 7)
+    mirror = Mirror(db)
+    mirror.add("962302", path)
+    stop = asyncio.Event()
+    task = asyncio.create_task(mirror.run(stop))
+    try:
+        assert await _eventually(lambda: mirror.stats.rows_applied > 0)
+        await proxy.refuse()
+        for mode in ("refuse", "cut", "blackhole"):
+            if mode == "cut":
+                await proxy.restore()
+                proxy.cut()
+                await proxy.refuse()
+            elif mode == "blackhole":
+                await proxy.blackhole()
+            for _ in range(100):
+                writer.random_transaction()
+                await asyncio.sleep(0.005)
+        assert mirror.stats.companies["962302"].pending_rows > 0
+        assert not db.health.up
+        await proxy.restore()
+        assert await _eventually(lambda: mirror.stats.companies["962302"].pending_rows == 0, 30)
+    finally:
+        stop.set()
+        await task
+    verdict = await verify(db, path, "962302")
+    assert verdict.equal, verdict
+    assert len(sentry_events.messages("postgres_outage_fallback")) == 1
+    recovered = sentry_events.messages("postgres_recovered")
+    assert len(recovered) == 1
+    assert recovered[0]["extra"]["rows_replayed"] >= 300
+    assert recovered[0]["tags"]["company_id"] == "962302"
+    writer.conn.close()
+    mirror.close()
+    await db.close()
+
+
+async def test_copy_of_another_store_is_not_overwritten(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    add_companies(database_url, "962302")
+    first = new_store(whatsmeow_template, tmp_path / "a", "962302")
+    writer_for(first, 1).conn.close()
+    mirror = Mirror(db)
+    mirror.add("962302", first)
+    assert await mirror.drain(10)
+    mirror.close()
+    # A second, unrelated store for the same company (e.g. a stray host) must not win.
+    second = new_store(whatsmeow_template, tmp_path / "b", "962302")
+    writer_for(second, 2).conn.close()
+    intruder = Mirror(db)
+    intruder.add("962302", second)
+    await intruder.tick()
+    assert intruder.stats.companies["962302"].rejected
+    assert (await verify(db, first, "962302")).equal
+    intruder.close()
+
+
+async def _eventually(predicate: object, timeout: float = 10) -> bool:
+    assert callable(predicate)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if predicate():
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+def test_sqlite_busy_timeout_is_set(whatsmeow_template: Path, tmp_path: Path) -> None:
+    conn = connect(new_store(whatsmeow_template, tmp_path, "x"))
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+    assert isinstance(conn, sqlite3.Connection)
