@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from wapool.db.migrations import latest_version
 from wapool.errors import ExitCode
 
 pytestmark = pytest.mark.timeout(60)
@@ -57,8 +58,9 @@ def test_runs_until_signalled_then_stops_cleanly(
     try:
         lines = _wait_for_line(proc, "event=daemon_ready")
         ready = lines[-1]
-        assert "schema_version=1" in ready
-        assert "companies=1" in ready
+        assert f"schema_version={latest_version()}" in ready
+        assert "companies=1 stores=1" in ready
+        assert (tmp_path / "962302" / "store.db").exists()  # provisioned through neonize
         assert all(" level=" in line and " event=" in line for line in lines)
         assert "\x1b[" not in "".join(lines)  # no colour codes off a terminal
         proc.send_signal(sig)

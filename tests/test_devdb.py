@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_daemon import _wait_for_line
+from wapool.db.migrations import latest_version
 from wapool.devdb import Cluster, ClusterError, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,7 +61,7 @@ def test_ctrl_c_stops_daemon_and_dev_cluster(devdb_dir: Path, tmp_path: Path) ->
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, err
-    assert "migrated to version 1" in out
+    assert f"migrated to version {latest_version()}" in out
     assert "event=daemon_stopped" in err
     assert "devdb: development cluster stopped" in err
     assert not cluster.running()

@@ -63,7 +63,8 @@ async def test_mirror_converges_for_many_companies(
     for company_id, (path, writer) in writers.items():
         verdict = await verify(db, path, company_id)
         assert verdict.equal, verdict
-        assert verdict.tables and all(t.local_rows == t.postgres_rows for t in verdict.tables)
+        assert verdict.tables
+        assert all(t.local_rows == t.postgres_rows for t in verdict.tables)
         writer.conn.close()
     assert mirror.stats.companies["c0"].pending_rows == 0
     mirror.close()

@@ -98,7 +98,8 @@ async def test_corrupt_store_is_detected_restored_and_kept_aside(
     assert result.reason.startswith("working store corrupt")
     assert _dump(path) == before
     kept = list(path.parent.glob("store.db.replaced-*"))
-    assert kept and kept[0].read_bytes() == bytes(data)
+    assert kept
+    assert kept[0].read_bytes() == bytes(data)
 
 
 async def test_stale_store_is_restored(

@@ -22,8 +22,14 @@ from wapool.registry.company import Company
 from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
+from wapool.store.keeper import StoreKeeper
+from wapool.store.mirror import Mirror
+from wapool.store.snapshot import Snapshot, snapshot_cache
 
 log = logging.getLogger("wapool.daemon")
+
+#: How long a stop may spend pushing the last changes to PostgreSQL (systemd allows 30 s).
+SHUTDOWN_DRAIN_SECONDS = 10.0
 
 
 class StopSignals:
@@ -72,14 +78,21 @@ async def _wait_for_schema(db: Database, stop: asyncio.Event) -> int | None:
     return None
 
 
-async def _refresh_registry(registry: Registry, every: float, stop: asyncio.Event) -> None:
-    """Keep the registry cache warm and sweep expired entries."""
+async def _reconcile(
+    registry: Registry, keeper: StoreKeeper, snapshots: FallbackCache[str, Snapshot],
+    every: float, stop: asyncio.Event,
+) -> None:  # fmt: skip
+    """Every sweep interval: drop expired cache entries, refresh the registry, follow it."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
         registry.cache.sweep()
-        with contextlib.suppress(DatabaseUnavailable):
-            await registry.active_companies()
+        snapshots.sweep()
+        try:
+            companies = await registry.active_companies()
+        except DatabaseUnavailable:
+            continue  # keep what runs; nothing is stopped because PostgreSQL is down
+        await keeper.reconcile(c.id for c in companies)
 
 
 def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
@@ -112,7 +125,8 @@ async def run_daemon(settings: Settings) -> int:
         extra={"database": settings.safe_database_target(), "state_dir": str(settings.state_dir)},
     )
     await db.pool.open(wait=False)
-    refresher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
+    mirror: Mirror | None = None
     try:
         version = await _wait_for_schema(db, signals.stop)
         if version is None:
@@ -126,19 +140,47 @@ async def run_daemon(settings: Settings) -> int:
         companies: list[Company] = []
         with contextlib.suppress(DatabaseUnavailable):
             companies = await registry.active_companies()
-        log.info("daemon_ready", extra={"schema_version": version, "companies": len(companies)})
-        refresher = asyncio.create_task(
-            _refresh_registry(registry, settings.cache_sweep_seconds, signals.stop),
-            name="registry-refresh",
+        snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
+        mirror = Mirror(
+            db,
+            snapshots=snapshots,
+            state_dir=settings.state_dir,
+            snapshot_every=settings.cache_sweep_seconds,
         )
-        _stop_if_it_dies(refresher, signals)
+        keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
+        await keeper.reconcile(c.id for c in companies)
+        log.info(
+            "daemon_ready",
+            extra={
+                "schema_version": version,
+                "companies": len(companies),
+                "stores": len(keeper.ready),
+            },
+        )
+        tasks = [
+            asyncio.create_task(mirror.run(signals.stop), name="mirror"),
+            asyncio.create_task(
+                _reconcile(registry, keeper, snapshots, settings.cache_sweep_seconds, signals.stop),
+                name="reconcile",
+            ),
+        ]
+        for task in tasks:
+            _stop_if_it_dies(task, signals)
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK
     finally:
-        if refresher is not None:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+        signals.stop.set()
+        for task in tasks:
+            # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
+            # would not stop); the others are simply cancelled.
+            if task.get_name() != "mirror":
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)
+        if mirror is not None:
+            drained = await mirror.drain(timeout=SHUTDOWN_DRAIN_SECONDS)
+            log.info("mirror_final_drain", extra={"drained": drained})
+            mirror.close()
         await db.close()
         signals.uninstall()
         log.info("daemon_stopped")

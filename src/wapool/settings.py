@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     cache_ttl_seconds: PositiveFloat = 300.0
     cache_sweep_seconds: PositiveFloat = 60.0
     cache_max_entries: int = Field(10_000, ge=1)
+    snapshot_cache_mb: int = Field(256, ge=1)
     key_retention_days: int = Field(30, ge=1)
     cleanup_cron: str = "0 3 * * *"
     companies_per_worker: int = Field(50, ge=1, le=1000)

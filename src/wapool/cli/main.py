@@ -23,7 +23,7 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import company, database, run
+    from wapool.cli import company, database, run, store
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.register(commands)
     database.register(commands)
     company.register(commands)
+    store.register(commands)
     return parser
 
 

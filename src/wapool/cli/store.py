@@ -1,0 +1,106 @@
+"""``wapool verify``, ``wapool export`` and ``wapool import``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from wapool.cli.database import open_database
+from wapool.errors import ExitCode, WapoolError
+from wapool.registry.repository import CompanyRepository
+from wapool.settings import Settings
+from wapool.store import pg_copy, restore, transfer
+from wapool.store.verify import Verdict, verify, wait_drained
+from wapool.store.working_store import store_path
+
+
+def register(commands: Any) -> None:
+    check = commands.add_parser(
+        "verify", help="compare working stores with their PostgreSQL copies (non-zero if not equal)"
+    )
+    check.add_argument("company_id", metavar="COMPANY", nargs="?")
+    check.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the mirror to drain"
+    )
+    check.set_defaults(handler=_verify)
+
+    export = commands.add_parser("export", help="write a company's store to a file")
+    export.add_argument("company_id", metavar="COMPANY")
+    export.add_argument("file", metavar="FILE", type=Path)
+    export.set_defaults(handler=_export)
+
+    imp = commands.add_parser("import", help="replace a company's store with an exported file")
+    imp.add_argument("company_id", metavar="COMPANY")
+    imp.add_argument("file", metavar="FILE", type=Path)
+    imp.add_argument("--force", action="store_true", help="overwrite a paired company")
+    imp.set_defaults(handler=_import)
+
+
+def _replace_local(path: Path, meta: pg_copy.CopyMeta, export: transfer.ExportFile) -> None:
+    """A working store of the company on this host takes the imported content at once."""
+    if path.parent.exists():
+        restore.build_from_rows(path, meta, export.rows)
+
+
+async def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        if args.company_id:
+            companies = [(await CompanyRepository(db).get(args.company_id)).id]
+        else:
+            companies = [c.id for c in await CompanyRepository(db).list() if c.active]
+        verdicts: list[Verdict] = []
+        for company_id in companies:
+            path = store_path(settings.state_dir, company_id)
+            if not path.exists():
+                if args.company_id:
+                    raise WapoolError(f"no working store for {company_id!r} on this host ({path})")
+                continue
+            await wait_drained(path, args.timeout)
+            verdicts.append(await verify(db, path, company_id))
+    for verdict in verdicts:
+        print(_report(verdict))
+    if not verdicts:
+        print("no working stores on this host to verify")
+    return ExitCode.OK if all(v.equal for v in verdicts) else ExitCode.FAILURE
+
+
+def _report(verdict: Verdict) -> str:
+    state = "EQUAL" if verdict.equal else "DIFFERENT"
+    lines = [
+        f"{verdict.company_id}: {state} (local seq {verdict.local_seq}, PostgreSQL seq "
+        f"{verdict.postgres_seq if verdict.postgres_seq is not None else 'none'}, "
+        f"pending {verdict.pending}{'' if verdict.same_store else ', different store identity'})",
+        f"  {'TABLE':<36} {'LOCAL':>8} {'POSTGRES':>8} {'MISSING':>8} {'EXTRA':>8} {'DIFFER':>8}",
+    ]
+    for t in verdict.tables:
+        lines.append(
+            f"  {t.table:<36} {t.local_rows:>8} {t.postgres_rows:>8} "
+            f"{t.missing_in_postgres:>8} {t.extra_in_postgres:>8} {t.different:>8}"
+        )
+    return "\n".join(lines)
+
+
+async def _export(settings: Settings, args: argparse.Namespace) -> int:
+    async with open_database(settings) as db:
+        await CompanyRepository(db).get(args.company_id)
+        rows = await transfer.export_company(db, args.company_id, args.file)
+    print(f"exported {rows} rows of {args.company_id} to {args.file}")
+    return ExitCode.OK
+
+
+async def _import(settings: Settings, args: argparse.Namespace) -> int:
+    export = transfer.read_export(args.file)  # everything is checked before anything changes
+    async with open_database(settings) as db:
+        meta = await transfer.import_company(
+            db, args.company_id, export, force=args.force, source=str(args.file)
+        )
+    await asyncio.to_thread(
+        _replace_local, store_path(settings.state_dir, args.company_id), meta, export
+    )
+    print(
+        f"imported {len(export.rows)} rows into {args.company_id} (store {meta.store_uuid}"
+        f"{', forced' if args.force else ''})"
+    )
+    return ExitCode.OK
