@@ -109,7 +109,9 @@ class Cluster:
             "-c max_connections=200",
         ]
         if not self.durable:
-            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            # Still survives `pg_ctl stop -m immediate` (the OS keeps what was written);
+            # synchronous_commit stays on, or acknowledged commits could vanish.
+            options += ["-c fsync=off", "-c full_page_writes=off"]
         # A session of its own, so that Ctrl-C in the terminal reaches the daemon, not PostgreSQL.
         self._pg(
             "pg_ctl", "-D", str(self.data), "-l", str(self.root / "postgresql.log"),

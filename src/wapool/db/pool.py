@@ -53,8 +53,11 @@ def connection_kwargs(settings: Settings) -> dict[str, Any]:
         "keepalives_interval": settings.db_keepalives_interval_seconds,
         "keepalives_count": settings.db_keepalives_count,
         "application_name": "wapool",
+        # synchronous_commit=on: the mirror trims its local log once PostgreSQL acknowledges a
+        # commit, so that acknowledgement must mean durable, whatever the server default.
         "options": f"-c statement_timeout={statement_ms} "
-        f"-c idle_in_transaction_session_timeout={statement_ms * 2}",
+        f"-c idle_in_transaction_session_timeout={statement_ms * 2} "
+        "-c synchronous_commit=on",
     }
 
 

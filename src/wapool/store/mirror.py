@@ -15,6 +15,7 @@ import logging
 import shutil
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,6 +94,9 @@ class Mirror:
         self._disk_warned = False
         self.stats = MirrorStats()
         self.wake = asyncio.Event()
+        #: Test seam: called at the points where a crash is most interesting ("collected",
+        #: "applied" = committed in PostgreSQL but not yet trimmed, "trimming").
+        self.fault: Callable[[str], None] = lambda point: None
 
     # -- membership -------------------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class Mirror:
         self._publish_stats()
         if not batches:
             return 0
+        self.fault("collected")
         rows = sum(len(b.prefix.changes) for b in batches)
         try:
             outcome = await pg_copy.apply(
@@ -162,6 +167,7 @@ class Mirror:
             self.stats.failures += 1
             self._on_outage(batches, str(exc))
             raise
+        self.fault("applied")
         await asyncio.to_thread(self._settle, batches, outcome)
         self._publish_stats()
         return sum(outcome.applied.values())
@@ -213,6 +219,7 @@ class Mirror:
             self.stats.rows_applied += len(batch.prefix.changes)
             self.stats.entries_applied += batch.prefix.entries
             conn = self._conn(target)
+            self.fault("trimming")
             changelog.trim(conn, batch.prefix.high_seq)
             remaining = changelog.pending(conn)
             target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
