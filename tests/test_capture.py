@@ -83,17 +83,21 @@ def test_inserts_upserts_updates_deletes(conn: sqlite3.Connection) -> None:
 
 def test_insert_or_replace_on_a_unique_column_is_captured(conn: sqlite3.Connection) -> None:
     writer = WhatsmeowWriter(conn, random.Random(2))
-    writer.lid_mapping("111@lid", "5511@s.whatsapp.net")
+    writer.lid_mapping_replace("111@lid", "5511@s.whatsapp.net")
     rows, _ = _replay(conn, dump_rows(conn) | {})
     # Same phone number under a new LID: REPLACE silently deletes the old row (no DELETE trigger
     # fires without recursive_triggers); the BEFORE trigger's recheck catches it.
-    writer.lid_mapping("222@lid", "5511@s.whatsapp.net")
+    writer.lid_mapping_replace("222@lid", "5511@s.whatsapp.net")
     rows, _ = _replay(conn, rows)
     assert rows == dump_rows(conn)
     assert [k for t, k in rows if t == "whatsmeow_lid_map"] == ['["t222@lid"]']
-    writer.lid_mapping("222@lid", "5599@s.whatsapp.net")  # REPLACE on the key itself
+    writer.lid_mapping_replace("222@lid", "5599@s.whatsapp.net")  # REPLACE on the key itself
     rows, _ = _replay(conn, rows)
     assert rows == dump_rows(conn)
+    writer.lid_mapping("333@lid", "5599@s.whatsapp.net")  # whatsmeow's own way: delete + upsert
+    rows, _ = _replay(conn, rows)
+    assert rows == dump_rows(conn)
+    assert [k for t, k in rows if t == "whatsmeow_lid_map"] == ['["t333@lid"]']
 
 
 def test_key_change_cascades_and_logout_cascade_deletes(conn: sqlite3.Connection) -> None:

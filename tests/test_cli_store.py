@@ -76,7 +76,10 @@ def test_verify_reports_equal_then_divergence(
     line = next(x for x in result.stdout.splitlines() if "whatsmeow_sessions" in x)
     assert line.split()[3] == "1"  # one row missing in PostgreSQL
     unknown = run_cli("verify", "nope", env=env, cwd=tmp_path)
-    assert (unknown.returncode, unknown.stderr.strip()) == (1, "wapool: error: unknown company 'nope'")
+    assert (unknown.returncode, unknown.stderr.strip()) == (
+        1,
+        "wapool: error: unknown company 'nope'",
+    )
 
 
 def test_export_import_round_trip_and_refusals(
@@ -128,7 +131,9 @@ def test_bad_files_are_refused_and_change_nothing(
         backup.write_bytes(data[: len(data) // 2])
     elif damage == "tampered":
         conn = connect(backup, wal=False)
-        conn.execute("UPDATE whatsmeow_sessions SET session = x'00' WHERE rowid = (SELECT min(rowid) FROM whatsmeow_sessions)")
+        conn.execute(
+            "UPDATE whatsmeow_sessions SET session = x'00' WHERE rowid = (SELECT min(rowid) FROM whatsmeow_sessions)"
+        )
         conn.close()
     elif damage == "plain-sqlite":
         backup.unlink()
@@ -138,7 +143,9 @@ def test_bad_files_are_refused_and_change_nothing(
     else:
         backup.unlink()
     with psycopg.connect(database_url) as conn:
-        before = conn.execute("SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows").fetchone()
+        before = conn.execute(
+            "SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows"
+        ).fetchone()
     local_before = _dump(mirrored)
     result = run_cli("import", "962302", str(backup), "--force", env=env, cwd=tmp_path)
     assert result.returncode == 1
@@ -147,6 +154,8 @@ def test_bad_files_are_refused_and_change_nothing(
     assert lines[0].startswith("wapool: error: ")
     assert "Traceback" not in result.stderr
     with psycopg.connect(database_url) as conn:
-        after = conn.execute("SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows").fetchone()
+        after = conn.execute(
+            "SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows"
+        ).fetchone()
     assert after == before
     assert _dump(mirrored) == local_before

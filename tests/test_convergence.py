@@ -13,7 +13,6 @@ The real SIGKILL of a mirroring process is in ``test_kill.py``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 from collections.abc import AsyncIterator

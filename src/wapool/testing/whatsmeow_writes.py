@@ -1,8 +1,9 @@
 """Writes shaped like whatsmeow's, against a real working store (real whatsmeow schema).
 
 Used by tests, benchmarks and (later) the simulated backend. Each method is one whatsmeow-like
-transaction: the statements mirror what whatsmeow's sqlstore issues (upserts with
-``ON CONFLICT``, ``INSERT OR REPLACE`` on the LID map, FK-cascading deletes on logout).
+transaction: the statements mirror what whatsmeow's sqlstore issues (read from its source:
+upserts with ``ON CONFLICT``, ``DO NOTHING`` for message secrets, delete-then-upsert on the LID
+map, multi-row app-state batches, FK-cascading deletes on logout).
 """
 
 from __future__ import annotations
@@ -143,10 +144,19 @@ class WhatsmeowWriter:
         )  # fmt: skip
 
     def lid_mapping(self, lid: str | None = None, pn: str | None = None) -> None:
+        """As whatsmeow stores a LID mapping: drop the number's old mapping, then upsert."""
+        lid = lid or f"{self.rng.randrange(10**14)}@lid"
+        pn = pn or self._contact()
         self._txn(
-            ("INSERT OR REPLACE INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?)",
-             (lid or f"{self.rng.randrange(10**14)}@lid", pn or self._contact())),
+            ("DELETE FROM whatsmeow_lid_map WHERE pn = ? AND lid <> ?", (pn, lid)),
+            ("INSERT INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?) "
+             "ON CONFLICT (lid) DO UPDATE SET pn = excluded.pn WHERE whatsmeow_lid_map.pn <> excluded.pn",
+             (lid, pn)),
         )  # fmt: skip
+
+    def lid_mapping_replace(self, lid: str, pn: str) -> None:
+        """``INSERT OR REPLACE``: whatsmeow does not use it, but a REPLACE must not slip by."""
+        self._txn(("INSERT OR REPLACE INTO whatsmeow_lid_map (lid, pn) VALUES (?, ?)", (lid, pn)))
 
     def contact(self) -> None:
         self._txn(
