@@ -13,6 +13,7 @@ The real SIGKILL of a mirroring process is in ``test_kill.py``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from collections.abc import AsyncIterator
@@ -89,10 +90,8 @@ async def _run_case(
                             raise Crash(at)
 
                     mirror.fault = fault
-                try:
+                with contextlib.suppress(DatabaseUnavailable, Crash):
                     await mirror.tick()
-                except (DatabaseUnavailable, Crash):
-                    pass
                 if op == "crash":  # the process died: a new mirror starts from scratch
                     mirror.close()
                     mirror = Mirror(db, max_rows_per_tick=rng.choice([5, 50_000]))

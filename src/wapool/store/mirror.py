@@ -96,7 +96,7 @@ class Mirror:
         self.wake = asyncio.Event()
         #: Test seam: called at the points where a crash is most interesting ("collected",
         #: "applied" = committed in PostgreSQL but not yet trimmed, "trimming").
-        self.fault: Callable[[str], None] = lambda point: None
+        self.fault: Callable[[str], None] = lambda _point: None
 
     # -- membership -------------------------------------------------------------------------
 
