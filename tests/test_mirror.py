@@ -13,7 +13,10 @@ import pytest
 
 from tests.conftest import make_settings, new_store, proxied
 from tests.sentry_capture import CapturingTransport, sentry_events  # noqa: F401
+from wapool.clock import ManualClock
 from wapool.db.pool import Database
+from wapool.devdb import Cluster
+from wapool.errors import DatabaseUnavailable
 from wapool.settings import Settings
 from wapool.store.mirror import Mirror
 from wapool.store.verify import verify
@@ -157,3 +160,49 @@ def test_sqlite_busy_timeout_is_set(whatsmeow_template: Path, tmp_path: Path) ->
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
     assert isinstance(conn, sqlite3.Connection)
+
+
+async def test_three_minute_server_outage_under_continuous_writes(
+    database_url: str,
+    running_cluster: Cluster,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    sentry_events: CapturingTransport,  # noqa: F811
+) -> None:
+    """A real ``pg_ctl stop -m immediate``; the three minutes pass on a travelled clock."""
+    add_companies(database_url, "962302")
+    settings = make_settings(database_url, tmp_path, db_pool_timeout_seconds=0.2,
+                             db_connect_timeout_seconds=1, db_reconnect_timeout_seconds=0.5)  # fmt: skip
+    db = Database.from_settings(settings)
+    await db.open(wait=True)
+    clock = ManualClock()
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    writer = writer_for(path, 9)
+    mirror = Mirror(db, clock=clock)
+    mirror.add("962302", path)
+    assert await mirror.drain(10)
+    try:
+        running_cluster.stop("immediate")
+        written = 0
+        for second in range(180):
+            writer.random_transaction()
+            written += 1
+            clock.advance(1)
+            if second % 15 == 0:
+                with pytest.raises(DatabaseUnavailable):
+                    await mirror.tick()
+        pending = mirror.stats.companies["962302"].pending_rows
+        assert pending >= written  # every change kept locally
+        running_cluster.start()
+        assert await mirror.drain(30)
+        verdict = await verify(db, path, "962302")
+        assert verdict.equal, verdict
+    finally:
+        writer.conn.close()
+        mirror.close()
+        await db.close()
+    assert len(sentry_events.messages("postgres_outage_fallback")) == 1
+    (recovered,) = sentry_events.messages("postgres_recovered")
+    assert recovered["extra"]["outage_seconds"] >= 179  # from the first failed write-back
+    assert recovered["extra"]["rows_replayed"] >= written
+    assert recovered["level"] == "info"
