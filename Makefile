@@ -33,6 +33,7 @@ format: venv
 
 ## Benchmarks: figures printed, recorded in the README.
 bench: venv
+	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pool_recovery.py
 
 devdb-start: venv

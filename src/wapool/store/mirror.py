@@ -14,7 +14,9 @@ import contextlib
 import logging
 import shutil
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 #: Warn when the state directory has less than this fraction, or this many bytes, free.
 LOW_DISK_FRACTION = 0.10
 LOW_DISK_BYTES = 1 << 30
+LAG_SAMPLES = 100_000
 
 
 @dataclass
@@ -65,6 +68,8 @@ class MirrorStats:
     entries_applied: int = 0
     failures: int = 0
     companies: dict[str, CompanyLag] = field(default_factory=dict)
+    #: Seconds from a change's local commit to its PostgreSQL commit, latest samples.
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=LAG_SAMPLES))
 
 
 class Mirror:
@@ -90,10 +95,15 @@ class Mirror:
         self._state_dir = state_dir
         self._targets: dict[str, _Target] = {}
         self._order: list[str] = []
+        self._leaving: list[_Target] = []
         self._start = 0
         self._disk_warned = False
         self.stats = MirrorStats()
         self.wake = asyncio.Event()
+        # One tick at a time; the thread lock also covers SQLite work left running in a
+        # thread by a cancelled tick.
+        self._tick_lock = asyncio.Lock()
+        self._sqlite_lock = threading.Lock()
         #: Test seam: called at the points where a crash is most interesting ("collected",
         #: "applied" = committed in PostgreSQL but not yet trimmed, "trimming").
         self.fault: Callable[[str], None] = lambda _point: None
@@ -107,15 +117,21 @@ class Mirror:
             self.wake.set()
 
     def remove(self, company_id: str) -> None:
+        """Stop mirroring a company; its connection closes before the next read."""
         target = self._targets.pop(company_id, None)
         if target is not None:
-            self._order.remove(company_id)
-            if target.conn is not None:
-                target.conn.close()
+            self._order = [c for c in self._order if c != company_id]
+            self._leaving.append(target)
 
     def close(self) -> None:
         for company_id in list(self._targets):
             self.remove(company_id)
+        with self._sqlite_lock:
+            self._close_leaving()
+
+    def _close_leaving(self) -> None:
+        while self._leaving:
+            self._drop_conn(self._leaving.pop())
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -124,6 +140,12 @@ class Mirror:
             try:
                 applied = await self.tick()
             except DatabaseUnavailable:
+                await self._sleep(stop, self._backoff.next_delay())
+                continue
+            except Exception:
+                # A bug or an unexpected database error: report it, back off, keep the logs.
+                log.exception("mirror_tick_failed")
+                self.stats.failures += 1
                 await self._sleep(stop, self._backoff.next_delay())
                 continue
             self._backoff.reset()
@@ -152,6 +174,10 @@ class Mirror:
 
     async def tick(self) -> int:
         """One round: read, apply, trim. Returns rows applied (0 when nothing was pending)."""
+        async with self._tick_lock:
+            return await self._tick()
+
+    async def _tick(self) -> int:
         self.stats.ticks += 1
         batches = await asyncio.to_thread(self._collect)
         self._publish_stats()
@@ -168,6 +194,10 @@ class Mirror:
             self._on_outage(batches, str(exc))
             raise
         self.fault("applied")
+        committed = time.time()
+        for batch in batches:
+            if batch.company_id in outcome.applied:
+                self.stats.lags.extend(committed - c.at for c in batch.prefix.changes)
         await asyncio.to_thread(self._settle, batches, outcome)
         self._publish_stats()
         return sum(outcome.applied.values())
@@ -175,13 +205,19 @@ class Mirror:
     # -- steps (run in a worker thread) ------------------------------------------------------
 
     def _collect(self) -> list[pg_copy.Batch]:
+        with self._sqlite_lock:
+            return self._collect_locked()
+
+    def _collect_locked(self) -> list[pg_copy.Batch]:
+        self._close_leaving()
         if self._state_dir is not None:
             self._check_disk(self._state_dir)
         batches: list[pg_copy.Batch] = []
         total = 0
-        count = len(self._order)
+        order, targets = list(self._order), dict(self._targets)  # the loop may change them
+        count = len(order)
         for i in range(count):
-            target = self._targets[self._order[(self._start + i) % count]]
+            target = targets[order[(self._start + i) % count]]
             if total >= self._max_rows:
                 break
             prefix = self._read(target)
@@ -207,6 +243,10 @@ class Mirror:
         return prefix
 
     def _settle(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
+        with self._sqlite_lock:
+            self._settle_locked(batches, outcome)
+
+    def _settle_locked(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
         for batch in batches:
             target = self._targets.get(batch.company_id)
             if target is None:

@@ -1,0 +1,223 @@
+"""Auth-store benchmarks: mirror throughput and lag, backlog drain, restore time.
+
+    python bench/store.py [--companies 100] [--rate 2000] [--seconds 20]
+
+Runs on a throwaway cluster (durable settings but fsync off, as the tests) with stores made by
+neonize; writes come from a separate process, one whatsmeow-shaped row change per transaction.
+Targets (issue 3): p99 lag <= 100 ms at 2,000 row changes/s over 100 companies, backlog drain
+>= 20,000 rows/s, restore of a 10,000-row store <= 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from wapool.db.migrations import migrate
+from wapool.db.pool import Database
+from wapool.devdb import Cluster, free_port
+from wapool.settings import load_settings
+from wapool.store import pg_copy, restore
+from wapool.store.capture import install_capture
+from wapool.store.mirror import Mirror
+from wapool.store.working_store import connect, prepare_dir
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
+from wapool.whatsapp.neonize_store import create_schema
+
+
+def _store(template: Path, state: Path, company: str, seed: int) -> Path:
+    path = prepare_dir(state, company)
+    shutil.copyfile(template, path)
+    conn = connect(path)
+    install_capture(conn)
+    WhatsmeowWriter(conn, random.Random(seed)).pair()
+    conn.close()
+    return path
+
+
+def _write_load(
+    paths: list[str], rate: float, seconds: float, counter: multiprocessing.Value
+) -> None:  # type: ignore[valid-type]
+    writers = []
+    for n, path in enumerate(paths):
+        conn = connect(Path(path))
+        writer = WhatsmeowWriter(conn, random.Random(n))
+        writer.jid = conn.execute("SELECT jid FROM whatsmeow_device").fetchone()[0]
+        writers.append(writer)
+    actions = ("session", "sender_key", "message_secret", "identity", "contact")
+    start = time.monotonic()
+    done = 0
+    while (elapsed := time.monotonic() - start) < seconds:
+        due = int(elapsed * rate)
+        while done < due:
+            writer = writers[done % len(writers)]
+            getattr(writer, actions[done % len(actions)])()
+            done += 1
+        time.sleep(0.001)
+    counter.value = done  # type: ignore[attr-defined]
+
+
+async def _lag(db: Database, paths: dict[str, Path], rate: float, seconds: float) -> None:
+    mirror = Mirror(db)
+    for company, path in paths.items():
+        mirror.add(company, path)
+    assert await mirror.drain(60)
+    mirror.stats.lags.clear()
+    counter = multiprocessing.Value("l", 0)
+    writer = multiprocessing.Process(
+        target=_write_load, args=([str(p) for p in paths.values()], rate, seconds, counter)
+    )
+    stop = asyncio.Event()
+    started = time.monotonic()
+    task = asyncio.create_task(mirror.run(stop))
+    writer.start()
+    await asyncio.to_thread(writer.join)
+    assert await mirror.drain(60)
+    stop.set()
+    await task
+    elapsed = time.monotonic() - started
+    lags = sorted(mirror.stats.lags)
+    q = statistics.quantiles(lags, n=100)
+    print(
+        f"sustained load: {counter.value} row changes in {seconds:.0f} s over {len(paths)} companies "  # type: ignore[attr-defined]
+        f"({counter.value / seconds:.0f}/s asked {rate:.0f}/s)"
+    )  # type: ignore[attr-defined]
+    print(
+        f"  mirrored {mirror.stats.rows_applied} rows in {mirror.stats.ticks} ticks; "
+        f"throughput {mirror.stats.rows_applied / elapsed:.0f} rows/s"
+    )
+    print(
+        f"  lag p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms "
+        f"({len(lags)} samples)"
+    )
+    mirror.close()
+
+
+async def _backlog(db: Database, path: Path, company: str, rows: int) -> None:
+    conn = connect(path)
+    writer = WhatsmeowWriter(conn, random.Random(5))
+    writer.jid = conn.execute("SELECT jid FROM whatsmeow_device").fetchone()[0]
+    conn.execute("BEGIN")
+    for i in range(rows):
+        conn.execute(
+            "INSERT INTO whatsmeow_message_secrets (our_jid, chat_jid, sender_jid, message_id, key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (
+                writer.jid,
+                f"{i % 500}@s.whatsapp.net",
+                "x@s.whatsapp.net",
+                f"M{i:08d}",
+                random.randbytes(32),
+            ),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    mirror = Mirror(db)
+    mirror.add(company, path)
+    started = time.monotonic()
+    assert await mirror.drain(300)
+    took = time.monotonic() - started
+    print(f"backlog drain: {rows} rows in {took:.2f} s = {rows / took:.0f} rows/s")
+    mirror.close()
+
+
+async def _restore(db: Database, path: Path, company: str) -> None:
+    meta = await pg_copy.fetch_meta(db, company)
+    assert meta is not None
+    started = time.monotonic()
+    rows = await pg_copy.fetch_rows(db, company, timeout=60)
+    fetched = time.monotonic()
+    await asyncio.to_thread(restore.build_from_rows, path, meta, rows)
+    took = time.monotonic() - started
+    print(
+        f"restore: {len(rows)} rows in {took:.3f} s (fetch {fetched - started:.3f} s, "
+        f"build {took - (fetched - started):.3f} s)"
+    )
+
+
+async def main(companies: int, rate: float, seconds: float) -> None:
+    root = Path(tempfile.mkdtemp(prefix="wapool-bench-"))
+    root.chmod(0o755)
+    cluster = Cluster(root / "pg", free_port(), durable=False)
+    cluster.start()
+    cluster.ensure_database()
+    try:
+        async with await psycopg.AsyncConnection.connect(cluster.url()) as conn:
+            await migrate(conn)
+        template = root / "template.db"
+        create_schema([template])
+        state = root / "state"
+        ids = [f"b{i:03d}" for i in range(companies)] + ["backlog"]
+        with psycopg.connect(cluster.url(), autocommit=True) as conn:
+            for company in ids:
+                conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
+        paths = {c: _store(template, state, c, n) for n, c in enumerate(ids)}
+        settings = load_settings(None, database_url=cluster.url(), state_dir=state)
+        db = Database.from_settings(settings)
+        await db.open(wait=True)
+        backlog = paths.pop("backlog")
+        await _lag(db, paths, rate, seconds)
+        await _backlog(db, backlog, "backlog", 100_000)
+        await _restore_10k(db, template, state)
+        await db.close()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _restore_10k(db: Database, template: Path, state: Path) -> None:
+    company = "r10k"
+    with psycopg.connect(db.pool.conninfo, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
+    path = _store(template, state, company, 77)
+    conn = connect(path)
+    writer = WhatsmeowWriter(conn, random.Random(77))
+    writer.jid = conn.execute("SELECT jid FROM whatsmeow_device").fetchone()[0]
+    conn.execute("BEGIN")
+    for i in range(10_000):
+        table = i % 4
+        if table == 0:
+            conn.execute(
+                "INSERT INTO whatsmeow_sessions VALUES (?, ?, ?)",
+                (writer.jid, f"{i}@s.whatsapp.net", random.randbytes(800)),
+            )
+        elif table == 1:
+            conn.execute(
+                "INSERT INTO whatsmeow_identity_keys VALUES (?, ?, ?)",
+                (writer.jid, f"{i}@s.whatsapp.net", random.randbytes(32)),
+            )
+        elif table == 2:
+            conn.execute(
+                "INSERT INTO whatsmeow_sender_keys VALUES (?, ?, ?, ?)",
+                (writer.jid, f"{i}@g.us", "x@s.whatsapp.net", random.randbytes(200)),
+            )
+        else:
+            conn.execute(
+                "INSERT INTO whatsmeow_message_secrets VALUES (?, ?, ?, ?, ?)",
+                (writer.jid, "c@s.whatsapp.net", "x@s.whatsapp.net", f"M{i}", random.randbytes(32)),
+            )
+    conn.execute("COMMIT")
+    conn.close()
+    mirror = Mirror(db)
+    mirror.add(company, path)
+    assert await mirror.drain(120)
+    mirror.close()
+    await _restore(db, path, company)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--companies", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    asyncio.run(main(args.companies, args.rate, args.seconds))
