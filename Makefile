@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test lint format bench devdb-start devdb-stop clean
+.PHONY: venv run test test-slow lint format bench devdb-start devdb-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: venv
 ## The whole suite, lint included; starts its own throwaway PostgreSQL cluster.
 test: venv lint
 	$(BIN)/pytest
+
+## The slow profile: 2,000 generated convergence histories instead of 200.
+test-slow: venv
+	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -206,3 +206,55 @@ async def test_three_minute_server_outage_under_continuous_writes(
     assert recovered["extra"]["outage_seconds"] >= 179  # from the first failed write-back
     assert recovered["extra"]["rows_replayed"] >= written
     assert recovered["level"] == "info"
+
+
+async def test_concurrent_drain_and_loop_apply_each_change_once(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    """A drain (shutdown, verify) racing the running loop must not double-send a prefix."""
+    add_companies(database_url, *[f"r{i}" for i in range(10)])
+    mirror = Mirror(db, poll_interval=0)
+    writers = []
+    for i in range(10):
+        path = new_store(whatsmeow_template, tmp_path, f"r{i}")
+        mirror.add(f"r{i}", path)
+        writers.append((f"r{i}", path, writer_for(path, i)))
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(mirror.run(stop))
+    for _ in range(20):
+        for _, _, writer in writers:
+            writer.random_transaction()
+        await asyncio.gather(mirror.drain(5), mirror.drain(5))
+    stop.set()
+    await loop_task
+    assert mirror.stats.failures == 0
+    for company, path, writer in writers:
+        assert (await verify(db, path, company)).equal
+        writer.conn.close()
+    mirror.close()
+
+
+async def test_low_disk_warns_once(
+    db: Database,
+    database_url: str,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sentry_events: CapturingTransport,  # noqa: F811
+) -> None:
+    import wapool.store.mirror as mirror_module
+
+    add_companies(database_url, "962302")
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    mirror = Mirror(db, state_dir=tmp_path)
+    mirror.add("962302", path)
+    await mirror.tick()
+    assert sentry_events.messages("state_dir_low_on_space") == []
+    # Pretend the threshold is above what this disk has free.
+    monkeypatch.setattr(mirror_module, "LOW_DISK_BYTES", 1 << 62)
+    for _ in range(3):
+        await mirror.tick()
+    (warning,) = sentry_events.messages("state_dir_low_on_space")
+    assert warning["level"] == "warning"
+    assert warning["extra"]["free_mb"] > 0
+    mirror.close()
