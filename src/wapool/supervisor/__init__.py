@@ -1,0 +1,1 @@
+"""Session supervision: per-company state, reconnect policy, (coming) worker processes."""

@@ -1,0 +1,38 @@
+"""The port every WhatsApp backend implements (neonize, simulated).
+
+A client drives one company's session on its working store. It reports through ``emit``, which
+it may call from any thread; the host hands events on to the supervisor. ``start`` returns at
+once (the connection runs in the background); ``stop`` is bounded and says whether the client
+really stopped (if not, the host process must be recycled).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from wapool.whatsapp.events import WhatsAppEvent
+
+Emit = Callable[[WhatsAppEvent], None]
+
+
+class WhatsAppClient(Protocol):
+    company_id: str
+
+    def start(self) -> None:
+        """Connect in the background (pairing by QR if the store holds no device)."""
+
+    def stop(self, timeout: float) -> bool:
+        """Disconnect; False if the backend did not stop within ``timeout`` seconds."""
+
+    def logout(self) -> None:
+        """Log the device out (whatsmeow then deletes its keys)."""
+
+    def pair_phone(self, phone: str) -> str:
+        """Ask for a pair code for ``phone``; only while connecting/connected."""
+
+
+class Backend(Protocol):
+    def client(self, company_id: str, store: Path, emit: Emit) -> WhatsAppClient:
+        """A client for ``company_id`` working on ``store``."""

@@ -1,0 +1,130 @@
+"""The simulated backend (``WAPOOL_WHATSAPP_BACKEND=simulated``): same port, no WhatsApp.
+
+For staging, drills and benchmarks. A client pairs at once (writing a realistic device row) or
+after a scripted QR, then writes whatsmeow-shaped key churn into its working store at a steady
+rate (session updates, sender keys, message secrets, consumed pre-keys, app state) and plays a
+scripted sequence of events, each after a delay.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wapool.store.working_store import connect
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
+from wapool.whatsapp import events as ev
+from wapool.whatsapp.port import Emit
+
+
+@dataclass(frozen=True)
+class Script:
+    """What a simulated session does: pair how, churn how fast, then these events."""
+
+    pair_with_qr: bool = False
+    churn_per_second: float = 1.0
+    #: (delay in seconds, event) pairs, played in order after connecting.
+    events: Sequence[tuple[float, ev.WhatsAppEvent]] = field(default_factory=tuple)
+    seed: int | None = None
+
+
+class SimulatedClient:
+    def __init__(self, company_id: str, store: Path, emit: Emit, script: Script) -> None:
+        self.company_id = company_id
+        self._store = store
+        self._emit = emit
+        self._script = script
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._writer: WhatsmeowWriter | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"sim-{self.company_id}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        conn = connect(self._store)
+        rng = random.Random(self._script.seed)  # noqa: S311 - simulated traffic
+        writer = WhatsmeowWriter(conn, rng)
+        self._writer = writer
+        try:
+            row = conn.execute("SELECT jid FROM whatsmeow_device LIMIT 1").fetchone()
+            if row is None:
+                if self._script.pair_with_qr:
+                    self._emit(ev.QrCode(f"2@simulated-{self.company_id}"))
+                    if self._stop.wait(0.05):
+                        return
+                with self._lock:
+                    jid = writer.pair()
+                self._emit(ev.Paired(jid))
+            else:
+                writer.jid = str(row[0])
+            self._emit(ev.Connected())
+            self._play(writer)
+        finally:
+            self._writer = None
+            conn.close()
+
+    def _play(self, writer: WhatsmeowWriter) -> None:
+        script = list(self._script.events)
+        interval = (
+            1.0 / self._script.churn_per_second if self._script.churn_per_second > 0 else None
+        )
+        elapsed = 0.0
+        while not self._stop.is_set():
+            wait = interval if interval is not None else 0.1
+            if script:
+                wait = min(wait, max(0.0, script[0][0] - elapsed))
+            if self._stop.wait(wait):
+                return
+            elapsed += wait
+            while script and script[0][0] <= elapsed:
+                _, event = script.pop(0)
+                self._emit(event)
+                if isinstance(event, ev.LoggedOut):
+                    with self._lock:
+                        writer.logout()
+                    return
+                if isinstance(event, ev.StreamReplaced | ev.ClientOutdated | ev.Disconnected):
+                    return
+            if interval is not None:
+                with self._lock:
+                    writer.random_transaction()
+
+    def stop(self, timeout: float) -> bool:
+        self._stop.set()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def logout(self) -> None:
+        writer = self._writer
+        if writer is None:
+            raise RuntimeError("logout needs a live connection")
+        with self._lock:
+            writer.logout()
+        self._emit(ev.LoggedOut("logout requested"))
+        self._stop.set()
+
+    def pair_phone(self, phone: str) -> str:
+        code = f"SIM{abs(hash((self.company_id, phone))) % 10**5:05d}"
+        self._emit(ev.PairCode(code))
+        return code
+
+
+class SimulatedBackend:
+    def __init__(self, script: Script | None = None) -> None:
+        self.script = script or Script()
+
+    def client(self, company_id: str, store: Path, emit: Emit) -> SimulatedClient:
+        return SimulatedClient(company_id, store, emit, self.script)
