@@ -106,3 +106,9 @@ def _jid(jid: Any) -> str:
 class NeonizeBackend:
     def client(self, company_id: str, store: Path, emit: Emit) -> NeonizeClient:
         return NeonizeClient(company_id, store, emit)
+
+    def crash_process(self, store: Path | None) -> None:
+        """neonize's real Go panic: ``get_me()`` on a client that never connected."""
+        from neonize.client import NewClient
+
+        NewClient(str(store or ":memory:"), uuid="wapool-drill-crash").get_me()

@@ -36,3 +36,6 @@ class WhatsAppClient(Protocol):
 class Backend(Protocol):
     def client(self, company_id: str, store: Path, emit: Emit) -> WhatsAppClient:
         """A client for ``company_id`` working on ``store``."""
+
+    def crash_process(self, store: Path | None) -> None:
+        """Kill the hosting process the way this backend can (drills: worker isolation)."""

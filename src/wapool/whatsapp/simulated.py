@@ -8,6 +8,7 @@ scripted sequence of events, each after a delay.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from collections.abc import Sequence
@@ -128,3 +129,6 @@ class SimulatedBackend:
 
     def client(self, company_id: str, store: Path, emit: Emit) -> SimulatedClient:
         return SimulatedClient(company_id, store, emit, self.script)
+
+    def crash_process(self, _store: Path | None) -> None:
+        os.abort()

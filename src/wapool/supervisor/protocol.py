@@ -1,0 +1,98 @@
+"""The message protocol between the main process and worker processes.
+
+One JSON object per line, each with the protocol version ``v`` and a ``type``. Anything else —
+not JSON, not an object, another version, an unknown type, a missing or mistyped field — is a
+``ProtocolError``: the receiver logs it and carries on; it never crashes.
+
+main -> worker:  start {company, store} | stop {company} | logout {company}
+                 | pair_phone {company, phone} | shutdown {}
+                 | drill_crash {company}   (crash the worker for real, for drills and tests)
+worker -> main:  hello {pid} | heartbeat {fds} | event {company, event, fields}
+                 | stopped {company, clean} | error {company, message}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from wapool.whatsapp import events as ev
+
+VERSION = 1
+MAX_LINE = 64 * 1024
+
+#: Message type -> required fields and their types.
+SCHEMA: dict[str, dict[str, type]] = {
+    "start": {"company": str, "store": str},
+    "stop": {"company": str},
+    "logout": {"company": str},
+    "pair_phone": {"company": str, "phone": str},
+    "shutdown": {},
+    "drill_crash": {"company": str, "store": str},
+    "hello": {"pid": int},
+    "heartbeat": {"fds": int},
+    "event": {"company": str, "event": str, "fields": dict},
+    "stopped": {"company": str, "clean": bool},
+    "error": {"company": str, "message": str},
+}
+
+EVENT_TYPES: dict[str, type[Any]] = {
+    cls.__name__: cls
+    for cls in (
+        ev.QrCode, ev.PairCode, ev.Paired, ev.Connected, ev.Disconnected, ev.ConnectFailed,
+        ev.LoggedOut, ev.StreamReplaced, ev.TemporaryBan, ev.ClientOutdated,
+        ev.KeepAliveTimeout, ev.KeepAliveRestored, ev.MessageReceived,
+    )
+}  # fmt: skip
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol."""
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    if kind not in SCHEMA:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    return (
+        json.dumps({"v": VERSION, "type": kind, **fields}, separators=(",", ":")).encode() + b"\n"
+    )
+
+
+def decode(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Parse and validate one line; return (type, fields)."""
+    if len(line) > MAX_LINE:
+        raise ProtocolError(f"message longer than {MAX_LINE} bytes")
+    try:
+        message = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ProtocolError("not JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("not a JSON object")
+    if message.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {message.get('v')!r}")
+    kind = message.get("type")
+    if not isinstance(kind, str) or kind not in SCHEMA:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    for name, expected in SCHEMA[kind].items():
+        value = message.get(name)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ProtocolError(f"{kind}: field {name!r} missing or not {expected.__name__}")
+    return kind, {k: v for k, v in message.items() if k not in ("v", "type")}
+
+
+def encode_event(company: str, event: ev.WhatsAppEvent) -> bytes:
+    return encode(
+        "event", company=company, event=type(event).__name__, fields=dataclasses.asdict(event)
+    )
+
+
+def decode_event(fields: dict[str, Any]) -> ev.WhatsAppEvent:
+    cls = EVENT_TYPES.get(fields["event"])
+    if cls is None:
+        raise ProtocolError(f"unknown event {fields['event']!r}")
+    try:
+        event: ev.WhatsAppEvent = cls(**fields["fields"])
+    except TypeError:
+        raise ProtocolError(f"bad fields for event {fields['event']!r}") from None
+    return event

@@ -1,0 +1,120 @@
+"""The supervisor: desired companies vs running clients, driven by the session state machines.
+
+It starts sessions for companies whose store is ready, restarts them when their worker dies,
+reconnects them with backoff (through a global connect gate), and stops the ones that leave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from wapool.backoff import Backoff
+from wapool.clock import Clock, SystemClock
+from wapool.supervisor.session import TERMINAL, ConnectGate, Session
+from wapool.supervisor.workers import WorkerPool
+from wapool.whatsapp import events as ev
+
+log = logging.getLogger(__name__)
+
+#: Events that end a connect attempt (whatever its outcome): the gate slot is freed.
+_SETTLING = (
+    ev.Connected, ev.ConnectFailed, ev.Disconnected, ev.LoggedOut, ev.StreamReplaced,
+    ev.TemporaryBan, ev.ClientOutdated, ev.QrCode,
+)  # fmt: skip
+
+
+class Supervisor:
+    def __init__(
+        self,
+        backend: str,
+        per_worker: int,
+        store_path: Callable[[str], Path],
+        *,
+        connect_limit: int = 8,
+        clock: Clock | None = None,
+        heartbeat_timeout: float = 10.0,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._store_path = store_path
+        self.gate = ConnectGate(connect_limit)
+        self.sessions: dict[str, Session] = {}
+        self.pool = WorkerPool(
+            backend, per_worker, self._on_event, self._on_crash,
+            heartbeat_timeout=heartbeat_timeout,
+        )  # fmt: skip
+        self._wake = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def want(self, companies: Iterable[str]) -> list[str]:
+        """Make these the running companies; return those to stop (the caller awaits stop)."""
+        wanted = set(companies)
+        now = self._clock.monotonic()
+        for company in wanted - self.sessions.keys():
+            session = Session(company, Backoff(base=1.0, cap=300.0))
+            session.next_attempt = now  # due at once; the gate staggers a crowd
+            self.sessions[company] = session
+        self._wake.set()
+        return sorted(self.sessions.keys() - wanted)
+
+    async def stop(self, company: str) -> None:
+        session = self.sessions.pop(company, None)
+        if session is not None:
+            session.stop(self._clock.monotonic())
+            self.gate.release(company)
+            await self.pool.stop_company(company)
+
+    async def tick(self) -> None:
+        now = self._clock.monotonic()
+        for session in list(self.sessions.values()):
+            if session.due(now) and self.gate.try_acquire(session.company_id):
+                session.start(now)
+                await self.pool.start_company(
+                    session.company_id, self._store_path(session.company_id)
+                )
+        await self.pool.check()
+
+    async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
+        while not stop.is_set():
+            await self.tick()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), interval)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def _on_event(self, company: str, event: ev.WhatsAppEvent) -> None:
+        session = self.sessions.get(company)
+        if session is None:
+            return
+        before = session.state
+        session.on_event(event, self._clock.monotonic())
+        if isinstance(event, _SETTLING):
+            self.gate.release(company)
+        if session.state is not before:
+            log.info(
+                "session_state",
+                extra={
+                    "company": company,
+                    "state": session.state.value,
+                    "error": session.last_error or "",
+                },
+            )
+        if session.state in TERMINAL:
+            # No reconnect will follow: release the client and its worker slot.
+            task = asyncio.get_running_loop().create_task(self.pool.stop_company(company))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._wake.set()
+
+    def _on_crash(self, company: str, reason: str) -> None:
+        session = self.sessions.get(company)
+        if session is None:
+            return
+        session.crashed(self._clock.monotonic(), reason)
+        self.gate.release(company)
+        self._wake.set()

@@ -1,0 +1,124 @@
+"""A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
+
+    python -m wapool.supervisor.worker_main neonize|simulated
+
+Commands arrive on stdin, events and heartbeats leave on stdout (``protocol``). Client handlers
+only put events on a queue; one writer thread sends them. A neonize Go panic kills this process
+and only this process: the main process restarts its shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from wapool.supervisor import protocol
+from wapool.whatsapp.events import WhatsAppEvent
+from wapool.whatsapp.port import Backend, WhatsAppClient
+
+log = logging.getLogger("wapool.worker")
+HEARTBEAT_SECONDS = 1.0
+STOP_TIMEOUT = 10.0
+
+
+def open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+class Worker:
+    def __init__(self, backend: Backend, out: BinaryIO) -> None:
+        self._backend = backend
+        self._out = out
+        self._outbox: queue.Queue[bytes | None] = queue.Queue()
+        self._clients: dict[str, WhatsAppClient] = {}
+        self._done = threading.Event()
+
+    def send(self, message: bytes) -> None:
+        self._outbox.put(message)
+
+    def _writer(self) -> None:
+        while (message := self._outbox.get()) is not None:
+            self._out.write(message)
+            self._out.flush()
+
+    def _heartbeat(self) -> None:
+        while not self._done.wait(HEARTBEAT_SECONDS):
+            self.send(protocol.encode("heartbeat", fds=open_fds()))
+
+    def handle(self, kind: str, fields: dict[str, Any]) -> None:
+        company = fields.get("company", "")
+        client = self._clients.get(company)
+        if kind == "start":
+            if client is None:
+
+                def emit(event: WhatsAppEvent, company: str = company) -> None:
+                    self.send(protocol.encode_event(company, event))
+
+                client = self._backend.client(company, Path(fields["store"]), emit)
+                self._clients[company] = client
+            client.start()
+        elif kind == "stop" and client is not None:
+            clean = client.stop(STOP_TIMEOUT)
+            del self._clients[company]
+            self.send(protocol.encode("stopped", company=company, clean=clean))
+        elif kind == "logout" and client is not None:
+            client.logout()
+        elif kind == "pair_phone" and client is not None:
+            client.pair_phone(fields["phone"])
+        elif kind == "shutdown":
+            self._done.set()
+        elif kind == "drill_crash":
+            self._backend.crash_process(Path(fields["store"]))
+        elif client is None:
+            self.send(protocol.encode("error", company=company, message=f"{kind}: no such client"))
+
+    def serve(self, commands: BinaryIO) -> None:
+        writer = threading.Thread(target=self._writer, daemon=True)
+        writer.start()
+        threading.Thread(target=self._heartbeat, daemon=True).start()
+        self.send(protocol.encode("hello", pid=os.getpid()))
+        for line in commands:
+            try:
+                kind, fields = protocol.decode(line)
+                self.handle(kind, fields)
+            except protocol.ProtocolError as exc:
+                log.warning("bad_command", extra={"error": str(exc)})
+            except Exception as exc:  # a client call failed: report it, keep serving
+                self.send(protocol.encode("error", company="", message=str(exc)))
+            if self._done.is_set():
+                break
+        for company, client in list(self._clients.items()):
+            self.send(protocol.encode("stopped", company=company, clean=client.stop(STOP_TIMEOUT)))
+        self._done.set()
+        self._outbox.put(None)
+        writer.join(5)
+
+
+def _backend(name: str) -> Backend:
+    if name == "neonize":
+        from wapool.whatsapp.neonize_adapter import NeonizeBackend
+
+        return NeonizeBackend()
+    from wapool.whatsapp.simulated import SimulatedBackend
+
+    return SimulatedBackend()
+
+
+def main(argv: list[str]) -> int:
+    from wapool.observability.logs import configure_logging
+
+    configure_logging(os.environ.get("WAPOOL_LOG_LEVEL", "INFO"))
+    Worker(_backend(argv[0] if argv else "simulated"), sys.stdout.buffer).serve(sys.stdin.buffer)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
