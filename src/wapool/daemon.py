@@ -25,6 +25,8 @@ from wapool.settings import Settings
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
+from wapool.store.working_store import store_path
+from wapool.supervisor.supervisor import Supervisor
 
 log = logging.getLogger("wapool.daemon")
 
@@ -78,9 +80,16 @@ async def _wait_for_schema(db: Database, stop: asyncio.Event) -> int | None:
     return None
 
 
+async def _follow(keeper: StoreKeeper, supervisor: Supervisor, companies: list[Company]) -> None:
+    """Stores first (provisioned or restored), then clients for the companies whose store is ready."""
+    await keeper.reconcile(c.id for c in companies)
+    for company in supervisor.want(keeper.ready):
+        await supervisor.stop(company)
+
+
 async def _reconcile(
-    registry: Registry, keeper: StoreKeeper, snapshots: FallbackCache[str, Snapshot],
-    every: float, stop: asyncio.Event,
+    registry: Registry, keeper: StoreKeeper, supervisor: Supervisor,
+    snapshots: FallbackCache[str, Snapshot], every: float, stop: asyncio.Event,
 ) -> None:  # fmt: skip
     """Every sweep interval: drop expired cache entries, refresh the registry, follow it."""
     while not stop.is_set():
@@ -92,7 +101,7 @@ async def _reconcile(
             companies = await registry.active_companies()
         except DatabaseUnavailable:
             continue  # keep what runs; nothing is stopped because PostgreSQL is down
-        await keeper.reconcile(c.id for c in companies)
+        await _follow(keeper, supervisor, companies)
 
 
 def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
@@ -127,6 +136,7 @@ async def run_daemon(settings: Settings) -> int:
     await db.pool.open(wait=False)
     tasks: list[asyncio.Task[None]] = []
     mirror: Mirror | None = None
+    supervisor: Supervisor | None = None
     try:
         version = await _wait_for_schema(db, signals.stop)
         if version is None:
@@ -148,7 +158,19 @@ async def run_daemon(settings: Settings) -> int:
             snapshot_every=settings.cache_sweep_seconds,
         )
         keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
-        await keeper.reconcile(c.id for c in companies)
+        supervisor = Supervisor(
+            settings.whatsapp_backend,
+            settings.companies_per_worker,
+            lambda company: store_path(settings.state_dir, company),
+            connect_limit=settings.max_concurrent_connects,
+            heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
+            backend_args=(
+                (str(settings.simulated_churn_per_second),)
+                if settings.whatsapp_backend == "simulated"
+                else ()
+            ),
+        )
+        await _follow(keeper, supervisor, companies)
         log.info(
             "daemon_ready",
             extra={
@@ -159,8 +181,16 @@ async def run_daemon(settings: Settings) -> int:
         )
         tasks = [
             asyncio.create_task(mirror.run(signals.stop), name="mirror"),
+            asyncio.create_task(supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(
-                _reconcile(registry, keeper, snapshots, settings.cache_sweep_seconds, signals.stop),
+                _reconcile(
+                    registry,
+                    keeper,
+                    supervisor,
+                    snapshots,
+                    settings.cache_sweep_seconds,
+                    signals.stop,
+                ),
                 name="reconcile",
             ),
         ]
@@ -177,6 +207,9 @@ async def run_daemon(settings: Settings) -> int:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)
+        if supervisor is not None:
+            await supervisor.close()  # clients stop (bounded) before the last drain
+            log.info("clients_stopped")
         if mirror is not None:
             drained = await mirror.drain(timeout=SHUTDOWN_DRAIN_SECONDS)
             log.info("mirror_final_drain", extra={"drained": drained})

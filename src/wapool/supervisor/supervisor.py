@@ -37,6 +37,7 @@ class Supervisor:
         connect_limit: int = 8,
         clock: Clock | None = None,
         heartbeat_timeout: float = 10.0,
+        backend_args: tuple[str, ...] = (),
     ) -> None:
         self._clock = clock or SystemClock()
         self._store_path = store_path
@@ -44,7 +45,7 @@ class Supervisor:
         self.sessions: dict[str, Session] = {}
         self.pool = WorkerPool(
             backend, per_worker, self._on_event, self._on_crash,
-            heartbeat_timeout=heartbeat_timeout,
+            heartbeat_timeout=heartbeat_timeout, backend_args=backend_args,
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()

@@ -1,6 +1,6 @@
 """A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
 
-    python -m wapool.supervisor.worker_main neonize|simulated
+    python -m wapool.supervisor.worker_main neonize|simulated [CHURN_PER_SECOND]
 
 Commands arrive on stdin, events and heartbeats leave on stdout (``protocol``). Client handlers
 only put events on a queue; one writer thread sends them. A neonize Go panic kills this process
@@ -102,21 +102,23 @@ class Worker:
         writer.join(5)
 
 
-def _backend(name: str) -> Backend:
+def _backend(name: str, args: list[str]) -> Backend:
     if name == "neonize":
         from wapool.whatsapp.neonize_adapter import NeonizeBackend
 
         return NeonizeBackend()
-    from wapool.whatsapp.simulated import SimulatedBackend
+    from wapool.whatsapp.simulated import Script, SimulatedBackend
 
-    return SimulatedBackend()
+    churn = float(args[0]) if args else 1.0
+    return SimulatedBackend(Script(churn_per_second=churn))
 
 
 def main(argv: list[str]) -> int:
     from wapool.observability.logs import configure_logging
 
     configure_logging(os.environ.get("WAPOOL_LOG_LEVEL", "INFO"))
-    Worker(_backend(argv[0] if argv else "simulated"), sys.stdout.buffer).serve(sys.stdin.buffer)
+    backend = _backend(argv[0] if argv else "simulated", argv[1:])
+    Worker(backend, sys.stdout.buffer).serve(sys.stdin.buffer)
     return 0
 
 

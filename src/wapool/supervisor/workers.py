@@ -48,8 +48,10 @@ class WorkerPool:
         *,
         heartbeat_timeout: float = 10.0,
         max_fds: int = 1024,
+        backend_args: tuple[str, ...] = (),
     ) -> None:
         self._backend = backend
+        self._backend_args = backend_args
         self._per_worker = per_worker
         self._on_event = on_event
         self._on_crash = on_crash
@@ -116,6 +118,7 @@ class WorkerPool:
     async def _spawn(self) -> WorkerHandle:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wapool.supervisor.worker_main", self._backend,
+            *self._backend_args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             limit=protocol.MAX_LINE * 2,
         )  # fmt: skip
