@@ -177,3 +177,29 @@ def test_simulated_sessions_run_in_workers_and_are_mirrored(
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("EQUAL") == 2
+
+
+def test_registry_changes_reach_the_daemon_at_once(database_url: str, tmp_path: Path) -> None:
+    """LISTEN/NOTIFY: a new company is picked up long before the 60 s periodic reconcile."""
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "state"),
+        "WAPOOL_WHATSAPP_BACKEND": "simulated",
+        "WAPOOL_CACHE_SWEEP_SECONDS": "600",
+    }
+    proc = _start(env, tmp_path, "-m", "wapool", "run")
+    try:
+        assert "companies=0" in _wait_for_line(proc, "event=daemon_ready")[-1]
+        started = time.monotonic()
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO companies (id) VALUES ('late-comer')")
+        line = _wait_for_line(proc, "company=late-comer state=connected", timeout=30)[-1]
+        assert time.monotonic() - started < 10, line
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("UPDATE companies SET enabled = false WHERE id = 'late-comer'")
+        _wait_for_line(proc, "event=store_released company=late-comer", timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == ExitCode.OK

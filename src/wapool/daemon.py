@@ -19,6 +19,7 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode
 from wapool.observability.redact import describe_error
 from wapool.registry.company import Company
+from wapool.registry.listener import listen
 from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
@@ -90,11 +91,17 @@ async def _follow(keeper: StoreKeeper, supervisor: Supervisor, companies: list[C
 async def _reconcile(
     registry: Registry, keeper: StoreKeeper, supervisor: Supervisor,
     snapshots: FallbackCache[str, Snapshot], every: float, stop: asyncio.Event,
+    changed: asyncio.Event,
 ) -> None:  # fmt: skip
-    """Every sweep interval: drop expired cache entries, refresh the registry, follow it."""
+    """Every sweep interval, or at once when the registry changes: refresh and follow it."""
     while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+        waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
+        await asyncio.wait(waiters, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
+        if stop.is_set():
+            return
+        changed.clear()
         registry.cache.sweep()
         snapshots.sweep()
         try:
@@ -171,6 +178,7 @@ async def run_daemon(settings: Settings) -> int:
             ),
         )
         await _follow(keeper, supervisor, companies)
+        changed = asyncio.Event()
         log.info(
             "daemon_ready",
             extra={
@@ -190,9 +198,11 @@ async def run_daemon(settings: Settings) -> int:
                     snapshots,
                     settings.cache_sweep_seconds,
                     signals.stop,
+                    changed,
                 ),
                 name="reconcile",
             ),
+            asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
         ]
         for task in tasks:
             _stop_if_it_dies(task, signals)
