@@ -171,6 +171,9 @@ def test_simulated_sessions_run_in_workers_and_are_mirrored(
             "SELECT company_id, count(*) FROM store_rows WHERE tbl = 'whatsmeow_device' GROUP BY 1"
         ).fetchall())  # fmt: skip
     assert rows == {"962302": 1, "acme": 1}  # both paired, credentials durable in PostgreSQL
+    with psycopg.connect(database_url) as conn:
+        jids = conn.execute("SELECT paired_jid FROM companies ORDER BY id").fetchall()
+    assert all(jid and jid.endswith("@s.whatsapp.net") for (jid,) in jids)  # recorded on Paired
     result = subprocess.run(
         [sys.executable, "-m", "wapool", "verify"], env={**os.environ, **env}, cwd=tmp_path,
         capture_output=True, text=True, timeout=60, check=False,

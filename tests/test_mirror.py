@@ -258,3 +258,39 @@ async def test_low_disk_warns_once(
     assert warning["level"] == "warning"
     assert warning["extra"]["free_mb"] > 0
     mirror.close()
+
+
+async def test_logout_keeps_a_tombstone_and_alerts(
+    db: Database,
+    database_url: str,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    sentry_events: CapturingTransport,  # noqa: F811
+) -> None:
+    add_companies(database_url, "962302")
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    writer = writer_for(path, 31)
+    for _ in range(30):
+        writer.random_transaction()
+    mirror = Mirror(db)
+    mirror.add("962302", path)
+    assert await mirror.drain(10)
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute(
+            "SELECT tbl, pk, image FROM store_rows WHERE company_id = '962302' ORDER BY 1, 2"
+        ).fetchall()
+    writer.logout()  # whatsmeow deletes the device; the keys cascade away
+    assert await mirror.drain(10)
+    assert (await verify(db, path, "962302")).equal
+    with psycopg.connect(database_url) as conn:
+        tomb = conn.execute(
+            "SELECT tbl, pk, image FROM store_tombstones WHERE company_id = '962302' ORDER BY 1, 2"
+        ).fetchall()
+        left = conn.execute(
+            "SELECT count(*) FROM store_rows WHERE company_id = '962302' AND tbl = 'whatsmeow_device'"
+        ).fetchone()
+    assert tomb == before  # the copy as it was, device and keys included
+    assert left == (0,)
+    assert len(sentry_events.messages("device_deleted_tombstone_kept")) == 1
+    writer.conn.close()
+    mirror.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
@@ -137,3 +139,29 @@ def test_concurrency_limit_with_200_companies() -> None:
     assert all(s.state is State.CONNECTED for s in sessions)
     assert gate.peak == 10
     assert clock.monotonic() - 1000.0 >= 200 * 0.5 / 10  # bounded by the limit, not a storm
+
+
+async def test_supervisor_reports_transitions_to_the_daemon(tmp_path: Path) -> None:
+    from wapool.supervisor.supervisor import Supervisor
+
+    seen: list[tuple[str, State, type]] = []
+
+    async def record(company: str, state: State, event: ev.WhatsAppEvent) -> None:
+        seen.append((company, state, type(event)))
+
+    sup = Supervisor("simulated", 2, lambda _c: tmp_path / "x.db", on_transition=record)
+    sup.want(["a"])
+    sup.sessions["a"].start(0.0)
+    sup._on_event("a", ev.Paired("1:2@s.whatsapp.net"))
+    sup._on_event("a", ev.Connected())
+    sup._on_event("a", ev.MessageReceived())  # no transition: not reported
+    sup._on_event("a", ev.LoggedOut("device_removed"))
+    sup._on_event("ghost", ev.Connected())  # unknown company: ignored
+    await asyncio.sleep(0)
+    await asyncio.gather(*sup._background)
+    assert seen == [
+        ("a", State.STARTING, ev.Paired),
+        ("a", State.CONNECTED, ev.Connected),
+        ("a", State.LOGGED_OUT, ev.LoggedOut),
+    ]
+    await sup.close()

@@ -17,6 +17,7 @@ from wapool.cache import FallbackCache
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode
+from wapool.observability import alerts
 from wapool.observability.redact import describe_error
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
@@ -27,7 +28,9 @@ from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.store.working_store import store_path
-from wapool.supervisor.supervisor import Supervisor
+from wapool.supervisor.session import State
+from wapool.supervisor.supervisor import OnTransition, Supervisor
+from wapool.whatsapp import events as ev
 
 log = logging.getLogger("wapool.daemon")
 
@@ -125,6 +128,30 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
     task.add_done_callback(done)
 
 
+def _session_actions(repository: CompanyRepository) -> OnTransition:
+    """What the daemon does when a session changes state: registry updates and alerts."""
+
+    async def act(company: str, _state: State, event: ev.WhatsAppEvent) -> None:
+        match event:
+            case ev.Paired(jid=jid):
+                with contextlib.suppress(DatabaseUnavailable):
+                    await repository.set_paired_jid(company, jid)
+            case ev.LoggedOut(reason=reason):
+                alerts.session_logged_out(company, reason)
+                with contextlib.suppress(DatabaseUnavailable):
+                    await repository.set_paired_jid(company, None)
+            case ev.StreamReplaced():
+                alerts.session_replaced(company)
+            case ev.TemporaryBan(code=code, expires_in=seconds):
+                alerts.session_banned(company, code, seconds)
+            case ev.ClientOutdated():
+                alerts.client_outdated(company)
+            case _:
+                pass
+
+    return act
+
+
 def prepare_state_dir(settings: Settings) -> None:
     """The state directory exists and only wapool's user can read it."""
     settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -170,6 +197,7 @@ async def run_daemon(settings: Settings) -> int:
             settings.companies_per_worker,
             lambda company: store_path(settings.state_dir, company),
             connect_limit=settings.max_concurrent_connects,
+            on_transition=_session_actions(registry.repository),
             heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
             backend_args=(
                 (str(settings.simulated_churn_per_second),)

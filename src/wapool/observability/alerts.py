@@ -78,3 +78,26 @@ def disk_low(state_dir: str, free_bytes: int, free_fraction: float) -> None:
         free_mb=free_bytes // 2**20,
         free_percent=round(free_fraction * 100, 1),
     )
+
+
+def session_logged_out(company_id: str, reason: str) -> None:
+    """The account logged this device out: whatsmeow deletes its keys; pairing is needed."""
+    _send("session_logged_out", "error", company_id, "supervisor", reason=reason)
+
+
+def session_replaced(company_id: str) -> None:
+    _send("session_stream_replaced", "error", company_id, "supervisor")
+
+
+def session_banned(company_id: str, code: str, expires_in: int) -> None:
+    _send("session_temporarily_banned", "error", company_id, "supervisor", code=code,
+          expires_in_seconds=expires_in)  # fmt: skip
+
+
+def client_outdated(company_id: str) -> None:
+    _send("client_outdated", "error", company_id, "supervisor")
+
+
+def device_deleted(company_id: str) -> None:
+    """The working store lost its device row; the PostgreSQL copy is kept as a tombstone."""
+    _send("device_deleted_tombstone_kept", "error", company_id, "mirror")

@@ -256,6 +256,8 @@ class Mirror:
                 continue
             target.rejected = None
             target.applied_seq = batch.prefix.high_seq
+            if pg_copy.device_deleted(batch):
+                alerts.device_deleted(target.company_id)
             self.stats.rows_applied += len(batch.prefix.changes)
             self.stats.entries_applied += batch.prefix.entries
             conn = self._conn(target)

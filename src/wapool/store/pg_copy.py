@@ -116,6 +116,14 @@ async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
 
     for batch in accepted:
         await _upsert_meta(conn, batch, metas.get(batch.company_id))
+        if device_deleted(batch):
+            # Keep what PostgreSQL held before the logout's cascade reaches it.
+            await conn.execute(
+                "INSERT INTO store_tombstones (company_id, tombstoned_at, tbl, pk, image, written_at) "
+                "SELECT company_id, now(), tbl, pk, image, written_at FROM store_rows "
+                "WHERE company_id = %s ON CONFLICT DO NOTHING",
+                (batch.company_id,),
+            )
     await conn.execute(
         "DELETE FROM store_rows r USING incoming i WHERE i.image IS NULL "
         "AND r.company_id = i.company_id AND r.tbl = i.tbl AND r.pk = i.pk"
@@ -161,6 +169,11 @@ async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None) -> None:
         "schema_ddl = %(ddl)s, updated_at = now() WHERE company_id = %(company)s",
         params,
     )
+
+
+def device_deleted(batch: Batch) -> bool:
+    """Does this prefix delete a device (a logout, even if a new pairing follows)?"""
+    return any(c.table == "whatsmeow_device" and c.image is None for c in batch.prefix.changes)
 
 
 def digest(rows: list[tuple[str, str, str]]) -> str:

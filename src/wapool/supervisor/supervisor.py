@@ -9,16 +9,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 from wapool.backoff import Backoff
 from wapool.clock import Clock, SystemClock
-from wapool.supervisor.session import TERMINAL, ConnectGate, Session
+from wapool.supervisor.session import TERMINAL, ConnectGate, Session, State
 from wapool.supervisor.workers import WorkerPool
 from wapool.whatsapp import events as ev
 
 log = logging.getLogger(__name__)
+
+OnTransition = Callable[[str, State, ev.WhatsAppEvent], Coroutine[Any, Any, None]]
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("supervisor_action_failed", exc_info=task.exception())
+
 
 #: Events that end a connect attempt (whatever its outcome): the gate slot is freed.
 _SETTLING = (
@@ -38,6 +47,7 @@ class Supervisor:
         clock: Clock | None = None,
         heartbeat_timeout: float = 10.0,
         backend_args: tuple[str, ...] = (),
+        on_transition: OnTransition | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
         self._store_path = store_path
@@ -49,6 +59,7 @@ class Supervisor:
         )  # fmt: skip
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._on_transition = on_transition
 
     def want(self, companies: Iterable[str]) -> list[str]:
         """Make these the running companies; return those to stop (the caller awaits stop)."""
@@ -107,10 +118,18 @@ class Supervisor:
             )
         if session.state in TERMINAL:
             # No reconnect will follow: release the client and its worker slot.
-            task = asyncio.get_running_loop().create_task(self.pool.stop_company(company))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._spawn(self.pool.stop_company(company))
+        if self._on_transition is not None and (
+            session.state is not before or isinstance(event, ev.Paired)
+        ):
+            self._spawn(self._on_transition(company, session.state, event))
         self._wake.set()
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     def _on_crash(self, company: str, reason: str) -> None:
         session = self.sessions.get(company)
