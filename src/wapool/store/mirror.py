@@ -84,8 +84,10 @@ class Mirror:
         backoff: Backoff | None = None,
         snapshot_every: float = 60.0,
         state_dir: Path | None = None,
+        fence: pg_copy.Fence | None = None,
     ) -> None:
         self._db = db
+        self.fence = fence
         self._snapshots = snapshots
         self._clock = clock or SystemClock()
         self._max_rows = max_rows_per_tick
@@ -187,7 +189,7 @@ class Mirror:
         rows = sum(len(b.prefix.changes) for b in batches)
         try:
             outcome = await pg_copy.apply(
-                self._db, batches, timeout=self._db.query_timeout + rows / 20_000
+                self._db, batches, timeout=self._db.query_timeout + rows / 20_000, fence=self.fence
             )
         except DatabaseUnavailable as exc:
             self.stats.failures += 1

@@ -73,21 +73,53 @@ async def fetch_rows(
     return await db.run(work, timeout=timeout)
 
 
-async def apply(db: Database, batches: list[Batch], timeout: float | None = None) -> Outcome:
+@dataclass(frozen=True)
+class Fence:
+    """Who may write: this holder, under these epochs (see ``supervisor.leases``)."""
+
+    holder: str
+    epochs: dict[str, int]
+
+
+async def apply(
+    db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
+) -> Outcome:
     async def work(conn: Conn) -> Outcome:
-        return await _apply(conn, batches)
+        return await _apply(conn, batches, fence)
 
     return await db.run(work, timeout=timeout)
 
 
-async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
+async def _fenced_out(conn: Conn, batches: list[Batch], fence: Fence) -> dict[str, str]:
+    """Companies this holder may not write now (lease lost, taken over, never held)."""
+    cur = await conn.execute(
+        "SELECT company_id, holder, epoch FROM company_leases WHERE company_id = ANY(%s) "
+        "ORDER BY company_id FOR SHARE",
+        ([b.company_id for b in batches],),
+    )
+    leases = {str(c): (str(h), int(e)) for c, h, e in await cur.fetchall()}
+    refused: dict[str, str] = {}
+    for batch in batches:
+        mine = (fence.holder, fence.epochs.get(batch.company_id))
+        if leases.get(batch.company_id) != mine:
+            current = leases.get(batch.company_id)
+            refused[batch.company_id] = (
+                f"stale writer: lease epoch {mine[1]} is not the current one "
+                f"({'none' if current is None else current[1]})"
+            )
+    return refused
+
+
+async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -> Outcome:
+    fenced = await _fenced_out(conn, batches, fence) if fence is not None else {}
+    batches = [b for b in batches if b.company_id not in fenced]
     companies = [b.company_id for b in batches]
     cur = await conn.execute(
         META_QUERY + " WHERE company_id = ANY(%s) ORDER BY company_id FOR UPDATE", (companies,)
     )
     metas = {row[0]: CopyMeta(*row) for row in await cur.fetchall()}
     accepted: list[Batch] = []
-    rejected: dict[str, str] = {}
+    rejected: dict[str, str] = dict(fenced)
     for batch in batches:
         meta = metas.get(batch.company_id)
         if meta is not None and meta.store_uuid != batch.prefix.store_uuid:
@@ -115,7 +147,10 @@ async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
                 )
 
     for batch in accepted:
-        await _upsert_meta(conn, batch, metas.get(batch.company_id))
+        meta = metas.get(batch.company_id)
+        kept_epoch = meta.epoch if meta else 0
+        epoch = fence.epochs.get(batch.company_id, kept_epoch) if fence else kept_epoch
+        await _upsert_meta(conn, batch, meta, epoch)
         if device_deleted(batch):
             # Keep what PostgreSQL held before the logout's cascade reaches it.
             await conn.execute(
@@ -138,7 +173,7 @@ async def _apply(conn: Conn, batches: list[Batch]) -> Outcome:
     return Outcome({b.company_id: len(b.prefix.changes) for b in accepted}, rejected)
 
 
-async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None) -> None:
+async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None, epoch: int) -> None:
     schema, prefix = batch.schema, batch.prefix
     params: dict[str, Any] = {
         "company": batch.company_id,
@@ -147,26 +182,28 @@ async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None) -> None:
         "fingerprint": schema.fingerprint,
         "ddl": DDL_SEPARATOR.join(schema.ddl),
         "seq": prefix.high_seq,
+        "epoch": epoch,
     }
     if meta is None:
         await conn.execute(
             "INSERT INTO store_copies (company_id, store_uuid, schema_version, "
-            "schema_fingerprint, schema_ddl, applied_seq) VALUES "
-            "(%(company)s, %(uuid)s, %(version)s, %(fingerprint)s, %(ddl)s, %(seq)s)",
+            "schema_fingerprint, schema_ddl, applied_seq, epoch) VALUES "
+            "(%(company)s, %(uuid)s, %(version)s, %(fingerprint)s, %(ddl)s, %(seq)s, %(epoch)s)",
             params,
         )
         return
     if meta.schema_fingerprint == schema.fingerprint:
         await conn.execute(
             "UPDATE store_copies SET applied_seq = greatest(applied_seq, %(seq)s), "
-            "updated_at = now() WHERE company_id = %(company)s",
+            "epoch = %(epoch)s, updated_at = now() WHERE company_id = %(company)s",
             params,
         )
         return
     await conn.execute(
         "UPDATE store_copies SET applied_seq = greatest(applied_seq, %(seq)s), "
         "schema_version = %(version)s, schema_fingerprint = %(fingerprint)s, "
-        "schema_ddl = %(ddl)s, updated_at = now() WHERE company_id = %(company)s",
+        "schema_ddl = %(ddl)s, epoch = %(epoch)s, updated_at = now() "
+        "WHERE company_id = %(company)s",
         params,
     )
 
