@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     snapshot_cache_mb: int = Field(256, ge=1)
     key_retention_days: int = Field(30, ge=1)
     cleanup_cron: str = "0 3 * * *"
+    # --- expired-key cleanup (issue 5) ---
+    cleanup_table_days: str = ""
+    cleanup_misfire_grace_seconds: int = Field(3600, ge=1)
+    cleanup_batch_rows: int = Field(2000, ge=1, le=100_000)
     companies_per_worker: int = Field(50, ge=1, le=1000)
     max_concurrent_connects: int = Field(8, ge=1, le=1000)
     lease_seconds: float = Field(30.0, ge=3)
@@ -107,6 +111,14 @@ class Settings(BaseSettings):
                 "must be a five-field crontab expression like '0 3 * * *' (minute hour "
                 "day month weekday, UTC)"
             ) from None
+        return value
+
+    @field_validator("cleanup_table_days")
+    @classmethod
+    def _cleanup_tables_known(cls, value: str) -> str:
+        from wapool.cleanup.policy import parse_overrides
+
+        parse_overrides(value)
         return value
 
     @field_validator("http_addr")

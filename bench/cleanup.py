@@ -1,0 +1,186 @@
+"""Cleanup benchmark: rows deleted per second, the longest working-store lock, the mirror's lag
+and the slowest client write while the cleanup runs.
+
+    python bench/cleanup.py [--rows 10000000] [--rate 200]
+
+One company, a store made by neonize, ``--rows`` expired rows (half message secrets, half sender
+keys) in the working store and in its PostgreSQL copy, a throwaway cluster with fsync off. While
+the cleanup runs, a separate process writes ``--rate`` whatsmeow-shaped transactions per second
+into the same store and the mirror runs as in the daemon. Targets (issue 5): >= 100,000 rows/s,
+no lock over 200 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from wapool.cleanup.executor import CleanupRun
+from wapool.cleanup.policy import RetentionPolicy
+from wapool.db.migrations import migrate
+from wapool.db.pool import Database
+from wapool.devdb import Cluster, free_port
+from wapool.settings import load_settings
+from wapool.store.capture import drop_capture, install_capture, json_array_sql
+from wapool.store.mirror import Mirror
+from wapool.store.schema import quote, read_schema
+from wapool.store.working_store import connect, prepare_dir
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
+from wapool.whatsapp.neonize_store import create_schema
+
+TABLES = ("whatsmeow_message_secrets", "whatsmeow_sender_keys")
+
+
+def _fill(path: Path, rows: int) -> str:
+    conn = connect(path)
+    install_capture(conn)
+    writer = WhatsmeowWriter(conn, random.Random(1))
+    jid = writer.pair()
+    drop_capture(conn)  # bulk history, as if written long ago and mirrored since
+    conn.execute("BEGIN")
+    half = rows // 2
+    conn.executemany(
+        "INSERT INTO whatsmeow_message_secrets VALUES (?, ?, ?, ?, ?)",
+        ((jid, f"c{n % 5000}@s.whatsapp.net", f"s{n}@s.whatsapp.net", f"{n:016X}", os.urandom(32))
+         for n in range(half)),
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO whatsmeow_sender_keys VALUES (?, ?, ?, ?)",
+        ((jid, f"{n % 3000}@g.us", f"s{n}@s.whatsapp.net", os.urandom(200))
+         for n in range(rows - half)),
+    )  # fmt: skip
+    conn.execute("COMMIT")
+    install_capture(conn, recheck=False)
+    conn.close()
+    return jid
+
+
+def _copy_to_postgres(path: Path, url: str, company: str) -> None:
+    old = datetime.now(UTC) - timedelta(days=60)
+    conn = connect(path)
+    schema = read_schema(conn)
+    with (
+        psycopg.connect(url) as pg,
+        pg.cursor().copy(
+            "COPY store_rows (company_id, tbl, pk, image, written_at) FROM STDIN"
+        ) as copy,
+    ):
+        for table in TABLES:
+            spec, name = schema.table(table), quote(table)
+            query = (f"SELECT {json_array_sql(name, spec.key_columns)}, "
+                     f"{json_array_sql(name, spec.columns)} FROM {name}")  # fmt: skip
+            for key, image in conn.execute(query):
+                copy.write_row((company, table, key, image, old))
+    conn.close()
+
+
+def _client(path: str, rate: float, stop: Any, out: Any) -> None:
+    conn = connect(Path(path))
+    writer = WhatsmeowWriter(conn, random.Random(2))
+    writer.jid = conn.execute("SELECT jid FROM whatsmeow_device").fetchone()[0]
+    latencies: list[float] = []
+    start = time.monotonic()
+    while not stop.is_set():
+        began = time.perf_counter()
+        random.choice((writer.session, writer.message_secret, writer.sender_key))()
+        latencies.append(time.perf_counter() - began)
+        time.sleep(max(0.0, start + len(latencies) / rate - time.monotonic()))
+    out.put((len(latencies), max(latencies or [0.0]), _p99(latencies)))
+
+
+def _p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values or [0])
+
+
+async def main(rows: int, rate: float) -> None:
+    root = Path(tempfile.mkdtemp(prefix="wapool-bench-cleanup-"))
+    root.chmod(0o755)
+    cluster = Cluster(root / "pg", free_port(), durable=False)
+    cluster.start()
+    cluster.ensure_database()
+    try:
+        async with await psycopg.AsyncConnection.connect(cluster.url()) as conn:
+            await migrate(conn)
+            await conn.execute("INSERT INTO companies (id) VALUES ('bench')")
+            await conn.commit()
+        template = root / "template.db"
+        create_schema([template])
+        state = root / "state"
+        path = prepare_dir(state, "bench")
+        shutil.copyfile(template, path)
+        started = time.monotonic()
+        _fill(path, rows)
+        settings = load_settings(None, database_url=cluster.url(), state_dir=state)
+        db = Database.from_settings(settings)
+        await db.open(wait=True)
+        mirror = Mirror(db)
+        mirror.add("bench", path)
+        assert await mirror.drain(60)  # the device: creates the PostgreSQL copy
+        _copy_to_postgres(path, cluster.url(), "bench")
+        print(f"built {rows:,} expired rows in {time.monotonic() - started:.0f} s")
+        await _measure(db, mirror, settings.state_dir, path, rate, rows)
+        mirror.close()
+        await db.close()
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _measure(
+    db: Database, mirror: Mirror, state: Path, path: Path, rate: float, rows: int
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    stop, out = ctx.Event(), ctx.Queue()
+    client = ctx.Process(target=_client, args=(str(path), rate, stop, out))
+    client.start()
+    mirror_stop = asyncio.Event()
+    mirror.stats.lags.clear()
+    mirror_task = asyncio.create_task(mirror.run(mirror_stop))
+    await asyncio.sleep(1)
+    began = time.perf_counter()
+    result = await CleanupRun(db, RetentionPolicy.build(30), state).run(datetime.now(UTC))
+    seconds = time.perf_counter() - began
+    lags = list(mirror.stats.lags)
+    stop.set()
+    writes, slowest, p99_write = await asyncio.to_thread(out.get, True, 60)
+    client.join(10)
+    drain_began = time.perf_counter()
+    mirror_stop.set()
+    await mirror_task
+    drained = await mirror.drain(600)
+    drain = time.perf_counter() - drain_began
+    print(f"deleted {result.rows:,} of {rows:,} rows in {seconds:.2f} s = "
+          f"{result.rows / seconds:,.0f} rows/s")  # fmt: skip
+    print(f"longest working-store write lock: {result.longest_lock_seconds * 1000:.1f} ms")
+    print(f"mirror lag while it ran: p50 {statistics.median(lags) * 1000:.1f} ms, "
+          f"p99 {_p99(lags) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms ({len(lags):,} changes)")  # fmt: skip
+    print(f"client writes while it ran: {writes:,}, p99 {p99_write * 1000:.1f} ms, "
+          f"slowest {slowest * 1000:.1f} ms")  # fmt: skip
+    print(f"mirror caught up with the deletes {drain:.1f} s after the cleanup ended "
+          f"(drained: {drained})")  # fmt: skip
+    with contextlib.suppress(Exception):
+        left = await db.fetch(
+            "SELECT count(*) FROM store_rows WHERE tbl = ANY(%s)", (list(TABLES),)
+        )
+        print(f"rows left in PostgreSQL in the pruned tables: {left[0][0]:,}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--rate", type=float, default=200)
+    args = parser.parse_args()
+    asyncio.run(main(args.rows, args.rate))

@@ -1,0 +1,197 @@
+"""One cleanup run: every company, every prunable table, then removed companies and tombstones.
+
+A company with a working store on this host is pruned in that store (the source of truth) and
+the deletes reach PostgreSQL through the mirror; any other company is pruned in PostgreSQL
+directly. Work is batched, checked for a stop request between batches, and idempotent: a run
+that was stopped is simply resumed by the next one, which finds what is still expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from wapool.cleanup import postgres
+from wapool.cleanup.policy import RetentionPolicy
+from wapool.cleanup.working import Pruner, StalePage
+from wapool.db.pool import Database
+from wapool.store.working_store import store_path
+
+log = logging.getLogger(__name__)
+
+#: Keys fetched from PostgreSQL per page (then deleted locally in smaller batches).
+PAGE_ROWS = 20_000
+PROGRESS_EVERY_SECONDS = 10.0
+
+Progress = Callable[[str, str, int], None]  # company, table, rows deleted so far in it
+
+
+class Cancelled(Exception):
+    """The run stopped at a batch boundary because a stop was requested."""
+
+
+@dataclass
+class RunResult:
+    started_at: datetime
+    finished_at: datetime | None = None
+    #: (company, table) -> [rows, bytes] deleted
+    deleted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    longest_lock_seconds: float = 0.0
+    status: str = "running"
+    error: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(r for r, _ in self.deleted.values())
+
+    @property
+    def bytes(self) -> int:
+        return sum(b for _, b in self.deleted.values())
+
+    @property
+    def duration_seconds(self) -> float:
+        end = self.finished_at or datetime.now(UTC)
+        return (end - self.started_at).total_seconds()
+
+    def add(self, company: str, table: str, rows: int, size: int) -> None:
+        entry = self.deleted.setdefault((company, table), [0, 0])
+        entry[0] += rows
+        entry[1] += size
+
+
+class CleanupRun:
+    def __init__(
+        self,
+        db: Database,
+        policy: RetentionPolicy,
+        state_dir: Path,
+        *,
+        batch_rows: int = 2_000,
+        stop: asyncio.Event | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self._db = db
+        self._policy = policy
+        self._state_dir = state_dir
+        self._batch_rows = batch_rows
+        self._stop = stop or asyncio.Event()
+        self._progress = progress or (lambda _c, _t, _n: None)
+        self._last_log = time.monotonic()
+        self.result = RunResult(started_at=datetime.now(UTC))
+
+    async def run(self, now: datetime, company_id: str | None = None) -> RunResult:
+        """Prune everything past retention at ``now``; raises ``Cancelled`` on a stop."""
+        self.result = RunResult(started_at=datetime.now(UTC))
+        removed_cutoff = self._policy.removed_cutoff(now)
+        companies = await postgres.retained_companies(self._db, removed_cutoff)
+        for company in companies:
+            if company_id is None or company == company_id:
+                for table in self._policy.tables:
+                    await self._table(company, table, self._policy.cutoff(table, now))
+        if company_id is None or company_id not in companies:
+            await self._removed(removed_cutoff, company_id)
+        self.result.finished_at = datetime.now(UTC)
+        self.result.status = "done"
+        return self.result
+
+    async def _table(self, company: str, table: str, cutoff: datetime) -> None:
+        path = store_path(self._state_dir, company)
+        if path.exists():
+            await self._prune_local(company, path, table, cutoff)
+        else:
+            await self._batches(
+                company,
+                table,
+                lambda: postgres.delete_expired_batch(self._db, company, table, cutoff),
+            )
+        self._finished(company, table)
+
+    async def _prune_local(self, company: str, path: Path, table: str, cutoff: datetime) -> None:
+        pruner = Pruner(path, batch_rows=self._batch_rows)
+        await asyncio.to_thread(pruner.open)
+        try:
+            if not pruner.has_table(table):
+                return
+            cursor = [""]  # moves only past keys handled, so a stale page resumes right there
+            while True:
+                page = await postgres.expired_page(
+                    self._db, company, table, cutoff, cursor[0], PAGE_ROWS
+                )
+                if not page.keys:
+                    return
+                with contextlib.suppress(StalePage):
+                    await self._delete_page(pruner, company, table, page, cursor)
+        finally:
+            self.result.longest_lock_seconds = max(
+                self.result.longest_lock_seconds, pruner.longest_lock
+            )
+            await asyncio.to_thread(pruner.close)
+
+    async def _delete_page(
+        self, pruner: Pruner, company: str, table: str, page: postgres.Page, cursor: list[str]
+    ) -> None:
+        keys, start = page.keys, 0
+        while start < len(keys):
+            self._check_stop()
+            chunk = keys[start : start + pruner.batch_rows]
+            batch = await asyncio.to_thread(pruner.delete, table, chunk, page.applied_seq)
+            self.result.add(company, table, batch.rows, batch.bytes)
+            start += len(chunk)
+            cursor[0] = chunk[-1][0]
+            self._report(company, table)
+
+    async def _removed(self, cutoff: datetime, only: str | None) -> None:
+        for company in await postgres.removed_companies(self._db, cutoff):
+            if only is None or company == only:
+                await self._batches(
+                    company, postgres.REMOVED,
+                    lambda c=company: postgres.delete_removed_batch(self._db, c, cutoff),  # type: ignore[misc]
+                )  # fmt: skip
+                await postgres.forget_removed(self._db, company, cutoff)
+                self._finished(company, postgres.REMOVED)
+        if only is None:
+            await self._batches(
+                "*", postgres.TOMBSTONES, lambda: postgres.delete_tombstones_batch(self._db, cutoff)
+            )
+
+    async def _batches(
+        self, company: str, table: str, batch: Callable[[], Awaitable[tuple[int, int]]]
+    ) -> None:
+        """PostgreSQL deletes, one short statement at a time, until one comes back short."""
+        while True:
+            self._check_stop()
+            rows, size = await batch()
+            if rows:
+                self.result.add(company, table, rows, size)
+                self._report(company, table)
+            if rows < postgres.PG_BATCH:
+                return
+
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Cancelled
+
+    def _report(self, company: str, table: str) -> None:
+        rows = self.result.deleted.get((company, table), [0, 0])[0]
+        self._progress(company, table, rows)
+        if time.monotonic() - self._last_log >= PROGRESS_EVERY_SECONDS:
+            self._last_log = time.monotonic()
+            log.info(
+                "cleanup_progress",
+                extra={"company": company, "table": table, "rows": rows,
+                       "total_rows": self.result.rows},
+            )  # fmt: skip
+
+    def _finished(self, company: str, table: str) -> None:
+        rows, size = self.result.deleted.get((company, table), [0, 0])
+        if rows:
+            log.info(
+                "cleanup_table_done",
+                extra={"company": company, "table": table, "rows": rows, "bytes": size},
+            )

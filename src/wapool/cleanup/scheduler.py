@@ -1,0 +1,116 @@
+"""The daemon's scheduler: the cleanup on its cron (UTC), the cache sweep, the daily size sample.
+
+APScheduler 3's ``AsyncIOScheduler`` with ``coalesce=True``, ``max_instances=1`` and an explicit
+``misfire_grace_time`` (APScheduler's default is one second). Its in-memory job store forgets a
+fire time missed while the daemon was down, so ``start`` looks at ``cleanup_runs``: a slot
+missed by less than the grace time, and not run by any node, runs once at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from wapool.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RunCleanup = Callable[[datetime], Awaitable[object]]  # slot -> anything
+LastSlot = Callable[[], Awaitable[datetime | None]]
+
+
+def cleanup_trigger(settings: Settings) -> Any:
+    return CronTrigger.from_crontab(settings.cleanup_cron, timezone=UTC)
+
+
+def previous_fire(trigger: Any, now: datetime, window: timedelta) -> datetime | None:
+    """The latest fire time in ``(now - window, now]``, if any."""
+    fire = trigger.get_next_fire_time(None, now - window)
+    last = None
+    while fire is not None and fire <= now:
+        last = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(seconds=1))
+    return last
+
+
+class CleanupScheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        run_cleanup: RunCleanup,
+        *,
+        last_slot: LastSlot | None = None,
+        sweep: Callable[[], object] | None = None,
+        sample: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._run_cleanup = run_cleanup
+        self._last_slot = last_slot
+        self._grace = timedelta(seconds=settings.cleanup_misfire_grace_seconds)
+        self.trigger = cleanup_trigger(settings)
+        self.scheduler = AsyncIOScheduler(
+            timezone=UTC,
+            job_defaults={
+                "coalesce": True,
+                "max_instances": 1,
+                "misfire_grace_time": settings.cleanup_misfire_grace_seconds,
+            },
+        )
+        self._sweep = sweep
+        self._sample = sample
+        self._running: asyncio.Task[Any] | None = None
+
+    async def start(self) -> None:
+        catch_up = await self._missed_slot()
+        extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if catch_up else {}
+        self.scheduler.add_job(self._cleanup_job, self.trigger, id="cleanup", **extra)
+        if self._sweep is not None:
+            self.scheduler.add_job(
+                self._sweep,
+                IntervalTrigger(seconds=self._settings.cache_sweep_seconds, timezone=UTC),
+                id="cache_sweep",
+                misfire_grace_time=None,
+            )
+        if self._sample is not None:
+            sample_trigger = CronTrigger(hour=0, minute=5, timezone=UTC)
+            self.scheduler.add_job(self._sample, sample_trigger, id="size_sample")
+        self.scheduler.start()
+        job = self.scheduler.get_job("cleanup")
+        log.info(
+            "cleanup_scheduled",
+            extra={"next_run": str(job.next_run_time), "catch_up": bool(catch_up)},
+        )
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop scheduling; a running cleanup is cancelled at its next batch boundary."""
+        self.scheduler.shutdown(wait=False)
+        if self._running is not None and not self._running.done():
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._running), timeout)
+
+    async def _cleanup_job(self) -> None:
+        now = datetime.now(UTC)
+        slot = previous_fire(self.trigger, now, self._grace + timedelta(seconds=1)) or now
+        self._running = asyncio.current_task()
+        try:
+            await self._run_cleanup(slot)
+        except Exception:
+            log.exception("cleanup_job_failed")
+
+    async def _missed_slot(self) -> datetime | None:
+        missed = previous_fire(self.trigger, datetime.now(UTC), self._grace)
+        if missed is None or self._last_slot is None:
+            return None
+        try:
+            last = await self._last_slot()
+        except Exception:
+            return None  # PostgreSQL down: the next regular slot will do
+        return missed if last is None or last < missed else None
