@@ -19,9 +19,11 @@ import pytest
 from psycopg import sql
 
 from wapool.db.migrations import migrate
+from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
 from wapool.settings import Settings, load_settings
 from wapool.store.capture import install_capture
+from wapool.store.dump import dump_rows
 from wapool.store.working_store import connect, prepare_dir
 from wapool.testing.fault_proxy import FaultProxy
 from wapool.whatsapp.neonize_store import create_schema
@@ -124,6 +126,24 @@ def new_store(template: Path, state_dir: Path, company_id: str) -> Path:
 @pytest.fixture
 def settings(database_url: str, tmp_path: Path) -> Settings:
     return make_settings(database_url, tmp_path / "state")
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    """wapool's own pooled access to the per-test database."""
+    database = Database.from_settings(settings)
+    await database.open(wait=True)
+    yield database
+    await database.close()
+
+
+def dump_store(path: Path) -> dict[tuple[str, str], str]:
+    """A working store's rows as the mirror encodes them."""
+    conn = connect(path)
+    try:
+        return dump_rows(conn)
+    finally:
+        conn.close()
 
 
 def run_cli(

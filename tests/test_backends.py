@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from tests.conftest import new_store
 from tests.test_mirror import add_companies
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
-from wapool.settings import Settings
 from wapool.store.mirror import Mirror
 from wapool.store.verify import verify
 from wapool.store.working_store import connect
@@ -27,14 +25,6 @@ from wapool.whatsapp.neonize_adapter import NeonizeBackend
 from wapool.whatsapp.simulated import Script, SimulatedBackend
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 def _next(events: queue.Queue[ev.WhatsAppEvent], timeout: float = 10) -> ev.WhatsAppEvent:
@@ -113,3 +103,37 @@ def test_get_me_before_connect_is_a_real_go_panic(whatsmeow_template: Path, tmp_
     )
     assert result.returncode == -signal.SIGABRT, result.returncode  # exit status 134 in a shell
     assert "caught" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "states"),
+    [
+        ([(0.05, ev.KeepAliveTimeout()), (0.1, ev.Disconnected("keep-alive"))],
+         [State.CONNECTED, State.RECONNECTING]),
+        ([(0.05, ev.TemporaryBan("101", 60))], [State.CONNECTED, State.BANNED]),
+        ([(0.05, ev.StreamReplaced())], [State.CONNECTED, State.STREAM_REPLACED]),
+        ([(0.05, ev.ClientOutdated())], [State.CONNECTED, State.CLIENT_OUTDATED]),
+        ([(0.05, ev.LoggedOut("401"))], [State.CONNECTED, State.LOGGED_OUT]),
+    ],
+)  # fmt: skip
+def test_scripted_simulated_sessions_drive_the_state_machine(
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    script: list[tuple[float, ev.WhatsAppEvent]],
+    states: list[State],
+) -> None:
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    events: queue.Queue[ev.WhatsAppEvent] = queue.Queue()
+    client = SimulatedBackend(Script(churn_per_second=20, events=script, seed=1)).client(
+        "962302", path, events.put
+    )
+    session = Session("962302")
+    session.start(0.0)
+    client.start()
+    seen = []
+    for _ in range(len(script) + 2):  # Paired, Connected, then the scripted events
+        session.on_event(_next(events), 1.0)
+        if not seen or seen[-1] is not session.state:
+            seen.append(session.state)
+    assert seen == [State.STARTING, *states]  # Paired keeps it starting until Connected
+    assert client.stop(5)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,14 +67,6 @@ def bot_api(request: pytest.FixtureRequest) -> Iterator[BotApi]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 def _notifier(api: BotApi, attempts: int = 3) -> tuple[TelegramNotifier, list[float]]:

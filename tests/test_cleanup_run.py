@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +17,6 @@ from wapool.cleanup import postgres
 from wapool.cleanup.executor import Cancelled, CleanupRun
 from wapool.cleanup.policy import RetentionPolicy
 from wapool.db.pool import Database
-from wapool.settings import Settings
 from wapool.store.dump import dump_rows
 from wapool.store.mirror import Mirror
 from wapool.store.verify import verify
@@ -30,14 +28,6 @@ pytestmark = pytest.mark.timeout(120)
 ALLOWED = {"whatsmeow_message_secrets", "whatsmeow_sender_keys"}
 NOW = datetime.now(UTC)
 OLD = NOW - timedelta(days=40)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 def _dump(path: Path) -> dict[tuple[str, str], str]:

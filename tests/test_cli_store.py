@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import new_store, run_cli
+from tests.conftest import dump_store, new_store, run_cli
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
 from wapool.settings import Settings
-from wapool.store.dump import dump_rows
 from wapool.store.mirror import Mirror
 from wapool.store.working_store import connect
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 @pytest.fixture
@@ -47,14 +37,6 @@ async def mirrored(
 
 def _env(database_url: str, settings: Settings) -> dict[str, str]:
     return {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(settings.state_dir)}
-
-
-def _dump(path: Path) -> dict[tuple[str, str], str]:
-    conn = connect(path)
-    try:
-        return dump_rows(conn)
-    finally:
-        conn.close()
 
 
 def test_verify_reports_equal_then_divergence(
@@ -86,7 +68,7 @@ def test_export_import_round_trip_and_refusals(
     mirrored: Path, database_url: str, settings: Settings, tmp_path: Path
 ) -> None:
     env = _env(database_url, settings)
-    original = _dump(mirrored)
+    original = dump_store(mirrored)
     backup = tmp_path / "962302.wapool"
     exported = run_cli("export", "962302", str(backup), env=env, cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
@@ -112,7 +94,7 @@ def test_export_import_round_trip_and_refusals(
 
     forced = run_cli("import", "962302", str(backup), "--force", env=env, cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
-    assert _dump(mirrored) == original  # the local store took the imported content
+    assert dump_store(mirrored) == original  # the local store took the imported content
     verified = run_cli("verify", "962302", env=env, cwd=tmp_path)
     assert verified.returncode == 0, verified.stdout
 
@@ -146,7 +128,7 @@ def test_bad_files_are_refused_and_change_nothing(
         before = conn.execute(
             "SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows"
         ).fetchone()
-    local_before = _dump(mirrored)
+    local_before = dump_store(mirrored)
     result = run_cli("import", "962302", str(backup), "--force", env=env, cwd=tmp_path)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -158,4 +140,4 @@ def test_bad_files_are_refused_and_change_nothing(
             "SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows"
         ).fetchone()
     assert after == before
-    assert _dump(mirrored) == local_before
+    assert dump_store(mirrored) == local_before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -13,8 +14,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.conftest import proxied
 from wapool.db.migrations import latest_version
 from wapool.errors import ExitCode
+from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -206,3 +209,55 @@ def test_registry_changes_reach_the_daemon_at_once(database_url: str, tmp_path: 
     finally:
         proc.kill()
     assert proc.returncode == ExitCode.OK
+
+
+async def test_postgres_outage_never_stops_a_running_client(
+    database_url: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """Invariant 3, end to end: sessions stay connected through an outage longer than the lease
+    and the cache sweep, and everything written meanwhile reaches PostgreSQL afterwards."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('962302')")
+    env = {
+        "WAPOOL_DATABASE_URL": proxied(database_url, proxy),
+        "WAPOOL_STATE_DIR": str(tmp_path / "state"),
+        "WAPOOL_WHATSAPP_BACKEND": "simulated",
+        "WAPOOL_SIMULATED_CHURN_PER_SECOND": "50",
+        "WAPOOL_LEASE_SECONDS": "3",
+        "WAPOOL_CACHE_SWEEP_SECONDS": "1",
+        "WAPOOL_CACHE_TTL_SECONDS": "2",
+    }
+    log = tmp_path / "daemon.log"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=base | env,
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
+    try:
+        await _until_logged(log, "state=connected")
+        await proxy.refuse()
+        await _until_logged(log, "event=database_down")
+        outage_started = log.read_bytes().count(b"\n")
+        await asyncio.sleep(6)  # the outage itself: twice the lease, six sweeps, beyond the TTL
+        await proxy.restore()
+        await _until_logged(log, "event=database_up")
+        during = b"\n".join(log.read_bytes().splitlines()[outage_started:])
+        assert b"state=stopped" not in during
+        assert b"lease_lost" not in during
+        assert b"store_released" not in during
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 40) == ExitCode.OK
+    finally:
+        proc.kill()
+    assert b"event=mirror_final_drain drained=True" in log.read_bytes()
+    result = subprocess.run(
+        [sys.executable, "-m", "wapool", "verify"], env=base | env | {"WAPOOL_DATABASE_URL": database_url},
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+async def _until_logged(log: Path, needle: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while needle.encode() not in log.read_bytes():
+        assert time.monotonic() < deadline, f"{needle!r} not logged"
+        await asyncio.sleep(0.05)

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -16,20 +15,11 @@ import pytest
 from tests.conftest import new_store
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
-from wapool.settings import Settings
 from wapool.store.mirror import Mirror
 from wapool.store.pg_copy import Fence
 from wapool.supervisor.leases import Leases
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 async def test_lease_takeover_raises_the_epoch_and_fences_the_stale_writer(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
@@ -17,7 +16,6 @@ from wapool.clock import ManualClock
 from wapool.db.pool import Database
 from wapool.devdb import Cluster
 from wapool.errors import DatabaseUnavailable
-from wapool.settings import Settings
 from wapool.store.mirror import Mirror
 from wapool.store.verify import verify
 from wapool.store.working_store import connect
@@ -25,14 +23,6 @@ from wapool.testing.fault_proxy import FaultProxy
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 def add_companies(database_url: str, *ids: str) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,18 +19,9 @@ from wapool.errors import (
 from wapool.registry.company import Company, validate_company_id
 from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
-from wapool.settings import Settings
 from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 @pytest.mark.parametrize("good", ["962302", "acme-bakery", "a", "x_1", "0" * 63])

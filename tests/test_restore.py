@@ -5,17 +5,14 @@ from __future__ import annotations
 
 import random
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings, new_store, proxied
+from tests.conftest import dump_store, make_settings, new_store, proxied
 from tests.test_mirror import add_companies, writer_for
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
-from wapool.settings import Settings
-from wapool.store.dump import dump_rows
 from wapool.store.mirror import Mirror
 from wapool.store.provision import StoreUnavailable, provision
 from wapool.store.snapshot import snapshot_cache
@@ -25,14 +22,6 @@ from wapool.testing.fault_proxy import FaultProxy
 from wapool.whatsapp.neonize_store import create_schema
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def db(settings: Settings) -> AsyncIterator[Database]:
-    database = Database.from_settings(settings)
-    await database.open(wait=True)
-    yield database
-    await database.close()
 
 
 async def _mirrored_store(
@@ -51,19 +40,11 @@ async def _mirrored_store(
     return path
 
 
-def _dump(path: Path) -> dict[tuple[str, str], str]:
-    conn = connect(path)
-    try:
-        return dump_rows(conn)
-    finally:
-        conn.close()
-
-
 async def test_missing_store_is_restored_as_the_same_device(
     db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
 ) -> None:
     path = await _mirrored_store(db, database_url, whatsmeow_template, tmp_path)
-    before = _dump(path)
+    before = dump_store(path)
     devices_before = create_schema([path])[path]
     assert len(devices_before) == 1
     path.unlink()
@@ -72,7 +53,7 @@ async def test_missing_store_is_restored_as_the_same_device(
 
     result = await provision(db, tmp_path, "962302")
     assert (result.action, result.reason) == ("restored-postgres", "working store missing")
-    assert _dump(path) == before
+    assert dump_store(path) == before
     assert create_schema([path])[path] == devices_before  # whatsmeow loads the same device
     assert (await verify(db, path, "962302")).equal
     assert oct(path.stat().st_mode & 0o777) == "0o600"
@@ -83,7 +64,7 @@ async def test_corrupt_store_is_detected_restored_and_kept_aside(
     db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
 ) -> None:
     path = await _mirrored_store(db, database_url, whatsmeow_template, tmp_path)
-    before = _dump(path)
+    before = dump_store(path)
     conn = connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -96,7 +77,7 @@ async def test_corrupt_store_is_detected_restored_and_kept_aside(
     result = await provision(db, tmp_path, "962302")
     assert result.action == "restored-postgres"
     assert result.reason.startswith("working store corrupt")
-    assert _dump(path) == before
+    assert dump_store(path) == before
     kept = [
         p for p in path.parent.glob("store.db.replaced-*") if p.name[-4:] not in ("-wal", "-shm")
     ]
@@ -121,7 +102,7 @@ async def test_stale_store_is_restored(
     mirror.add("962302", path)
     assert await mirror.drain(30)
     mirror.close()
-    current = _dump(path)
+    current = dump_store(path)
     path.with_name("store.db-wal").unlink(missing_ok=True)
     path.with_name("store.db-shm").unlink(missing_ok=True)
     shutil.copyfile(old, path)  # an operator restored an old disk backup
@@ -129,7 +110,7 @@ async def test_stale_store_is_restored(
     result = await provision(db, tmp_path, "962302")
     assert result.action == "restored-postgres"
     assert "behind" in result.reason
-    assert _dump(path) == current
+    assert dump_store(path) == current
 
 
 async def test_outage_uses_cached_snapshot_within_ttl_then_fails_clearly(
@@ -151,14 +132,14 @@ async def test_outage_uses_cached_snapshot_within_ttl_then_fails_clearly(
     mirror.add("962302", path)
     assert await mirror.drain(30)
     mirror.close()
-    before = _dump(path)
+    before = dump_store(path)
 
     await proxy.refuse()
     path.unlink()
     clock.advance(299)
     result = await provision(db, tmp_path, "962302", snapshots=cache)
     assert result.action == "restored-cache"
-    assert _dump(path) == before
+    assert dump_store(path) == before
 
     path.unlink()
     clock.advance(2)

@@ -28,6 +28,9 @@ def test_pairing_then_connected_then_reconnecting_and_back() -> None:
     s.on_event(ev.Paired("5511:3@s.whatsapp.net"), clock.monotonic())
     s.on_event(ev.Connected(), clock.monotonic())
     assert (s.state, s.paired_jid) == (State.CONNECTED, "5511:3@s.whatsapp.net")
+    s.on_event(ev.MessageReceived(), clock.monotonic())
+    s.on_event(ev.MessageReceived(2), clock.monotonic())
+    assert (s.state, s.messages) == (State.CONNECTED, 3)  # counted, not a transition
     clock.advance(10)
     s.on_event(ev.Disconnected("network"), clock.monotonic())
     assert s.state is State.RECONNECTING

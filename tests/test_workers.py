@@ -167,3 +167,24 @@ async def test_hung_worker_is_killed_and_its_companies_restarted(
         stop.set()
         await runner
         await sup.close()
+
+
+async def test_worker_past_its_descriptor_bound_is_recycled(
+    whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    store = new_store(whatsmeow_template, tmp_path, "962302")
+    crashes: list[tuple[str, str]] = []
+    pool = WorkerPool("simulated", 5, lambda c, e: None, lambda c, r: crashes.append((c, r)))
+    try:
+        await pool.start_company("962302", store)
+        (worker,) = pool.workers
+        await _until(lambda: worker.fds > 0)  # reported by its heartbeats (/proc/self/fd)
+        pool._max_fds = worker.fds - 1  # as if neonize had leaked one descriptor too many
+        await pool.check()
+        await _until(lambda: bool(crashes))
+        assert crashes[0][0] == "962302"
+        assert "open descriptors" in crashes[0][1]
+        assert pool.restarts == 1
+        assert pool.workers == []
+    finally:
+        await pool.close()

@@ -17,6 +17,7 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
 from wapool.registry.company import Company
+from wapool.registry.pairing import PairingRepository
 from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
@@ -42,6 +43,7 @@ class Runtime:
     mirror: Mirror
     keeper: StoreKeeper
     supervisor: Supervisor
+    pairing: PairingRepository
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -52,6 +54,7 @@ class Runtime:
             ),
         )
         snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
+        pairing = PairingRepository(db)
         leases = Leases(
             db, settings.node_name or default_holder(settings.state_dir), settings.lease_seconds
         )
@@ -69,14 +72,14 @@ class Runtime:
             connect_limit=settings.max_concurrent_connects,
             heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
             backend_args=(
-                (str(settings.simulated_churn_per_second),)
+                (str(settings.simulated_churn_per_second), settings.simulated_pairing)
                 if settings.whatsapp_backend == "simulated"
                 else ()
             ),
-            on_transition=session_actions(registry.repository),
+            on_transition=session_actions(registry.repository, pairing),
         )
         keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
-        return cls(settings, registry, snapshots, leases, mirror, keeper, supervisor)
+        return cls(settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing)
 
     async def follow(self, companies: list[Company]) -> None:
         active = {c.id for c in companies}
@@ -112,6 +115,25 @@ class Runtime:
             except DatabaseUnavailable:
                 continue  # keep what runs
             await self.follow(companies)
+            await self.pair_by_phone()
+
+    async def pair_by_phone(self) -> None:
+        """Pass pending phone-number pairing requests to their clients once they show a QR."""
+        try:
+            requests = await self.pairing.open_requests()
+        except DatabaseUnavailable:
+            return
+        for request in requests:
+            company = request.company_id
+            session = self.supervisor.sessions.get(company)
+            ready = (
+                session is not None
+                and session.state is State.PAIRING  # connected to WhatsApp, showing QR codes
+                and self.supervisor.pool.worker_of(company) is not None
+            )
+            if request.phone and not request.phone_sent and ready:
+                await self.supervisor.pool.command(company, "pair_phone", phone=request.phone)
+                await self.pairing.mark_phone_sent(company)
 
     async def renew_loop(self, stop: asyncio.Event) -> None:
         """Keep our leases; a company whose lease another daemon took is stopped at once."""
@@ -138,18 +160,26 @@ class Runtime:
                 await self.leases.release()
 
 
-def session_actions(repository: CompanyRepository) -> OnTransition:
-    """What the daemon does when a session changes state: registry updates and alerts."""
+def session_actions(repository: CompanyRepository, pairing: PairingRepository) -> OnTransition:
+    """What the daemon does when a session changes state: registry, pairing, alerts."""
 
     async def act(company: str, _state: State, event: ev.WhatsAppEvent) -> None:
         match event:
+            case ev.QrCode(code=code):
+                with contextlib.suppress(DatabaseUnavailable):
+                    await pairing.publish_code(company, "qr", code)
+            case ev.PairCode(code=code):
+                with contextlib.suppress(DatabaseUnavailable):
+                    await pairing.publish_code(company, "pair_code", code)
             case ev.Paired(jid=jid):
                 with contextlib.suppress(DatabaseUnavailable):
                     await repository.set_paired_jid(company, jid)
+                    await pairing.finish(company, jid=jid)
             case ev.LoggedOut(reason=reason):
                 alerts.session_logged_out(company, reason)
                 with contextlib.suppress(DatabaseUnavailable):
                     await repository.set_paired_jid(company, None)
+                    await pairing.finish(company, error=f"logged out: {reason}")
             case ev.StreamReplaced():
                 alerts.session_replaced(company)
             case ev.TemporaryBan(code=code, expires_in=seconds):

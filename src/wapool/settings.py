@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     node_name: str | None = None
     worker_heartbeat_timeout_seconds: PositiveFloat = 10.0
     simulated_churn_per_second: float = Field(1.0, ge=0)
+    simulated_pairing: Literal["instant", "qr"] = "instant"
     http_addr: str = "127.0.0.1:8787"
 
     db_pool_min_size: int = Field(2, ge=1)

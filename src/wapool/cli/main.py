@@ -23,7 +23,7 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import cleanup, company, database, run, store
+    from wapool.cli import cleanup, company, database, pair, run, store
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     company.register(commands)
     store.register(commands)
     cleanup.register(commands)
+    pair.register(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Prompt reaction to ``wapool company ...``: LISTEN on the channel the companies trigger uses.
+"""Prompt reaction to ``wapool company ...`` and ``wapool pair``: LISTEN on their channels.
 
 While PostgreSQL is up, every change to ``companies`` wakes the daemon's reconcile at once;
 when it is down, the listener retries with backoff and the periodic reconcile still runs. It
@@ -18,7 +18,7 @@ from wapool.db.pool import Database
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "wapool_companies"
+CHANNELS = ("wapool_companies", "wapool_pairing")
 
 
 async def listen(db: Database, changed: asyncio.Event, stop: asyncio.Event) -> None:
@@ -27,7 +27,8 @@ async def listen(db: Database, changed: asyncio.Event, stop: asyncio.Event) -> N
         try:
             async with db.pool.connection() as conn:
                 await conn.set_autocommit(True)
-                await conn.execute(f"LISTEN {CHANNEL}")
+                for channel in CHANNELS:
+                    await conn.execute(f"LISTEN {channel}")
                 backoff.reset()
                 changed.set()  # catch up on anything missed while not listening
                 while not stop.is_set():

@@ -48,6 +48,7 @@ class Session:
     #: When the next connect attempt is due (monotonic seconds), if one is scheduled.
     next_attempt: float | None = None
     reconnects: int = 0
+    messages: int = 0
     paired_jid: str | None = None
 
     def _go(self, state: State, now: float, error: str | None = None) -> None:
@@ -88,6 +89,8 @@ class Session:
                     self._schedule(now)
             case ev.KeepAliveTimeout():
                 self.last_error = "keep-alive timeout"
+            case ev.MessageReceived(count=count):
+                self.messages += count
             case ev.LoggedOut(reason=reason):
                 self.next_attempt = None
                 self._go(State.LOGGED_OUT, now, f"logged out: {reason}")

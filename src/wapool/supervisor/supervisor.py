@@ -120,7 +120,7 @@ class Supervisor:
             # No reconnect will follow: release the client and its worker slot.
             self._spawn(self.pool.stop_company(company))
         if self._on_transition is not None and (
-            session.state is not before or isinstance(event, ev.Paired)
+            session.state is not before or isinstance(event, ev.Paired | ev.QrCode | ev.PairCode)
         ):
             self._spawn(self._on_transition(company, session.state, event))
         self._wake.set()

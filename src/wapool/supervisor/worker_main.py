@@ -1,6 +1,6 @@
 """A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
 
-    python -m wapool.supervisor.worker_main neonize|simulated [CHURN_PER_SECOND]
+    python -m wapool.supervisor.worker_main neonize|simulated [CHURN_PER_SECOND [instant|qr]]
 
 Commands arrive on stdin, events and heartbeats leave on stdout (``protocol``). Client handlers
 only put events on a queue; one writer thread sends them. A neonize Go panic kills this process
@@ -110,6 +110,11 @@ def _backend(name: str, args: list[str]) -> Backend:
     from wapool.whatsapp.simulated import Script, SimulatedBackend
 
     churn = float(args[0]) if args else 1.0
+    if len(args) > 1 and args[1] == "qr":
+        # Staging drills of `wapool pair`: QR codes rotate every second until one is "scanned".
+        return SimulatedBackend(
+            Script(pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn)
+        )
     return SimulatedBackend(Script(churn_per_second=churn))
 
 

@@ -97,9 +97,9 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self._workers.values()):
             if now - worker.last_heartbeat > self._heartbeat_timeout:
-                await self._kill(worker, f"no heartbeat for {now - worker.last_heartbeat:.0f} s")
+                self._kill(worker, f"no heartbeat for {now - worker.last_heartbeat:.0f} s")
             elif worker.fds > self._max_fds:
-                await self._kill(worker, f"{worker.fds} open descriptors (limit {self._max_fds})")
+                self._kill(worker, f"{worker.fds} open descriptors (limit {self._max_fds})")
 
     async def close(self, timeout: float = 15.0) -> None:
         for worker in list(self._workers.values()):
@@ -172,10 +172,13 @@ class WorkerPool:
             company = str(fields["company"])
             if company in worker.companies:
                 self._on_event(company, protocol.decode_event(fields))
+        elif kind == "stopped" and fields.get("clean") is False:
+            # A client that would not stop (neonize can hang a minute): recycle the process.
+            self._kill(worker, f"client {fields['company']} did not stop in time")
         elif kind == "error":
             log.warning("worker_error", extra={"worker": worker.index, **fields})
 
-    async def _kill(self, worker: WorkerHandle, reason: str) -> None:
+    def _kill(self, worker: WorkerHandle, reason: str) -> None:
         worker.doomed = reason
         with contextlib.suppress(ProcessLookupError):
             worker.process.kill()

@@ -26,6 +26,9 @@ class Script:
     """What a simulated session does: pair how, churn how fast, then these events."""
 
     pair_with_qr: bool = False
+    #: With ``pair_with_qr``: QR codes shown (one every ``qr_interval`` s) before the "scan".
+    qr_rotations: int = 1
+    qr_interval: float = 0.05
     churn_per_second: float = 1.0
     #: (delay in seconds, event) pairs, played in order after connecting.
     events: Sequence[tuple[float, ev.WhatsAppEvent]] = field(default_factory=tuple)
@@ -42,6 +45,7 @@ class SimulatedClient:
         self._thread: threading.Thread | None = None
         self._writer: WhatsmeowWriter | None = None
         self._lock = threading.Lock()
+        self._phone_pairing = threading.Event()
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -61,9 +65,12 @@ class SimulatedClient:
             row = conn.execute("SELECT jid FROM whatsmeow_device LIMIT 1").fetchone()
             if row is None:
                 if self._script.pair_with_qr:
-                    self._emit(ev.QrCode(f"2@simulated-{self.company_id}"))
-                    if self._stop.wait(0.05):
-                        return
+                    for n in range(self._script.qr_rotations):
+                        if self._phone_pairing.is_set():
+                            break
+                        self._emit(ev.QrCode(f"2@simulated-{self.company_id}-{n}"))
+                        if self._stop.wait(self._script.qr_interval):
+                            return
                 with self._lock:
                     jid = writer.pair()
                 self._emit(ev.Paired(jid))
@@ -120,6 +127,7 @@ class SimulatedClient:
     def pair_phone(self, phone: str) -> str:
         code = f"SIM{abs(hash((self.company_id, phone))) % 10**5:05d}"
         self._emit(ev.PairCode(code))
+        self._phone_pairing.set()  # the "user" types the code: pairing completes
         return code
 
 
