@@ -215,3 +215,32 @@ def _digest(path: Path, url: str) -> str:
         for table in ("cleanup_runs", "store_size_history", "store_tombstones", "companies"):
             h.update(repr(conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()).encode())
     return h.hexdigest()
+
+
+async def test_company_driven_on_another_host_is_left_to_it(
+    db: Database, database_url: str, tmp_path: Path
+) -> None:
+    """No local store here, but another daemon holds the lease: its store is the source of
+    truth, so pruning the PostgreSQL copy behind its back would make them diverge."""
+    add_companies(database_url, "elsewhere")
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO store_copies (company_id, store_uuid, schema_version, "
+            "schema_fingerprint, schema_ddl) VALUES ('elsewhere', gen_random_uuid(), 1, 'f', '')"
+        )
+        conn.execute(
+            "INSERT INTO store_rows VALUES ('elsewhere', 'whatsmeow_message_secrets', '[\"i1\"]', "
+            "'[\"x00\"]', %s)",
+            (OLD,),
+        )
+        conn.execute(
+            "INSERT INTO company_leases VALUES ('elsewhere', 'other-host:/var/lib/wapool', 1, "
+            "now() + interval '1 minute')"
+        )
+    result = await CleanupRun(db, _policy(), tmp_path).run(NOW)
+    assert result.rows == 0
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT count(*) FROM store_rows").fetchone() == (1,)
+        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
+    result = await CleanupRun(db, _policy(), tmp_path).run(NOW)  # lease gone: pruned directly
+    assert result.rows == 1

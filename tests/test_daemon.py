@@ -71,6 +71,8 @@ def test_runs_until_signalled_then_stops_cleanly(
     finally:
         proc.kill()
     assert proc.returncode == ExitCode.OK, err
+    assert "event=cleanup_scheduled next_run=" in "\n".join(lines) + err
+    assert "03:00:00+00:00" in ("\n".join(lines) + err).split("event=cleanup_scheduled")[1][:60]
     assert f"event=stop_requested signal={sig.name}" in err
     assert "event=daemon_stopped" in err
 

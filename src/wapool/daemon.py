@@ -138,6 +138,7 @@ async def run_daemon(settings: Settings) -> int:
                 "node": runtime.leases.holder,
             },
         )
+        await runtime.scheduler.start()
         changed = asyncio.Event()
         tasks = [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),

@@ -11,8 +11,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from wapool.cache import FallbackCache
+from wapool.cleanup import sizes
+from wapool.cleanup.scheduler import CleanupScheduler
+from wapool.cleanup.service import CleanupService
+from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
@@ -44,6 +49,8 @@ class Runtime:
     keeper: StoreKeeper
     supervisor: Supervisor
     pairing: PairingRepository
+    cleanup: CleanupService
+    scheduler: CleanupScheduler
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -79,7 +86,17 @@ class Runtime:
             on_transition=session_actions(registry.repository, pairing),
         )
         keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
-        return cls(settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing)
+        cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
+        scheduler = CleanupScheduler(
+            settings,
+            cleanup.run,
+            last_slot=cleanup.last_completed_slot,
+            sample=lambda: sizes.sample(db, datetime.now(UTC).date()),
+        )
+        return cls(
+            settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
+            cleanup, scheduler,
+        )  # fmt: skip
 
     async def follow(self, companies: list[Company]) -> None:
         active = {c.id for c in companies}
@@ -150,6 +167,8 @@ class Runtime:
                 await self.keeper.reconcile(self.leases.held.keys() & self.keeper.ready)
 
     async def shutdown(self, drain_seconds: float) -> None:
+        self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
+        await self.scheduler.stop(timeout=drain_seconds)
         await self.supervisor.close()  # clients stop (bounded) before the last drain
         log.info("clients_stopped")
         drained = await self.mirror.drain(timeout=drain_seconds)

@@ -83,6 +83,7 @@ class CleanupRun:
         self._stop = stop or asyncio.Event()
         self._progress = progress or (lambda _c, _t, _n: None)
         self._last_log = time.monotonic()
+        self._leased: set[str] = set()
         self.result = RunResult(started_at=datetime.now(UTC))
 
     async def run(self, now: datetime, company_id: str | None = None) -> RunResult:
@@ -90,6 +91,7 @@ class CleanupRun:
         self.result = RunResult(started_at=datetime.now(UTC))
         removed_cutoff = self._policy.removed_cutoff(now)
         companies = await postgres.retained_companies(self._db, removed_cutoff)
+        self._leased = await postgres.leased_companies(self._db)
         for company in companies:
             if company_id is None or company == company_id:
                 for table in self._policy.tables:
@@ -104,6 +106,11 @@ class CleanupRun:
         path = store_path(self._state_dir, company)
         if path.exists():
             await self._prune_local(company, path, table, cutoff)
+        elif company in self._leased:
+            # Driven by a daemon on another host: pruning its PostgreSQL copy directly would
+            # leave its working store (the source of truth) out of step with the copy.
+            log.info("cleanup_skipped_elsewhere", extra={"company": company, "table": table})
+            return
         else:
             await self._batches(
                 company,

@@ -153,6 +153,12 @@ async def retained_companies(db: Database, removed_cutoff: datetime) -> list[str
     return [str(r[0]) for r in rows]
 
 
+async def leased_companies(db: Database) -> set[str]:
+    """Companies some daemon drives right now (an unexpired single-writer lease)."""
+    rows = await db.fetch("SELECT company_id FROM company_leases WHERE expires_at > now()")
+    return {str(r[0]) for r in rows}
+
+
 async def _delete_batch(
     db: Database, sql: LiteralString, params: tuple[object, ...]
 ) -> tuple[int, int]:
