@@ -43,7 +43,7 @@ class Pruner:
     path: Path
     target_lock_seconds: float = 0.05
     batch_rows: int = 2_000
-    max_batch_rows: int = 20_000
+    max_batch_rows: int = 5_000
     longest_lock: float = 0.0
     _conn: sqlite3.Connection | None = None
     _tables: dict[str, Table] = field(default_factory=dict)
@@ -81,14 +81,19 @@ class Pruner:
         try:
             self._check_fresh(conn, applied_seq)
             self._scan(self._scanned_to)
-            for pk, size in keys:
-                if (table, pk) in self._recent:
-                    result.skipped += 1
-                    continue
-                values = [decode_value(v) for v in json.loads(pk)]
-                if conn.execute(sql, values).rowcount:
-                    result.rows += 1
-                    result.bytes += size
+            wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
+            result.skipped = len(keys) - len(wanted)
+            cur = conn.executemany(
+                sql, ([decode_value(v) for v in json.loads(pk)] for pk, _ in wanted)
+            )
+            result.rows = max(cur.rowcount, 0)
+            planned = sum(size for _, size in wanted)
+            # Keys whatsmeow deleted meanwhile are simply not there: bytes scale with what went.
+            result.bytes = (
+                planned
+                if result.rows == len(wanted)
+                else (planned * result.rows // max(len(wanted), 1))
+            )
             self._scanned_to = last_seq(conn)  # our own deletes: nothing to watch for
             conn.execute("COMMIT")
         except BaseException:
