@@ -39,6 +39,7 @@ format: venv
 bench: venv
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pool_recovery.py
+	$(BIN)/python bench/cleanup.py --rows 1000000
 
 devdb-start: venv
 	$(BIN)/python -m wapool.devdb start
