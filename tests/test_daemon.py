@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -164,6 +165,28 @@ def test_simulated_sessions_run_in_workers_and_are_mirrored(
         _wait_for_line(proc, "event=daemon_ready")
         _wait_for_line(proc, "state=connected")
         _wait_for_line(proc, "state=connected")
+        for _ in range(50):  # the daemon records a state just after it logs it
+            status = subprocess.run(
+                [sys.executable, "-m", "wapool", "status", "--json"], env={**os.environ, **env},
+                cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert status.returncode == 0, status.stderr
+            report = {r["company"]: r for r in json.loads(status.stdout)}
+            if all(r["state"] == "connected" for r in report.values()):
+                break
+        assert {c: r["state"] for c, r in report.items()} == {
+            "962302": "connected",
+            "acme": "connected",
+        }
+        assert all(isinstance(r["pending_rows"], int) for r in report.values())
+        assert all(r["node"] and r["since"] for r in report.values())
+        table = subprocess.run(
+            [sys.executable, "-m", "wapool", "status"], env={**os.environ, **env},
+            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert table.stdout.splitlines()[0].split() == [
+            "COMPANY", "STATE", "SINCE", "MIRROR", "LAG", "PENDING", "LAST", "ERROR",
+        ]  # fmt: skip
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=40)
     finally:

@@ -162,6 +162,8 @@ async def test_supervisor_reports_transitions_to_the_daemon(tmp_path: Path) -> N
     sup._on_event("ghost", ev.Connected())  # unknown company: ignored
     await asyncio.sleep(0)
     await asyncio.gather(*sup._background)
+    assert sup._reporter is not None
+    await sup._reporter
     assert seen == [
         ("a", State.STARTING, ev.Paired),
         ("a", State.CONNECTED, ev.Connected),

@@ -83,7 +83,7 @@ class Runtime:
                 if settings.whatsapp_backend == "simulated"
                 else ()
             ),
-            on_transition=session_actions(registry.repository, pairing),
+            on_transition=session_actions(registry.repository, pairing, db, leases.holder),
         )
         keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
@@ -179,10 +179,29 @@ class Runtime:
                 await self.leases.release()
 
 
-def session_actions(repository: CompanyRepository, pairing: PairingRepository) -> OnTransition:
-    """What the daemon does when a session changes state: registry, pairing, alerts."""
+async def record_state(
+    db: Database, company: str, state: State, event: ev.WhatsAppEvent, holder: str
+) -> None:
+    error = getattr(event, "reason", None)
+    await db.execute(
+        "INSERT INTO session_states (company_id, state, since, last_error, holder) "
+        "VALUES (%(c)s, %(s)s, now(), %(e)s, %(h)s) ON CONFLICT (company_id) DO UPDATE SET "
+        "since = CASE WHEN session_states.state = EXCLUDED.state THEN session_states.since "
+        "ELSE now() END, state = EXCLUDED.state, "
+        "last_error = coalesce(EXCLUDED.last_error, session_states.last_error), "
+        "holder = EXCLUDED.holder, updated_at = now()",
+        {"c": company, "s": state.value, "e": error, "h": holder},
+    )
 
-    async def act(company: str, _state: State, event: ev.WhatsAppEvent) -> None:
+
+def session_actions(
+    repository: CompanyRepository, pairing: PairingRepository, db: Database, holder: str
+) -> OnTransition:
+    """What the daemon does when a session changes state: status, registry, pairing, alerts."""
+
+    async def act(company: str, state: State, event: ev.WhatsAppEvent) -> None:
+        with contextlib.suppress(DatabaseUnavailable):
+            await record_state(db, company, state, event, holder)
         match event:
             case ev.QrCode(code=code):
                 with contextlib.suppress(DatabaseUnavailable):

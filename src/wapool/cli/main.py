@@ -23,7 +23,7 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import cleanup, company, database, pair, run, store
+    from wapool.cli import cleanup, company, database, pair, run, status, store
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.register(commands)
     cleanup.register(commands)
     pair.register(commands)
+    status.register(commands)
     return parser
 
 

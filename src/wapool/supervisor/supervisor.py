@@ -60,6 +60,8 @@ class Supervisor:
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._on_transition = on_transition
+        self._transitions: asyncio.Queue[tuple[str, State, ev.WhatsAppEvent]] = asyncio.Queue()
+        self._reporter: asyncio.Task[None] | None = None
 
     def want(self, companies: Iterable[str]) -> list[str]:
         """Make these the running companies; return those to stop (the caller awaits stop)."""
@@ -98,6 +100,8 @@ class Supervisor:
 
     async def close(self) -> None:
         await self.pool.close()
+        if self._reporter is not None:
+            await asyncio.wait({self._reporter}, timeout=5)
 
     def _on_event(self, company: str, event: ev.WhatsAppEvent) -> None:
         session = self.sessions.get(company)
@@ -122,8 +126,20 @@ class Supervisor:
         if self._on_transition is not None and (
             session.state is not before or isinstance(event, ev.Paired | ev.QrCode | ev.PairCode)
         ):
-            self._spawn(self._on_transition(company, session.state, event))
+            # In order, one at a time: "starting" must never be recorded after "connected".
+            self._transitions.put_nowait((company, session.state, event))
+            if self._reporter is None or self._reporter.done():
+                self._reporter = asyncio.get_running_loop().create_task(self._report())
         self._wake.set()
+
+    async def _report(self) -> None:
+        assert self._on_transition is not None
+        while not self._transitions.empty():
+            company, state, event = self._transitions.get_nowait()
+            try:
+                await self._on_transition(company, state, event)
+            except Exception:
+                log.exception("supervisor_action_failed")
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
