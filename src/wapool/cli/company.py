@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from wapool.cli.database import open_database
+from wapool.cli.table import render
 from wapool.registry.company import Company
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
@@ -99,11 +100,4 @@ def _table(companies: list[Company]) -> str:
         )
         for c in companies
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
-    if not rows:
-        lines.append("(no companies)")
-    return "\n".join(lines)
+    return render(header, rows, "(no companies)")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from wapool.cli.database import open_database
+from wapool.cli.table import render
 from wapool.settings import Settings
 from wapool.store import changelog
 from wapool.store.working_store import connect, store_path
@@ -70,7 +71,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
 
 def _table(report: list[dict[str, Any]]) -> str:
     header = ("COMPANY", "STATE", "SINCE", "MIRROR LAG", "PENDING", "LAST ERROR")
-    lines = [
+    rows = [
         (
             r["company"],
             r["state"],
@@ -81,11 +82,4 @@ def _table(report: list[dict[str, Any]]) -> str:
         )
         for r in report
     ]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    text = [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *lines]
-    ]
-    if not lines:
-        text.append("(no companies)")
-    return "\n".join(text)
+    return render(header, rows, "(no companies)")
