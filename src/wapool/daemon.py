@@ -18,6 +18,7 @@ from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
 from wapool.observability.redact import describe_error
+from wapool.observability.sdnotify import Notifier
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
@@ -59,7 +60,7 @@ class StopSignals:
         self.stop.set()
 
 
-async def _wait_for_schema(db: Database, stop: asyncio.Event) -> int | None:
+async def _wait_for_schema(db: Database, stop: asyncio.Event, notify: Notifier) -> int | None:
     """Wait (with backoff) until PostgreSQL answers, then check the schema version."""
     backoff = Backoff(base=0.5, cap=10.0)
     while not stop.is_set():
@@ -67,6 +68,8 @@ async def _wait_for_schema(db: Database, stop: asyncio.Event) -> int | None:
             return await db.run(check_schema)
         except DatabaseUnavailable as exc:
             delay = max(0.2, backoff.next_delay())
+            notify.status("waiting for PostgreSQL")
+            notify.extend_timeout(delay + 30)  # systemd keeps waiting while we do
             log.warning(
                 "waiting_for_database", extra={"error": str(exc), "retry_in": round(delay, 2)}
             )
@@ -112,6 +115,7 @@ async def run_daemon(settings: Settings) -> int:
     lock = prepare_state_dir(settings)
     signals = StopSignals()
     signals.install()
+    notify = Notifier()
     db = Database.from_settings(settings)
     log.info(
         "daemon_starting",
@@ -121,7 +125,7 @@ async def run_daemon(settings: Settings) -> int:
     tasks: list[asyncio.Task[None]] = []
     runtime: Runtime | None = None
     try:
-        version = await _wait_for_schema(db, signals.stop)
+        version = await _wait_for_schema(db, signals.stop, notify)
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
@@ -139,6 +143,9 @@ async def run_daemon(settings: Settings) -> int:
             },
         )
         await runtime.scheduler.start()
+        notify.ready(
+            f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
+        )  # migrations checked, registry loaded, first reconcile done
         changed = asyncio.Event()
         tasks = [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
@@ -146,12 +153,14 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(runtime.renew_loop(signals.stop), name="leases"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
+            asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
         ]
         for task in tasks:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK
     finally:
+        notify.stopping()
         signals.stop.set()
         for task in tasks:
             # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
