@@ -17,12 +17,13 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
+from wapool.observability.http import Endpoints, HttpServer
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
-from wapool.settings import Settings
+from wapool.settings import Settings, split_host_port
 
 log = logging.getLogger("wapool.daemon")
 
@@ -92,6 +93,18 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
     task.add_done_callback(done)
 
 
+async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
+    """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
+    host, port = split_host_port(settings.http_addr)
+    server = HttpServer(host, port, Endpoints(runtime.ready, runtime.metrics, runtime.status))
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("http_unavailable", extra={"address": settings.http_addr, "error": str(exc)})
+        return None
+    return server
+
+
 def prepare_state_dir(settings: Settings) -> int:
     """The state directory exists, only wapool's user can read it, and no other daemon uses it.
 
@@ -124,6 +137,7 @@ async def run_daemon(settings: Settings) -> int:
     await db.pool.open(wait=False)
     tasks: list[asyncio.Task[None]] = []
     runtime: Runtime | None = None
+    http: HttpServer | None = None
     try:
         version = await _wait_for_schema(db, signals.stop, notify)
         if version is None:
@@ -143,6 +157,7 @@ async def run_daemon(settings: Settings) -> int:
             },
         )
         await runtime.scheduler.start()
+        http = await _start_http(settings, runtime)
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
@@ -169,6 +184,8 @@ async def run_daemon(settings: Settings) -> int:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)
+        if http is not None:
+            await http.close()
         if runtime is not None:
             await runtime.shutdown(SHUTDOWN_DRAIN_SECONDS)
         await db.close()

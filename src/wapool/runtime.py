@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from wapool.cache import FallbackCache
 from wapool.cleanup import sizes
@@ -21,6 +23,7 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
+from wapool.observability.metrics import Exposition
 from wapool.registry.company import Company
 from wapool.registry.pairing import PairingRepository
 from wapool.registry.registry import Registry
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
+    db: Database
     settings: Settings
     registry: Registry
     snapshots: FallbackCache[str, Snapshot]
@@ -94,7 +98,7 @@ class Runtime:
             sample=lambda: sizes.sample(db, datetime.now(UTC).date()),
         )
         return cls(
-            settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
+            db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
             cleanup, scheduler,
         )  # fmt: skip
 
@@ -165,6 +169,99 @@ class Runtime:
                 await self.supervisor.stop(company)
             if lost:
                 await self.keeper.reconcile(self.leases.held.keys() & self.keeper.ready)
+
+    # -- what operators see (HTTP) --------------------------------------------------------------
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready: PostgreSQL reachable (or down for less than the cache TTL) and no shard down."""
+        health = self.db.health.snapshot()
+        down_for = 0.0 if health.up else time.monotonic() - health.since_monotonic
+        if down_for > self.settings.cache_ttl_seconds:
+            return (
+                False,
+                f"PostgreSQL down for {down_for:.0f} s (cache grace {self.settings.cache_ttl_seconds:g} s)",
+            )
+        failed = sorted(c for c, s in self.supervisor.sessions.items() if s.state is State.FAILED)
+        if failed:
+            return False, f"worker down for {', '.join(failed)}"
+        return True, "ready"
+
+    def metrics(self) -> str:
+        out = Exposition()
+        sessions = self.supervisor.sessions
+        out.family("wapool_sessions", "gauge", "Sessions by state.",
+                   [({"state": st.value}, float(sum(1 for s in sessions.values() if s.state is st)))
+                    for st in State])  # fmt: skip
+        out.family("wapool_session_reconnects_total", "counter", "Reconnects scheduled.",
+                   [({"company": c}, float(s.reconnects)) for c, s in sessions.items()])  # fmt: skip
+        out.family("wapool_messages_received_total", "counter", "Messages received.",
+                   [({"company": c}, float(s.messages)) for c, s in sessions.items()])  # fmt: skip
+        lag = self.mirror.stats.companies
+        out.family("wapool_mirror_lag_seconds", "gauge", "Age of the oldest change not yet in PostgreSQL.",
+                   [({"company": c}, v.lag_seconds) for c, v in lag.items()])  # fmt: skip
+        out.family("wapool_mirror_pending_rows", "gauge", "Change-log entries not yet in PostgreSQL.",
+                   [({"company": c}, float(v.pending_rows)) for c, v in lag.items()])  # fmt: skip
+        out.family("wapool_mirror_rows_applied_total", "counter", "Rows written to PostgreSQL.",
+                   [({}, float(self.mirror.stats.rows_applied))])  # fmt: skip
+        for name, cache in (
+            ("registry", self.registry.cache.stats()),
+            ("snapshots", self.snapshots.stats()),
+        ):
+            labels = {"cache": name}
+            out.family(
+                f"wapool_cache_{name}_hits_total",
+                "counter",
+                "Outage fallbacks served.",
+                [(labels, float(cache.hits))],
+            )
+            out.family(
+                f"wapool_cache_{name}_misses_total",
+                "counter",
+                "Outage fallbacks not possible.",
+                [(labels, float(cache.misses))],
+            )
+            out.family(f"wapool_cache_{name}_last_hit_age_seconds", "gauge", "Age of the last value served.",
+                       [(labels, cache.last_hit_age_seconds or 0.0)])  # fmt: skip
+        health = self.db.health.snapshot()
+        out.family("wapool_database_up", "gauge", "PostgreSQL reachable.", [({}, float(health.up))])
+        out.family(
+            "wapool_database_outages_total",
+            "counter",
+            "Outages seen.",
+            [({}, float(health.outages))],
+        )
+        out.family("wapool_database_outage_seconds_total", "counter", "Seconds without PostgreSQL.",
+                   [({}, health.outage_seconds_total)])  # fmt: skip
+        out.family("wapool_worker_restarts_total", "counter", "Worker processes restarted.",
+                   [({}, float(self.supervisor.pool.restarts))])  # fmt: skip
+        out.family("wapool_workers", "gauge", "Worker processes running.",
+                   [({}, float(len(self.supervisor.pool.workers)))])  # fmt: skip
+        last = self.cleanup.last
+        out.family("wapool_cleanup_last_deleted_rows", "gauge", "Rows deleted by the last cleanup.",
+                   [({}, float(last.rows if last else 0))])  # fmt: skip
+        return out.render()
+
+    def status(self) -> dict[str, Any]:
+        now_mono, now_wall = time.monotonic(), time.time()
+        lag = self.mirror.stats.companies
+        companies = {}
+        for company, session in sorted(self.supervisor.sessions.items()):
+            mirror = lag.get(company)
+            companies[company] = {
+                "state": session.state.value,
+                "since": now_wall - (now_mono - session.since) if session.since else None,
+                "last_error": session.last_error,
+                "paired_jid": session.paired_jid,
+                "mirror_lag_seconds": mirror.lag_seconds if mirror else None,
+                "pending_rows": mirror.pending_rows if mirror else None,
+                "snapshot_age_seconds": self.snapshots.peek_age(company),
+            }
+        health = self.db.health.snapshot()
+        return {
+            "node": self.leases.holder,
+            "database": {"up": health.up, "last_error": health.last_error},
+            "companies": companies,
+        }
 
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
