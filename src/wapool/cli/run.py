@@ -15,5 +15,7 @@ def register(commands: Any) -> None:
 
 async def _run(settings: Settings, args: argparse.Namespace) -> int:
     from wapool.daemon import run_daemon
+    from wapool.observability.sentry import init_sentry
 
+    init_sentry(settings)  # a no-op without WAPOOL_SENTRY_DSN
     return await run_daemon(settings)
