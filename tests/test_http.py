@@ -49,6 +49,10 @@ async def test_endpoints_and_readiness_during_an_outage(
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
+        conn.execute(  # a size sample from an earlier day, as the daily job leaves it
+            "INSERT INTO store_size_history (sampled_on, company_id, tbl, rows, bytes) "
+            "VALUES (current_date - 1, '962302', 'whatsmeow_sessions', 42, 4200)"
+        )
     port = free_port()
     url = proxied(database_url, proxy).replace("postgres@", f"postgres:{SECRET}@")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
@@ -73,6 +77,8 @@ async def test_endpoints_and_readiness_during_an_outage(
         ]
         assert connected[0].value == 1
         assert "wapool_mirror_lag_seconds" in families
+        sizes = {s.labels["table"]: s.value for s in families["wapool_store_rows"].samples}
+        assert sizes == {"whatsmeow_sessions": 42}
         assert "wapool_worker_restarts" in families  # counters drop their _total suffix here
         status = json.loads(_get(port, "/status")[1])
         assert status["companies"]["962302"]["state"] == "connected"

@@ -23,6 +23,7 @@ def test_alerts_carry_tags_release_and_environment(
     assert event["level"] == "error"
     assert event["tags"]["company_id"] == "962302"
     assert event["tags"]["component"] == "supervisor"
+    assert event["tags"]["operation"] == "session_logged_out"
     assert event["release"] == f"wapool@{__version__}"
     assert event["environment"] == "production"
 

@@ -157,6 +157,7 @@ async def run_daemon(settings: Settings) -> int:
             },
         )
         await runtime.scheduler.start()
+        await runtime.load_sizes()
         http = await _start_http(settings, runtime)
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"

@@ -55,6 +55,8 @@ class Runtime:
     pairing: PairingRepository
     cleanup: CleanupService
     scheduler: CleanupScheduler
+    #: The latest database size sample (per company and table), for /metrics.
+    sizes: list[sizes.SizeRow]
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -91,15 +93,17 @@ class Runtime:
         )
         keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
+        latest: list[sizes.SizeRow] = []
+
+        async def sample() -> None:
+            latest[:] = await sizes.sample(db, datetime.now(UTC).date())
+
         scheduler = CleanupScheduler(
-            settings,
-            cleanup.run,
-            last_slot=cleanup.last_completed_slot,
-            sample=lambda: sizes.sample(db, datetime.now(UTC).date()),
+            settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=sample
         )
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
-            cleanup, scheduler,
+            cleanup, scheduler, latest,
         )  # fmt: skip
 
     async def follow(self, companies: list[Company]) -> None:
@@ -239,7 +243,14 @@ class Runtime:
         last = self.cleanup.last
         out.family("wapool_cleanup_last_deleted_rows", "gauge", "Rows deleted by the last cleanup.",
                    [({}, float(last.rows if last else 0))])  # fmt: skip
-        return out.render()
+        return out.render() + sizes.metrics_text(self.sizes)
+
+    async def load_sizes(self) -> None:
+        """The latest size sample already recorded (the daily sample refreshes it)."""
+        with contextlib.suppress(DatabaseUnavailable):
+            rows = await self.db.fetch("SELECT max(sampled_on) FROM store_size_history")
+            if rows and rows[0][0] is not None:
+                self.sizes[:] = await sizes.growth(self.db, rows[0][0])
 
     def status(self) -> dict[str, Any]:
         now_mono, now_wall = time.monotonic(), time.time()

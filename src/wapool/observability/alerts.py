@@ -28,6 +28,7 @@ def _send(message: str, level: Level, company_id: str, component: str, **extra: 
     with sentry_sdk.new_scope() as scope:
         scope.set_tag("company_id", company_id)
         scope.set_tag("component", component)
+        scope.set_tag("operation", message)
         for key, value in extra.items():
             scope.set_extra(key, value)
         sentry_sdk.capture_message(message, level=level)
