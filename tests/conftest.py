@@ -21,6 +21,7 @@ from psycopg import sql
 from wapool.db.migrations import migrate
 from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
+from wapool.errors import DatabaseUnavailable
 from wapool.settings import Settings, load_settings
 from wapool.store.capture import install_capture
 from wapool.store.dump import dump_rows
@@ -135,6 +136,18 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     await database.open(wait=True)
     yield database
     await database.close()
+
+
+async def wait_until_up(db: Database, timeout: float = 15) -> None:
+    """After a restored outage: the pool reconnects within about a second; wait for it."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await db.fetch("SELECT 1")
+            return
+        except DatabaseUnavailable:
+            assert asyncio.get_running_loop().time() < deadline, "PostgreSQL did not come back"
+            await asyncio.sleep(0.1)
 
 
 def dump_store(path: Path) -> dict[tuple[str, str], str]:

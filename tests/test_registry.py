@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings, proxied, run_cli
+from tests.conftest import make_settings, proxied, run_cli, wait_until_up
 from wapool.cache import FallbackCache
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
@@ -136,6 +136,7 @@ async def test_registry_served_from_cache_during_outage_then_expires(
         assert registry.cache.stats().misses == 1
 
         await proxy.restore()
+        await wait_until_up(db)
         assert [c.id for c in await registry.active_companies()] == ["962302"]
         assert db.health.up
     finally:

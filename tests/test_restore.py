@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dump_store, make_settings, new_store, proxied
+from tests.conftest import dump_store, make_settings, new_store, proxied, wait_until_up
 from tests.test_mirror import add_companies, writer_for
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
@@ -146,6 +146,7 @@ async def test_outage_uses_cached_snapshot_within_ttl_then_fails_clearly(
     with pytest.raises(StoreUnavailable, match="no cached snapshot is younger than the cache TTL"):
         await provision(db, tmp_path, "962302", snapshots=cache)
     await proxy.restore()
+    await wait_until_up(db)  # as the keeper would, it retries until PostgreSQL answers
     result = await provision(db, tmp_path, "962302", snapshots=cache)
     assert result.action == "restored-postgres"
     await db.close()
