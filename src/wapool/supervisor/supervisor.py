@@ -67,7 +67,7 @@ class Supervisor:
         """Make these the running companies; return those to stop (the caller awaits stop)."""
         wanted = set(companies)
         now = self._clock.monotonic()
-        for company in wanted - self.sessions.keys():
+        for company in sorted(wanted - self.sessions.keys()):
             session = Session(company, Backoff(base=1.0, cap=300.0))
             session.next_attempt = now  # due at once; the gate staggers a crowd
             self.sessions[company] = session
