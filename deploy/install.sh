@@ -3,9 +3,14 @@
 #
 #   sudo deploy/install.sh
 #
+#   sudo deploy/install.sh --rollback    # point /opt/wapool/venv back at the previous release
+#
 # What it changes (nothing else):
 #   user and group  wapool (system account, no login shell, home /var/lib/wapool)
-#   /opt/wapool/venv                 virtualenv with wapool and its dependencies (replaced)
+#   /opt/wapool/releases/<UTC time>/venv  a new virtualenv with wapool and its dependencies; the
+#                                    three newest releases are kept, older ones deleted
+#   /opt/wapool/venv                 symlink to the new release's venv, switched atomically once
+#                                    the release is complete (a running daemon is not disturbed)
 #   /opt/wapool/README.md            this README
 #   /etc/wapool/wapool.env           from .env.example, only if absent (0640 root:wapool)
 #   /etc/systemd/system/wapool.service  the unit (replaced), then daemon-reload + enable
@@ -25,19 +30,62 @@ if [[ -z "$root" && $EUID -ne 0 ]]; then
     exit 1
 fi
 
+opt="$root/opt/wapool"
+
+# Releases whose build finished, oldest first.
+releases() {
+    [[ -d "$opt/releases" ]] || return 0
+    find "$opt/releases" -mindepth 2 -maxdepth 2 -name .complete -printf '%h\n' \
+        | xargs -r -n1 basename | sort
+}
+
+# Points $opt/venv at releases/$1/venv in one rename (never a moment without a venv).
+switch_to() {
+    ln -sfn "releases/$1/venv" "$opt/venv.switch"
+    mv -T "$opt/venv.switch" "$opt/venv"
+}
+
+if [[ "${1:-}" == "--rollback" ]]; then
+    current=$(basename "$(dirname "$(readlink "$opt/venv")")")
+    previous=$(releases | awk -v cur="$current" '$0 < cur' | tail -n 1)
+    if [[ -z "$previous" ]]; then
+        echo "install: no release older than $current to roll back to" >&2
+        exit 1
+    fi
+    switch_to "$previous"
+    say "rolled back $opt/venv from $current to $previous; now: systemctl restart wapool"
+    exit 0
+fi
+
 if [[ -z "$root" ]] && ! id wapool >/dev/null 2>&1; then
     useradd --system --user-group --home-dir /var/lib/wapool --shell /usr/sbin/nologin wapool
     say "created system user wapool"
 fi
 
-install -d -m 0755 "$root/opt/wapool"
-"$python" -m venv --clear "$root/opt/wapool/venv"
-if [[ -z "${WAPOOL_INSTALL_SKIP_PIP:-}" ]]; then
-    "$root/opt/wapool/venv/bin/pip" install --quiet --upgrade pip
-    "$root/opt/wapool/venv/bin/pip" install --quiet "$src"
+# Each install builds a complete new release beside the running one, then switches to it.
+# (A virtualenv cannot be moved: its scripts name its own path, hence one directory per release.)
+release=$(date -u +%Y%m%dT%H%M%S.%NZ)  # sorts by time; never reused
+install -d -m 0755 "$opt" "$opt/releases"
+for dir in "$opt"/releases/*/; do  # builds that failed half-way (never linked)
+    if [[ -d "$dir" && ! -e "$dir.complete" ]]; then
+        rm -rf "$dir"
+        say "removed the unfinished release $dir"
+    fi
+done
+if [[ -d "$opt/venv" && ! -L "$opt/venv" ]]; then  # the layout before releases existed
+    mv -T "$opt/venv" "$opt/venv.replaced-$release"
+    say "moved the old $opt/venv aside to $opt/venv.replaced-$release (delete it when done)"
 fi
-install -m 0644 "$src/README.md" "$root/opt/wapool/README.md"
-say "virtualenv in $root/opt/wapool/venv"
+"$python" -m venv "$opt/releases/$release/venv"
+if [[ -z "${WAPOOL_INSTALL_SKIP_PIP:-}" ]]; then
+    "$opt/releases/$release/venv/bin/pip" install --quiet --upgrade pip
+    "$opt/releases/$release/venv/bin/pip" install --quiet "$src"
+fi
+touch "$opt/releases/$release/.complete"
+switch_to "$release"
+releases | head -n -3 | while read -r old; do rm -rf "${opt:?}/releases/$old"; done
+install -m 0644 "$src/README.md" "$opt/README.md"
+say "virtualenv in $opt/releases/$release/venv, linked from $opt/venv"
 
 install -d -m 0750 "$root/etc/wapool"
 if [[ -e "$root/etc/wapool/wapool.env" ]]; then

@@ -14,10 +14,20 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 
-def _install(target: Path) -> subprocess.CompletedProcess[str]:
+def _install(target: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"WAPOOL_INSTALL_ROOT": str(target), "WAPOOL_INSTALL_SKIP_PIP": "1"}
-    return subprocess.run(["bash", str(ROOT / "deploy/install.sh")], env=env,
+    return subprocess.run(["bash", str(ROOT / "deploy/install.sh"), *args], env=env | extra,
                           capture_output=True, text=True, timeout=100, check=False)  # fmt: skip
+
+
+def _current(target: Path) -> str:
+    link = target / "opt/wapool/venv"
+    assert link.is_symlink()
+    return Path(os.readlink(link)).parent.name
+
+
+def _releases(target: Path) -> list[str]:
+    return sorted(p.name for p in (target / "opt/wapool/releases").iterdir())
 
 
 def _mode(path: Path) -> int:
@@ -28,6 +38,7 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     first = _install(tmp_path)
     assert first.returncode == 0, first.stderr
     assert (tmp_path / "opt/wapool/venv/bin/python").exists()
+    assert _releases(tmp_path) == [_current(tmp_path)]
     assert (tmp_path / "opt/wapool/README.md").read_text() == (ROOT / "README.md").read_text()
     env_file = tmp_path / "etc/wapool/wapool.env"
     assert env_file.read_text() == (ROOT / ".env.example").read_text()
@@ -43,3 +54,45 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     assert env_file.read_text() == "WAPOOL_DATABASE_URL=postgresql://wapool@db/wapool\n"
     assert "kept existing" in second.stdout
+
+
+def test_upgrade_switches_releases_and_rollback_goes_back(tmp_path: Path) -> None:
+    installed = []
+    for _ in range(2):
+        assert _install(tmp_path).returncode == 0
+        installed.append(_current(tmp_path))
+    assert installed[0] < installed[1]
+    python = tmp_path / "opt/wapool/venv/bin/python"
+    prefix = subprocess.run([str(python), "-c", "import sys; print(sys.prefix)"],
+                            capture_output=True, text=True, timeout=30, check=True)  # fmt: skip
+    assert prefix.stdout.strip() == str(tmp_path / "opt/wapool/venv")  # scripts still valid
+
+    back = _install(tmp_path, "--rollback")
+    assert back.returncode == 0, back.stderr
+    assert _current(tmp_path) == installed[0]
+    assert "systemctl restart wapool" in back.stdout
+    assert _install(tmp_path, "--rollback").returncode == 1  # nothing older
+    assert _current(tmp_path) == installed[0]
+
+    failed = _install(tmp_path, PYTHON="false")  # a build that fails changes nothing
+    assert failed.returncode != 0
+    assert _current(tmp_path) == installed[0]
+    unfinished = tmp_path / "opt/wapool/releases/99990101T000000.000000000Z"
+    (unfinished / "venv").mkdir(parents=True)  # as a pip failure half-way leaves it
+    for _ in range(3):
+        assert _install(tmp_path).returncode == 0
+        installed.append(_current(tmp_path))
+    assert not unfinished.exists()
+    assert _releases(tmp_path) == installed[-3:]  # the three newest are kept
+    assert _install(tmp_path, "--rollback").returncode == 0
+    assert _current(tmp_path) == installed[-2]
+
+
+def test_the_layout_before_releases_is_moved_aside(tmp_path: Path) -> None:
+    old = tmp_path / "opt/wapool/venv"
+    (old / "bin").mkdir(parents=True)
+    result = _install(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert old.is_symlink()
+    (aside,) = (tmp_path / "opt/wapool").glob("venv.replaced-*")
+    assert (aside / "bin").is_dir()
