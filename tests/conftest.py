@@ -138,6 +138,18 @@ async def db(settings: Settings) -> AsyncIterator[Database]:
     await database.close()
 
 
+async def mirror_once(db: Database, company: str, path: Path) -> None:
+    """Push everything a working store has logged to PostgreSQL, as the daemon's mirror would."""
+    from wapool.store.mirror import Mirror
+
+    mirror = Mirror(db)
+    mirror.add(company, path)
+    try:
+        assert await mirror.drain(30), f"{company}: the mirror did not drain"
+    finally:
+        mirror.close()
+
+
 async def wait_until_up(db: Database, timeout: float = 15) -> None:
     """After a restored outage: the pool reconnects within about a second; wait for it."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -11,14 +11,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import new_store
+from tests.conftest import mirror_once, new_store
 from tests.test_mirror import add_companies, writer_for
 from wapool.cleanup import postgres
 from wapool.cleanup.executor import Cancelled, CleanupRun
 from wapool.cleanup.policy import RetentionPolicy
 from wapool.db.pool import Database
 from wapool.store.dump import dump_rows
-from wapool.store.mirror import Mirror
 from wapool.store.verify import verify
 from wapool.store.working_store import connect, quick_check
 from wapool.whatsapp.neonize_store import create_schema
@@ -63,10 +62,7 @@ async def _store_with_history(db: Database, url: str, template: Path, state: Pat
         writer.message_secret()
         writer.sender_key()
     writer.conn.close()
-    mirror = Mirror(db)
-    mirror.add("962302", path)
-    assert await mirror.drain(30)
-    mirror.close()
+    await mirror_once(db, "962302", path)
     return path
 
 
@@ -108,10 +104,7 @@ async def test_only_expired_rows_of_allowed_tables_go(
     quick_check(path)
     assert create_schema([path])[path] == devices  # whatsmeow still loads the device
 
-    mirror = Mirror(db)
-    mirror.add("962302", path)
-    assert await mirror.drain(30)
-    mirror.close()
+    await mirror_once(db, "962302", path)
     verdict = await verify(db, path, "962302")
     assert verdict.equal, verdict
 

@@ -8,11 +8,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import dump_store, new_store, run_cli
+from tests.conftest import dump_store, mirror_once, new_store, run_cli
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
 from wapool.settings import Settings
-from wapool.store.mirror import Mirror
 from wapool.store.working_store import connect
 
 pytestmark = pytest.mark.timeout(120)
@@ -28,10 +27,7 @@ async def mirrored(
     for _ in range(150):
         writer.random_transaction()
     writer.conn.close()
-    mirror = Mirror(db)
-    mirror.add("962302", path)
-    assert await mirror.drain(30)
-    mirror.close()
+    await mirror_once(db, "962302", path)
     return path
 
 

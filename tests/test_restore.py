@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import dump_store, make_settings, new_store, proxied, wait_until_up
+from tests.conftest import dump_store, make_settings, mirror_once, new_store, proxied, wait_until_up
 from tests.test_mirror import add_companies, writer_for
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
@@ -33,10 +33,7 @@ async def _mirrored_store(
     for _ in range(transactions):
         writer.random_transaction()
     writer.conn.close()
-    mirror = Mirror(db)
-    mirror.add("962302", path)
-    assert await mirror.drain(30)
-    mirror.close()
+    await mirror_once(db, "962302", path)
     return path
 
 
@@ -98,10 +95,7 @@ async def test_stale_store_is_restored(
     for _ in range(50):
         writer.random_transaction()
     writer.conn.close()
-    mirror = Mirror(db)
-    mirror.add("962302", path)
-    assert await mirror.drain(30)
-    mirror.close()
+    await mirror_once(db, "962302", path)
     current = dump_store(path)
     path.with_name("store.db-wal").unlink(missing_ok=True)
     path.with_name("store.db-shm").unlink(missing_ok=True)
