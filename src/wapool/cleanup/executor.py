@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -26,7 +27,7 @@ from wapool.store.working_store import store_path
 log = logging.getLogger(__name__)
 
 #: Keys fetched from PostgreSQL per page (then deleted locally in smaller batches).
-PAGE_ROWS = 20_000
+PAGE_ROWS = 50_000
 PROGRESS_EVERY_SECONDS = 10.0
 
 Progress = Callable[[str, str, int], None]  # company, table, rows deleted so far in it
@@ -72,7 +73,7 @@ class CleanupRun:
         policy: RetentionPolicy,
         state_dir: Path,
         *,
-        batch_rows: int = 2_000,
+        batch_rows: int = 5_000,
         stop: asyncio.Event | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -133,7 +134,7 @@ class CleanupRun:
                 if not page.keys:
                     return
                 with contextlib.suppress(StalePage):
-                    await self._delete_page(pruner, company, table, page, cursor)
+                    await self._delete_page(pruner, company, table, page, cursor, cutoff)
         finally:
             self.result.longest_lock_seconds = max(
                 self.result.longest_lock_seconds, pruner.longest_lock
@@ -141,13 +142,28 @@ class CleanupRun:
             await asyncio.to_thread(pruner.close)
 
     async def _delete_page(
-        self, pruner: Pruner, company: str, table: str, page: postgres.Page, cursor: list[str]
+        self,
+        pruner: Pruner,
+        company: str,
+        table: str,
+        page: postgres.Page,
+        cursor: list[str],
+        cutoff: datetime,
     ) -> None:
         keys, start = page.keys, 0
         while start < len(keys):
             self._check_stop()
             chunk = keys[start : start + pruner.batch_rows]
-            batch = await asyncio.to_thread(pruner.delete, table, chunk, page.applied_seq)
+            batch = await asyncio.to_thread(
+                functools.partial(
+                    pruner.delete,
+                    table,
+                    chunk,
+                    after=cursor[0],
+                    cutoff=cutoff,
+                    read_seq=page.applied_seq,
+                )
+            )
             self.result.add(company, table, batch.rows, batch.bytes)
             start += len(chunk)
             cursor[0] = chunk[-1][0]

@@ -39,18 +39,22 @@ TOMBSTONES = "(logout tombstones)"
 async def expired_page(
     db: Database, company_id: str, table: str, cutoff: datetime, after: str, limit: int
 ) -> Page:
+    """The next ``limit`` expired keys after ``after``, and the ``applied_seq`` they reflect
+    (one statement: one snapshot)."""
+
     async def work(conn: Conn) -> Page:
+        # Walk the primary key in order; with stale statistics (a table just loaded or purged)
+        # the planner may otherwise sort a company's whole table for every page.
+        await conn.execute("SET LOCAL enable_sort = off")
         cur = await conn.execute(
-            "SELECT applied_seq FROM store_copies WHERE company_id = %s", (company_id,)
+            "SELECT pk, octet_length(image), "
+            "(SELECT applied_seq FROM store_copies WHERE company_id = %(c)s) FROM store_rows "
+            "WHERE company_id = %(c)s AND tbl = %(t)s AND pk > %(after)s "
+            "AND written_at < %(cutoff)s ORDER BY pk LIMIT %(limit)s",
+            {"c": company_id, "t": table, "after": after, "cutoff": cutoff, "limit": limit},
         )
-        row = await cur.fetchone()
-        cur = await conn.execute(
-            "SELECT pk, octet_length(image) FROM store_rows WHERE company_id = %s AND tbl = %s "
-            "AND pk > %s AND written_at < %s ORDER BY pk LIMIT %s",
-            (company_id, table, after, cutoff, limit),
-        )
-        keys = [(str(k), int(n)) for k, n in await cur.fetchall()]
-        return Page(int(row[0]) if row else 0, keys)
+        rows = await cur.fetchall()
+        return Page(int(rows[0][2]) if rows else 0, [(str(k), int(n)) for k, n, _ in rows])
 
     return await db.run(work, timeout=db.query_timeout + 30)
 

@@ -52,6 +52,9 @@ CREATE TABLE store_rows (
     image      text NOT NULL,
     -- when the row was last written in the working store (the cleanup's retention clock)
     written_at timestamptz NOT NULL,
+    -- the change-log sequence number of the prefix that last wrote the row (0: before 0008); a
+    -- cleanup purge deletes only rows not rewritten since it read its keys
+    seq        bigint NOT NULL DEFAULT 0,
     PRIMARY KEY (company_id, tbl, pk)
 );
 

@@ -9,6 +9,11 @@ and never holds half a transaction that was rolled back. Each entry is one chang
   ``INSERT OR REPLACE`` that removed a row conflicting on a non-key UNIQUE column); the mirror
   reads its current state in the same snapshot.
 
+One more kind is written by wapool itself, not by a trigger: a *purge* (``tbl`` =
+``wapool_purge``, see ``store.purge``), one entry for a whole cleanup batch. While the cleanup's
+transaction holds a row in ``wapool_purging`` for a table, that table's delete trigger stays
+silent: the purge entry describes those deletes to the mirror at once.
+
 Triggers are generated from the live schema and regenerated whenever its fingerprint changes;
 after a regeneration every row is queued for a recheck, so nothing written by a schema upgrade
 in between is missed.
@@ -23,6 +28,11 @@ from wapool.store.codec import sql_encode
 from wapool.store.schema import StoreSchema, Table, quote, read_schema
 
 TRIGGER_PREFIX = "wapool_capture_"
+#: Bumped when the generated triggers change while whatsmeow's schema does not; the triggers are
+#: then regenerated (without a recheck: they capture whatsmeow's writes as before).
+CAPTURE_VERSION = "2"
+#: The change log's table name for purge entries (no whatsmeow table is called that).
+PURGE_TABLE = "wapool_purge"
 
 CAPTURE_DDL = """
 CREATE TABLE IF NOT EXISTS wapool_changelog (
@@ -37,6 +47,11 @@ CREATE TABLE IF NOT EXISTS wapool_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS wapool_purging (
+    tbl TEXT PRIMARY KEY
+);
+CREATE INDEX IF NOT EXISTS wapool_changelog_purges ON wapool_changelog (seq)
+    WHERE tbl = 'wapool_purge';
 """
 
 
@@ -63,7 +78,8 @@ def trigger_sql(table: Table) -> list[str]:
         f"INSERT INTO wapool_changelog (tbl, op, pk) SELECT '{table.name}', 'D', {old_key} "
         f"WHERE {old_key} IS NOT {new_key}; "
         f"{_log(table, 'U', new_key, new_image)} END",
-        f"CREATE TRIGGER {TRIGGER_PREFIX}{table.name}_ad AFTER DELETE ON {name} BEGIN "
+        f"CREATE TRIGGER {TRIGGER_PREFIX}{table.name}_ad AFTER DELETE ON {name} "
+        f"WHEN NOT EXISTS (SELECT 1 FROM wapool_purging WHERE tbl = '{table.name}') BEGIN "
         f"{_log(table, 'D', old_key)} END",
     ]
     for n, unique in enumerate(table.unique):
@@ -127,7 +143,8 @@ def install_capture(
             set_meta(conn, "store_uuid", store_uuid or str(uuid.uuid4()))
         schema = read_schema(conn)
         changed = get_meta(conn, "capture_fingerprint") != schema.fingerprint
-        if not changed and installed_triggers(conn):
+        current = get_meta(conn, "capture_version") == CAPTURE_VERSION
+        if not changed and current and installed_triggers(conn):
             conn.execute("COMMIT")
             return False
         for trigger in installed_triggers(conn):
@@ -138,6 +155,7 @@ def install_capture(
         if changed and recheck:
             _queue_full_recheck(conn, schema)
         set_meta(conn, "capture_fingerprint", schema.fingerprint)
+        set_meta(conn, "capture_version", CAPTURE_VERSION)
         conn.execute("COMMIT")
         return changed
     except BaseException:

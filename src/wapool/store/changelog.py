@@ -2,7 +2,9 @@
 
 ``read_prefix`` takes everything committed so far in one read transaction, coalesced to the
 last state of each key, so what the mirror applies is exactly the store's state after some
-whatsmeow transaction: never half of one.
+whatsmeow transaction: never half of one. A prefix ends at the first cleanup purge (see
+``store.purge``): the entries before it are applied first, then the purge, so no coalescing
+ever moves a write across a purge.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import json
 import sqlite3
 from dataclasses import dataclass
 
-from wapool.store.capture import get_meta, json_array_sql
+from wapool.store.capture import PURGE_TABLE, get_meta, json_array_sql
 from wapool.store.codec import decode_value
+from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema, quote, read_schema
 
 TRIM_BATCH = 5_000
+NO_LIMIT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Prefix:
     entries: int
     changes: list[Change]
     oldest_at: float | None
+    #: A cleanup purge to apply after ``changes`` (it is the entry at ``high_seq``).
+    purge: Purge | None = None
 
 
 @dataclass(frozen=True)
@@ -55,16 +61,20 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
     """Everything logged after ``after_seq``, coalesced; None when there is nothing."""
     conn.execute("BEGIN")
     try:
+        purge_seq, purge_text = conn.execute(
+            "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT 1",
+            (PURGE_TABLE, after_seq),
+        ).fetchone() or (None, None)
         high, count, oldest = conn.execute(
-            "SELECT max(seq), count(*), min(at) FROM wapool_changelog WHERE seq > ?",
-            (after_seq,),
+            "SELECT max(seq), count(*), min(at) FROM wapool_changelog WHERE seq > ? AND seq <= ?",
+            (after_seq, purge_seq if purge_seq is not None else NO_LIMIT),
         ).fetchone()
         if high is None:
             return None
         rows = conn.execute(
             "SELECT tbl, pk, op, img, at, max(seq) FROM wapool_changelog "
-            "WHERE seq > ? AND seq <= ? GROUP BY tbl, pk",
-            (after_seq, high),
+            "WHERE seq > ? AND seq <= ? AND tbl <> ? GROUP BY tbl, pk",
+            (after_seq, high, PURGE_TABLE),
         ).fetchall()
         schema: StoreSchema | None = None
         changes: list[Change] = []
@@ -80,6 +90,7 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
             entries=int(count),
             changes=changes,
             oldest_at=oldest,
+            purge=Purge.decode(purge_text) if purge_text is not None else None,
         )
     finally:
         conn.execute("COMMIT")

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 LOW_DISK_FRACTION = 0.10
 LOW_DISK_BYTES = 1 << 30
 LAG_SAMPLES = 100_000
+#: What one purge counts for when sizing a tick's PostgreSQL timeout.
+PURGE_ROWS = 50_000
 
 
 @dataclass
@@ -175,7 +177,7 @@ class Mirror:
             waiter.cancel()
 
     async def tick(self) -> int:
-        """One round: read, apply, trim. Returns rows applied (0 when nothing was pending)."""
+        """One round: read, apply, trim. Returns log entries applied (0: nothing was pending)."""
         async with self._tick_lock:
             return await self._tick()
 
@@ -186,7 +188,8 @@ class Mirror:
         if not batches:
             return 0
         self.fault("collected")
-        rows = sum(len(b.prefix.changes) for b in batches)
+        # A purge deletes up to a cleanup batch (tens of thousands of rows) with one statement.
+        rows = sum(len(b.prefix.changes) + (PURGE_ROWS if b.prefix.purge else 0) for b in batches)
         try:
             outcome = await pg_copy.apply(
                 self._db, batches, timeout=self._db.query_timeout + rows / 20_000, fence=self.fence
@@ -202,7 +205,7 @@ class Mirror:
                 self.stats.lags.extend(committed - c.at for c in batch.prefix.changes)
         await asyncio.to_thread(self._settle, batches, outcome)
         self._publish_stats()
-        return sum(outcome.applied.values())
+        return sum(b.prefix.entries for b in batches if b.company_id in outcome.applied)
 
     # -- steps (run in a worker thread) ------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """The PostgreSQL side of the auth store: per-company metadata and rows.
 
 ``apply`` writes the coalesced prefixes of several companies in one transaction: COPY into a
-temporary table, then set-based deletes and upserts, then each company's ``applied_seq``. A
+temporary table, then set-based deletes and upserts, then each company's cleanup purge (a range
+delete, see ``store.purge``) and ``applied_seq``. Every row written carries the ``seq`` of the
+prefix that wrote it, which is what lets a purge spare rows rewritten after it was planned. A
 prefix is applied only to the copy of the same store (``store_uuid``) and only forward
 (``high_seq > applied_seq``), so a replay after a crash changes nothing.
 """
@@ -14,6 +16,7 @@ from typing import Any
 
 from wapool.db.pool import Conn, Database
 from wapool.store.changelog import Prefix
+from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema
 
 
@@ -38,7 +41,7 @@ class Batch:
 
 @dataclass(frozen=True)
 class Outcome:
-    applied: dict[str, int]  # company -> rows written
+    applied: dict[str, int]  # company -> rows written and purged
     rejected: dict[str, str]  # company -> why
 
 
@@ -134,16 +137,17 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
 
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS incoming "
-        "(company_id text, tbl text, pk text, image text, at double precision) "
+        "(company_id text, tbl text, pk text, image text, at double precision, seq bigint) "
         "ON COMMIT DELETE ROWS"
     )
     async with conn.cursor().copy(
-        "COPY incoming (company_id, tbl, pk, image, at) FROM STDIN"
+        "COPY incoming (company_id, tbl, pk, image, at, seq) FROM STDIN"
     ) as copy:
         for batch in accepted:
+            seq = batch.prefix.high_seq
             for change in batch.prefix.changes:
                 await copy.write_row(
-                    (batch.company_id, change.table, change.key, change.image, change.at)
+                    (batch.company_id, change.table, change.key, change.image, change.at, seq)
                 )
 
     for batch in accepted:
@@ -164,13 +168,27 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
         "AND r.company_id = i.company_id AND r.tbl = i.tbl AND r.pk = i.pk"
     )
     await conn.execute(
-        "INSERT INTO store_rows (company_id, tbl, pk, image, written_at) "
-        "SELECT company_id, tbl, pk, image, to_timestamp(at) FROM incoming "
+        "INSERT INTO store_rows (company_id, tbl, pk, image, written_at, seq) "
+        "SELECT company_id, tbl, pk, image, to_timestamp(at), seq FROM incoming "
         "WHERE image IS NOT NULL "
         "ON CONFLICT (company_id, tbl, pk) DO UPDATE "
-        "SET image = EXCLUDED.image, written_at = EXCLUDED.written_at"
+        "SET image = EXCLUDED.image, written_at = EXCLUDED.written_at, seq = EXCLUDED.seq"
     )
-    return Outcome({b.company_id: len(b.prefix.changes) for b in accepted}, rejected)
+    applied = {b.company_id: len(b.prefix.changes) for b in accepted}
+    for batch in accepted:
+        if batch.prefix.purge is not None:
+            applied[batch.company_id] += await _purge(conn, batch.company_id, batch.prefix.purge)
+    return Outcome(applied, rejected)
+
+
+async def _purge(conn: Conn, company_id: str, purge: Purge) -> int:
+    """Apply a cleanup purge after the changes logged before it; returns the rows deleted."""
+    cur = await conn.execute(
+        "DELETE FROM store_rows WHERE company_id = %s AND tbl = %s AND pk > %s AND pk <= %s "
+        "AND written_at < %s AND seq <= %s",
+        (company_id, purge.table, purge.after, purge.through, purge.cutoff, purge.read_seq),
+    )
+    return max(cur.rowcount, 0)
 
 
 async def _upsert_meta(conn: Conn, batch: Batch, meta: CopyMeta | None, epoch: int) -> None:
