@@ -213,9 +213,9 @@ def test_a_purge_logs_one_entry_and_leaves_other_deletes_logged(
     conn.close()
 
 
-def test_a_prefix_ends_at_a_purge(whatsmeow_template: Path, tmp_path: Path) -> None:
-    """Writes before a purge, the purge, then the same key written again: never coalesced
-    across the purge, so PostgreSQL ends with the key the working store has."""
+def test_purges_cut_a_prefix_into_steps(whatsmeow_template: Path, tmp_path: Path) -> None:
+    """A write, a purge of that key, the key written again, another purge: each step is
+    coalesced on its own, so the last write is not folded into the first and then purged."""
     path = new_store(whatsmeow_template, tmp_path, "962302")
     writer = writer_for(path, 4)
     writer.sender_key()
@@ -223,24 +223,46 @@ def test_a_prefix_ends_at_a_purge(whatsmeow_template: Path, tmp_path: Path) -> N
     purge.prepare(conn)
     changelog.trim(conn, changelog.last_seq(conn))
     (key,) = _keys(conn, SENDER_KEYS)
-    _sender_key(conn, key, b"before")
-    entry = purge.Purge(SENDER_KEYS, "", key, CUTOFF, 0)
-    conn.execute("BEGIN IMMEDIATE")
-    purge.purge(conn, read_schema(conn).table(SENDER_KEYS), [key], entry)
-    conn.execute("COMMIT")
-    _sender_key(conn, key, b"after")
+    spec = read_schema(conn).table(SENDER_KEYS)
+    entries = []
+    for value in (b"before", b"after"):
+        _sender_key(conn, key, value)
+        entries.append(purge.Purge(SENDER_KEYS, "", key, CUTOFF, len(entries)))
+        conn.execute("BEGIN IMMEDIATE")
+        purge.purge(conn, spec, [key], entries[-1])
+        conn.execute("COMMIT")
+    _sender_key(conn, key, b"last")
 
+    prefix = changelog.read_prefix(conn)
+    assert prefix is not None
+    assert prefix.purges == tuple(entries)
+    assert [(c.key, c.step) for c in prefix.changes] == [(key, 0), (key, 1), (key, 2)]
+    assert prefix.changes[-1].image is not None
+    assert prefix.entries == 5
+    assert prefix.high_seq == changelog.last_seq(conn)
+    conn.close()
+
+
+def test_a_prefix_holds_at_most_max_purges(whatsmeow_template: Path, tmp_path: Path) -> None:
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    writer = writer_for(path, 5)
+    conn = writer.conn
+    purge.prepare(conn)
+    spec = read_schema(conn).table(SENDER_KEYS)
+    for n in range(changelog.MAX_PURGES + 3):
+        writer.sender_key()
+        conn.execute("BEGIN IMMEDIATE")
+        purge.purge(conn, spec, [], purge.Purge(SENDER_KEYS, "", str(n), CUTOFF, 0))
+        conn.execute("COMMIT")
     first = changelog.read_prefix(conn)
     assert first is not None
-    assert first.purge == entry
-    assert [(c.table, c.key) for c in first.changes] == [(SENDER_KEYS, key)]
-    assert first.entries == 2
+    assert len(first.purges) == changelog.MAX_PURGES
     changelog.trim(conn, first.high_seq)
-    second = changelog.read_prefix(conn)
-    assert second is not None
-    assert second.purge is None
-    assert [c.key for c in second.changes] == [key]
-    assert second.changes[0].image is not None
+    rest = changelog.read_prefix(conn)
+    assert rest is not None
+    assert [p.through for p in rest.purges] == [
+        str(n) for n in range(changelog.MAX_PURGES, changelog.MAX_PURGES + 3)
+    ]
     conn.close()
 
 

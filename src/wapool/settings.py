@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     cleanup_table_days: str = ""
     cleanup_misfire_grace_seconds: int = Field(3600, ge=1)
     cleanup_batch_rows: int = Field(5000, ge=1, le=100_000)
+    cleanup_concurrency: int = Field(2, ge=1, le=16)
     companies_per_worker: int = Field(50, ge=1, le=1000)
     max_concurrent_connects: int = Field(8, ge=1, le=1000)
     lease_seconds: float = Field(30.0, ge=3)

@@ -9,7 +9,6 @@ that was stopped is simply resumed by the next one, which finds what is still ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -20,15 +19,15 @@ from pathlib import Path
 
 from wapool.cleanup import postgres
 from wapool.cleanup.policy import RetentionPolicy
-from wapool.cleanup.working import Pruner, StalePage
+from wapool.cleanup.working import BatchResult, Pruner
 from wapool.db.pool import Database
 from wapool.store.working_store import store_path
 
 log = logging.getLogger(__name__)
 
-#: Keys fetched from PostgreSQL per page (then deleted locally in smaller batches).
-PAGE_ROWS = 50_000
 PROGRESS_EVERY_SECONDS = 10.0
+#: Bound on the PostgreSQL query a batch may make while it holds its store's write lock.
+RECHECK_TIMEOUT = 1.0
 
 Progress = Callable[[str, str, int], None]  # company, table, rows deleted so far in it
 
@@ -44,6 +43,9 @@ class RunResult:
     #: (company, table) -> [rows, bytes] deleted
     deleted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     longest_lock_seconds: float = 0.0
+    #: Batches checked against PostgreSQL because the mirror applied writes between the read
+    #: and the delete.
+    rechecks: int = 0
     status: str = "running"
     error: str | None = None
 
@@ -74,6 +76,7 @@ class CleanupRun:
         state_dir: Path,
         *,
         batch_rows: int = 5_000,
+        concurrency: int = 2,
         stop: asyncio.Event | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -81,6 +84,7 @@ class CleanupRun:
         self._policy = policy
         self._state_dir = state_dir
         self._batch_rows = batch_rows
+        self._concurrency = max(1, concurrency)
         self._stop = stop or asyncio.Event()
         self._progress = progress or (lambda _c, _t, _n: None)
         self._last_log = time.monotonic()
@@ -93,15 +97,31 @@ class CleanupRun:
         removed_cutoff = self._policy.removed_cutoff(now)
         companies = await postgres.retained_companies(self._db, removed_cutoff)
         self._leased = await postgres.leased_companies(self._db)
-        for company in companies:
-            if company_id is None or company == company_id:
-                for table in self._policy.tables:
-                    await self._table(company, table, self._policy.cutoff(table, now))
+        await self._companies([c for c in companies if company_id in (None, c)], now)
         if company_id is None or company_id not in companies:
             await self._removed(removed_cutoff, company_id)
         self.result.finished_at = datetime.now(UTC)
         self.result.status = "done"
         return self.result
+
+    async def _companies(self, companies: list[str], now: datetime) -> None:
+        """Up to ``concurrency`` companies at a time (their stores are separate files, so their
+        write locks are too); one company's tables one after the other."""
+        waiting = list(reversed(companies))
+
+        async def worker() -> None:
+            while waiting:
+                company = waiting.pop()
+                for table in self._policy.tables:
+                    await self._table(company, table, self._policy.cutoff(table, now))
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self._concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _table(self, company: str, table: str, cutoff: datetime) -> None:
         path = store_path(self._state_dir, company)
@@ -121,53 +141,70 @@ class CleanupRun:
         self._finished(company, table)
 
     async def _prune_local(self, company: str, path: Path, table: str, cutoff: datetime) -> None:
+        """Read a batch of expired keys, delete it at once, repeat: the shorter the time from
+        the read to the delete, the less often the mirror applies a rewrite in between."""
         pruner = Pruner(path, batch_rows=self._batch_rows)
         await asyncio.to_thread(pruner.open)
         try:
             if not pruner.has_table(table):
                 return
-            cursor = [""]  # moves only past keys handled, so a stale page resumes right there
-            while True:
-                page = await postgres.expired_page(
-                    self._db, company, table, cutoff, cursor[0], PAGE_ROWS
-                )
-                if not page.keys:
-                    return
-                with contextlib.suppress(StalePage):
-                    await self._delete_page(pruner, company, table, page, cursor, cutoff)
+            after, reading_took = "", 0.0
+            checkpoint: asyncio.Future[float] | None = None
+            try:
+                while True:
+                    self._check_stop()
+                    # Read the keys at the end of the gap between two batches: a read made
+                    # just before the delete is rarely made stale by the mirror.
+                    await asyncio.sleep(pruner.gap_left(after=reading_took))
+                    began = time.monotonic()
+                    page = await postgres.expired_page(
+                        self._db, company, table, cutoff, after, pruner.batch_rows
+                    )
+                    reading_took = time.monotonic() - began
+                    if not page.keys:
+                        return
+                    batch = await self._delete(pruner, company, table, page, after, cutoff)
+                    self.result.add(company, table, batch.rows, batch.bytes)
+                    after = page.keys[-1][0]
+                    self._report(company, table)
+                    # The checkpoint takes no lock: it overlaps the gap and the next batch.
+                    if checkpoint is not None:
+                        await checkpoint
+                    checkpoint = asyncio.ensure_future(asyncio.to_thread(pruner.checkpoint))
+            finally:
+                if checkpoint is not None:
+                    await checkpoint
         finally:
             self.result.longest_lock_seconds = max(
                 self.result.longest_lock_seconds, pruner.longest_lock
             )
+            self.result.rechecks += pruner.rechecks
             await asyncio.to_thread(pruner.close)
 
-    async def _delete_page(
+    async def _delete(
         self,
         pruner: Pruner,
         company: str,
         table: str,
         page: postgres.Page,
-        cursor: list[str],
+        after: str,
         cutoff: datetime,
-    ) -> None:
-        keys, start = page.keys, 0
-        while start < len(keys):
-            self._check_stop()
-            chunk = keys[start : start + pruner.batch_rows]
-            batch = await asyncio.to_thread(
-                functools.partial(
-                    pruner.delete,
-                    table,
-                    chunk,
-                    after=cursor[0],
-                    cutoff=cutoff,
-                    read_seq=page.applied_seq,
-                )
-            )
-            self.result.add(company, table, batch.rows, batch.bytes)
-            start += len(chunk)
-            cursor[0] = chunk[-1][0]
-            self._report(company, table)
+    ) -> BatchResult:
+        loop = asyncio.get_running_loop()
+
+        def rewritten() -> list[str]:
+            """Runs in the pruner's thread, holding the store's write lock: keep it short."""
+            query = postgres.rewritten_since(
+                self._db, company, table, after, page.keys[-1][0], page.applied_seq,
+                timeout=RECHECK_TIMEOUT,
+            )  # fmt: skip
+            return asyncio.run_coroutine_threadsafe(query, loop).result(RECHECK_TIMEOUT + 1)
+
+        delete = functools.partial(
+            pruner.delete, table, page.keys, after=after, cutoff=cutoff,
+            read_seq=page.applied_seq, rewritten=rewritten,
+        )  # fmt: skip
+        return await asyncio.to_thread(delete)
 
     async def _removed(self, cutoff: datetime, only: str | None) -> None:
         for company in await postgres.removed_companies(self._db, cutoff):

@@ -59,6 +59,29 @@ async def expired_page(
     return await db.run(work, timeout=db.query_timeout + 30)
 
 
+async def rewritten_since(
+    db: Database,
+    company_id: str,
+    table: str,
+    after: str,
+    through: str,
+    seq: int,
+    *,
+    timeout: float | None = None,
+) -> list[str]:
+    """Keys in (``after``, ``through``] written by a prefix after ``seq``."""
+
+    async def work(conn: Conn) -> list[str]:
+        cur = await conn.execute(
+            "SELECT pk FROM store_rows WHERE company_id = %s AND tbl = %s "
+            "AND pk > %s AND pk <= %s AND seq > %s",
+            (company_id, table, after, through, seq),
+        )
+        return [str(k) for (k,) in await cur.fetchall()]
+
+    return await db.run(work, timeout=timeout)
+
+
 async def plan(
     db: Database,
     cutoffs: dict[str, datetime],

@@ -67,7 +67,8 @@ class CleanupService:
     async def _execute(self, company_id: str | None, progress: Progress | None) -> RunResult:
         run = CleanupRun(
             self._db, self.policy, self._settings.state_dir,
-            batch_rows=self._settings.cleanup_batch_rows, stop=self.stop, progress=progress,
+            batch_rows=self._settings.cleanup_batch_rows,
+            concurrency=self._settings.cleanup_concurrency, stop=self.stop, progress=progress,
         )  # fmt: skip
         log.info("cleanup_started", extra={"tables": ",".join(self.policy.tables)})
         try:

@@ -3,19 +3,26 @@
 The keys come from PostgreSQL, whose ``written_at`` is as fresh as the mirror's last apply
 (``applied_seq``). A key written locally after that has a change-log entry with a higher
 sequence number, so each batch skips every key with a newer upsert in the log. The mirror may
-apply and trim such an entry between two batches; the pruner notices (sequence numbers it never
-saw are gone from the log) and asks for a fresh page instead of trusting the old one.
+apply and trim such an entry between the read and the delete; the pruner notices (sequence
+numbers it never saw are gone from the log) and, still holding the write lock so that no more
+can be trimmed, asks PostgreSQL which keys of the batch were written since the read. Every
+entry trimmed had been committed in PostgreSQL first, so the answer is complete.
 
 A batch is deleted with one statement and logged as one purge entry (``store.purge``), not as
 one change-log entry per row, so the mirror repeats it in PostgreSQL with one range delete.
 Each batch holds SQLite's write lock for tens of milliseconds (whatsmeow waits up to 5 s); the
-batch size adapts so that one transaction stays near ``target_lock_seconds``.
+batch size adapts so that one transaction stays near ``target_lock_seconds``. Between two
+batches the lock stays free for at least ``min_gap_seconds``: SQLite's busy handler, which
+whatsmeow and the mirror wait in, polls every 25 ms or so in its first 130 ms of waiting, so a
+writer that found the lock taken gets its turn in the next gap instead of starving behind
+back-to-back batches.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +34,8 @@ from wapool.store.working_store import connect
 
 #: The pruner's page cache (KiB): a batch touches thousands of scattered pages.
 CACHE_KIB = 64 * 1024
+#: Read the store through a memory map (SQLite caps it at 2 GiB): no system call per page read.
+MMAP_BYTES = 1 << 31
 
 
 class StalePage(Exception):
@@ -39,7 +48,6 @@ class BatchResult:
     bytes: int = 0
     skipped: int = 0
     lock_seconds: float = 0.0
-    checkpoint_seconds: float = 0.0
 
 
 @dataclass
@@ -47,22 +55,30 @@ class Pruner:
     """One company's working store, one table at a time."""
 
     path: Path
-    target_lock_seconds: float = 0.08
+    target_lock_seconds: float = 0.05
+    min_gap_seconds: float = 0.03
     batch_rows: int = 5_000
     max_batch_rows: int = 20_000
     longest_lock: float = 0.0
     longest_checkpoint: float = 0.0
+    #: Batches checked against PostgreSQL because the mirror applied writes meanwhile.
+    rechecks: int = 0
     _conn: sqlite3.Connection | None = None
+    #: A second connection, so a checkpoint can run while the next batch is deleted.
+    _checkpointer: sqlite3.Connection | None = None
     _tables: dict[str, Table] = field(default_factory=dict)
     _recent: set[tuple[str, str]] = field(default_factory=set)
     _scanned_to: int = -1
+    _released_at: float = float("-inf")
 
     def open(self) -> None:
         """Connect and note every key with a pending upsert (read transaction, no lock)."""
         self._conn = connect(self.path)
         self._conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        self._conn.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
         # Checkpointed explicitly after each batch, once the write lock is released.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self._checkpointer = connect(self.path)
         purge.prepare(self._conn)
         self._conn.execute("BEGIN")
         try:
@@ -73,9 +89,10 @@ class Pruner:
             self._conn.execute("COMMIT")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        for conn in (self._conn, self._checkpointer):
+            if conn is not None:
+                conn.close()
+        self._conn = self._checkpointer = None
 
     def has_table(self, table: str) -> bool:
         return table in self._tables
@@ -88,15 +105,26 @@ class Pruner:
         after: str,
         cutoff: datetime,
         read_seq: int,
+        rewritten: Callable[[], list[str]] | None = None,
     ) -> BatchResult:
         """Delete these keys (``(pk, bytes)``, the page's keys in (``after``, last key]) unless
-        written since ``read_seq``; one write transaction, one purge entry."""
+        written since ``read_seq``; one write transaction, one purge entry.
+
+        ``rewritten`` returns the keys of the batch PostgreSQL shows as written after
+        ``read_seq``; it is called, with the write lock held (so the mirror cannot trim more
+        meanwhile), only when the mirror trimmed entries this pruner never saw. Without it,
+        that case raises ``StalePage``."""
         conn = self._connection()
         result = BatchResult()
+        time.sleep(self.gap_left())
         conn.execute("BEGIN IMMEDIATE")
         started = time.perf_counter()
         try:
-            self._check_fresh(conn, read_seq)
+            if self._trimmed_unseen(conn, read_seq):
+                if rewritten is None:
+                    raise StalePage
+                self.rechecks += 1
+                self.note_rewritten(table, rewritten())
             self._scan(self._scanned_to)
             wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
             result.skipped = len(keys) - len(wanted)
@@ -113,36 +141,51 @@ class Pruner:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            self._released_at = time.monotonic()
         result.lock_seconds = time.perf_counter() - started
         self.longest_lock = max(self.longest_lock, result.lock_seconds)
         self._adapt(len(keys), result.lock_seconds)
-        result.checkpoint_seconds = self._checkpoint(conn)
         return result
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> float:
-        """Copy the batch's pages from the WAL into the database now, so that whatsmeow's next
-        commit does not find a big WAL to checkpoint itself. PASSIVE: nobody waits on it."""
+    def checkpoint(self) -> float:
+        """Copy the last batch's pages from the WAL into the database (start it right after
+        ``delete``), so that whatsmeow's next commit does not find a big WAL to checkpoint
+        itself. PASSIVE: nobody waits on it, and it may run while the next ``delete`` does (not
+        while another checkpoint does). Returns the seconds it took."""
+        conn = self._checkpointer
+        if conn is None:
+            raise RuntimeError("Pruner.open() first")
         started = time.perf_counter()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         seconds = time.perf_counter() - started
         self.longest_checkpoint = max(self.longest_checkpoint, seconds)
         return seconds
 
-    def _check_fresh(self, conn: sqlite3.Connection, applied_seq: int) -> None:
-        """Raise ``StalePage`` if entries after what we scanned were trimmed unseen."""
+    def gap_left(self, after: float = 0.0) -> float:
+        """Seconds to wait (counting ``after`` more seconds of other work) before the next
+        batch may take the write lock."""
+        return max(0.0, self._released_at + self.min_gap_seconds - time.monotonic() - after)
+
+    def note_rewritten(self, table: str, keys: list[str]) -> None:
+        """Keys PostgreSQL shows as written after the page was read: never delete them."""
+        self._recent.update((table, key) for key in keys)
+
+    def _trimmed_unseen(self, conn: sqlite3.Connection, read_seq: int) -> bool:
+        """Were entries after ``read_seq`` trimmed (so applied) before this pruner saw them?
+        Either way, what is still in the log is noted and counts as seen from now on."""
         newest = last_seq(conn)
         if newest <= self._scanned_to:
-            return
+            return False
         row = conn.execute(
             "SELECT min(seq) FROM wapool_changelog WHERE seq > ?", (self._scanned_to,)
         ).fetchone()
         first = row[0] if row else None
         newest_trimmed = newest if first is None else int(first) - 1
-        if newest_trimmed > self._scanned_to and newest_trimmed > applied_seq:
-            # Trimmed means applied in PostgreSQL: a fresh page reflects those writes.
-            self._scan(self._scanned_to)
-            self._scanned_to = newest
-            raise StalePage
+        unseen = newest_trimmed > self._scanned_to and newest_trimmed > read_seq
+        self._scan(self._scanned_to)
+        self._scanned_to = newest
+        return unseen
 
     def _scan(self, after: int) -> None:
         conn = self._connection()

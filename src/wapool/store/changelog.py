@@ -2,13 +2,15 @@
 
 ``read_prefix`` takes everything committed so far in one read transaction, coalesced to the
 last state of each key, so what the mirror applies is exactly the store's state after some
-whatsmeow transaction: never half of one. A prefix ends at the first cleanup purge (see
-``store.purge``): the entries before it are applied first, then the purge, so no coalescing
-ever moves a write across a purge.
+whatsmeow transaction: never half of one. Cleanup purges (see ``store.purge``) cut a prefix
+into steps: the entries before the first purge (coalesced), that purge, the entries up to the
+next one, and so on. Each step is coalesced on its own and applied in order, so no write ever
+moves across a purge.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from dataclasses import dataclass
@@ -19,7 +21,8 @@ from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema, quote, read_schema
 
 TRIM_BATCH = 5_000
-NO_LIMIT = 2**63 - 1
+#: Purges per prefix: each one costs the mirror a few statements in its transaction.
+MAX_PURGES = 32
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,8 @@ class Change:
     image: str | None
     #: When the change was committed locally (Unix seconds).
     at: float
+    #: Applied after ``Prefix.purges[step - 1]`` and before ``Prefix.purges[step]``.
+    step: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,8 @@ class Prefix:
     entries: int
     changes: list[Change]
     oldest_at: float | None
-    #: A cleanup purge to apply after ``changes`` (it is the entry at ``high_seq``).
-    purge: Purge | None = None
+    #: Cleanup purges; ``purges[i]`` applies after the changes of step ``i``.
+    purges: tuple[Purge, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,28 +66,34 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
     """Everything logged after ``after_seq``, coalesced; None when there is nothing."""
     conn.execute("BEGIN")
     try:
-        purge_seq, purge_text = conn.execute(
-            "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT 1",
-            (PURGE_TABLE, after_seq),
-        ).fetchone() or (None, None)
+        purges = conn.execute(
+            "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (PURGE_TABLE, after_seq, MAX_PURGES),
+        ).fetchall()
+        limit = purges[-1][0] if len(purges) == MAX_PURGES else None
         high, count, oldest = conn.execute(
-            "SELECT max(seq), count(*), min(at) FROM wapool_changelog WHERE seq > ? AND seq <= ?",
-            (after_seq, purge_seq if purge_seq is not None else NO_LIMIT),
+            "SELECT max(seq), count(*), min(at) FROM wapool_changelog "
+            "WHERE seq > ? AND (? IS NULL OR seq <= ?)",
+            (after_seq, limit, limit),
         ).fetchone()
         if high is None:
             return None
-        rows = conn.execute(
-            "SELECT tbl, pk, op, img, at, max(seq) FROM wapool_changelog "
-            "WHERE seq > ? AND seq <= ? AND tbl <> ? GROUP BY tbl, pk",
-            (after_seq, high, PURGE_TABLE),
-        ).fetchall()
+        bounds = [after_seq, *(int(seq) for seq, _ in purges)]
+        if bounds[-1] < high:
+            bounds.append(int(high))
         schema: StoreSchema | None = None
         changes: list[Change] = []
-        for table, key, op, image, at, _ in rows:
-            if op == "R":
-                schema = schema or read_schema(conn)
-                image = _current_image(conn, schema, table, key)
-            changes.append(Change(table, key, image if op != "D" else None, at))
+        for step, (low, upper) in enumerate(itertools.pairwise(bounds)):
+            rows = conn.execute(
+                "SELECT tbl, pk, op, img, at, max(seq) FROM wapool_changelog "
+                "WHERE seq > ? AND seq <= ? AND tbl <> ? GROUP BY tbl, pk",
+                (low, upper, PURGE_TABLE),
+            ).fetchall()
+            for table, key, op, image, at, _ in rows:
+                if op == "R":
+                    schema = schema or read_schema(conn)
+                    image = _current_image(conn, schema, table, key)
+                changes.append(Change(table, key, image if op != "D" else None, at, step))
         return Prefix(
             store_uuid=get_meta(conn, "store_uuid") or "",
             fingerprint=get_meta(conn, "capture_fingerprint") or "",
@@ -90,7 +101,7 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
             entries=int(count),
             changes=changes,
             oldest_at=oldest,
-            purge=Purge.decode(purge_text) if purge_text is not None else None,
+            purges=tuple(Purge.decode(text) for _, text in purges),
         )
     finally:
         conn.execute("COMMIT")

@@ -39,7 +39,7 @@ LOW_DISK_FRACTION = 0.10
 LOW_DISK_BYTES = 1 << 30
 LAG_SAMPLES = 100_000
 #: What one purge counts for when sizing a tick's PostgreSQL timeout.
-PURGE_ROWS = 50_000
+PURGE_ROWS = 20_000
 
 
 @dataclass
@@ -189,7 +189,7 @@ class Mirror:
             return 0
         self.fault("collected")
         # A purge deletes up to a cleanup batch (tens of thousands of rows) with one statement.
-        rows = sum(len(b.prefix.changes) + (PURGE_ROWS if b.prefix.purge else 0) for b in batches)
+        rows = sum(len(b.prefix.changes) + PURGE_ROWS * len(b.prefix.purges) for b in batches)
         try:
             outcome = await pg_copy.apply(
                 self._db, batches, timeout=self._db.query_timeout + rows / 20_000, fence=self.fence

@@ -1,8 +1,8 @@
 """The PostgreSQL side of the auth store: per-company metadata and rows.
 
 ``apply`` writes the coalesced prefixes of several companies in one transaction: COPY into a
-temporary table, then set-based deletes and upserts, then each company's cleanup purge (a range
-delete, see ``store.purge``) and ``applied_seq``. Every row written carries the ``seq`` of the
+temporary table, then set-based deletes and upserts, each company's cleanup purges (range
+deletes between the steps they cut the prefix into, see ``store.purge``) and ``applied_seq``. Every row written carries the ``seq`` of the
 prefix that wrote it, which is what lets a purge spare rows rewritten after it was planned. A
 prefix is applied only to the copy of the same store (``store_uuid``) and only forward
 (``high_seq > applied_seq``), so a replay after a crash changes nothing.
@@ -137,18 +137,16 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
 
     await conn.execute(
         "CREATE TEMP TABLE IF NOT EXISTS incoming "
-        "(company_id text, tbl text, pk text, image text, at double precision, seq bigint) "
-        "ON COMMIT DELETE ROWS"
+        "(company_id text, tbl text, pk text, image text, at double precision, seq bigint, "
+        "step int) ON COMMIT DELETE ROWS"
     )
     async with conn.cursor().copy(
-        "COPY incoming (company_id, tbl, pk, image, at, seq) FROM STDIN"
+        "COPY incoming (company_id, tbl, pk, image, at, seq, step) FROM STDIN"
     ) as copy:
         for batch in accepted:
             seq = batch.prefix.high_seq
-            for change in batch.prefix.changes:
-                await copy.write_row(
-                    (batch.company_id, change.table, change.key, change.image, change.at, seq)
-                )
+            for c in batch.prefix.changes:
+                await copy.write_row((batch.company_id, c.table, c.key, c.image, c.at, seq, c.step))
 
     for batch in accepted:
         meta = metas.get(batch.company_id)
@@ -163,22 +161,31 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
                 "WHERE company_id = %s ON CONFLICT DO NOTHING",
                 (batch.company_id,),
             )
+    applied = {b.company_id: len(b.prefix.changes) for b in accepted}
+    steps = max(len(b.prefix.purges) for b in accepted) + 1
+    for step in range(steps):  # one step unless the cleanup purged: see changelog.read_prefix
+        await _write_step(conn, step)
+        for batch in accepted:
+            if step < len(batch.prefix.purges):
+                purge = batch.prefix.purges[step]
+                applied[batch.company_id] += await _purge(conn, batch.company_id, purge)
+    return Outcome(applied, rejected)
+
+
+async def _write_step(conn: Conn, step: int) -> None:
     await conn.execute(
-        "DELETE FROM store_rows r USING incoming i WHERE i.image IS NULL "
-        "AND r.company_id = i.company_id AND r.tbl = i.tbl AND r.pk = i.pk"
+        "DELETE FROM store_rows r USING incoming i WHERE i.image IS NULL AND i.step = %s "
+        "AND r.company_id = i.company_id AND r.tbl = i.tbl AND r.pk = i.pk",
+        (step,),
     )
     await conn.execute(
         "INSERT INTO store_rows (company_id, tbl, pk, image, written_at, seq) "
         "SELECT company_id, tbl, pk, image, to_timestamp(at), seq FROM incoming "
-        "WHERE image IS NOT NULL "
+        "WHERE image IS NOT NULL AND step = %s "
         "ON CONFLICT (company_id, tbl, pk) DO UPDATE "
-        "SET image = EXCLUDED.image, written_at = EXCLUDED.written_at, seq = EXCLUDED.seq"
+        "SET image = EXCLUDED.image, written_at = EXCLUDED.written_at, seq = EXCLUDED.seq",
+        (step,),
     )
-    applied = {b.company_id: len(b.prefix.changes) for b in accepted}
-    for batch in accepted:
-        if batch.prefix.purge is not None:
-            applied[batch.company_id] += await _purge(conn, batch.company_id, batch.prefix.purge)
-    return Outcome(applied, rejected)
 
 
 async def _purge(conn: Conn, company_id: str, purge: Purge) -> int:
