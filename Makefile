@@ -39,7 +39,8 @@ format: venv
 bench: venv
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pool_recovery.py
-	$(BIN)/python bench/cleanup.py --rows 1000000
+	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
+	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 
 devdb-start: venv
 	$(BIN)/python -m wapool.devdb start

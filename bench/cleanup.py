@@ -183,7 +183,8 @@ async def _measure(
     print(f"deleted {result.rows:,} of {rows:,} rows in {seconds:.2f} s = "
           f"{result.rows / seconds:,.0f} rows/s")  # fmt: skip
     print(f"longest working-store write lock: {result.longest_lock_seconds * 1000:.1f} ms "
-          f"({result.rechecks} batches rechecked against PostgreSQL)")  # fmt: skip
+          f"({result.rechecks} batches rechecked against PostgreSQL under the lock, longest "
+          f"{result.longest_recheck_seconds * 1000:.1f} ms; {result.slow_rechecks} too slow)")  # fmt: skip
     print(f"mirror lag while it ran: p50 {statistics.median(lags) * 1000:.1f} ms, "
           f"p99 {_p99(lags) * 1000:.1f} ms, max {max(lags) * 1000:.1f} ms ({len(lags):,} changes)")  # fmt: skip
     print(f"client writes while it ran: {writes:,}, p99 {p99_write * 1000:.1f} ms, "

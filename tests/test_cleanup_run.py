@@ -5,21 +5,23 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import mirror_once, new_store
+from tests.conftest import make_settings, mirror_once, new_store
 from tests.test_mirror import add_companies, writer_for
 from wapool.cleanup import postgres
 from wapool.cleanup.executor import Cancelled, CleanupRun
 from wapool.cleanup.policy import RetentionPolicy
+from wapool.cleanup.service import CleanupService
 from wapool.db.pool import Database
 from wapool.store.dump import dump_rows
 from wapool.store.verify import verify
-from wapool.store.working_store import connect, quick_check
+from wapool.store.working_store import connect, prepare_dir, quick_check
 from wapool.whatsapp.neonize_store import create_schema
 
 pytestmark = pytest.mark.timeout(120)
@@ -237,3 +239,39 @@ async def test_company_driven_on_another_host_is_left_to_it(
         conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
     result = await CleanupRun(db, _policy(), tmp_path).run(NOW)  # lease gone: pruned directly
     assert result.rows == 1
+
+
+async def test_each_daemon_prunes_the_companies_it_drives(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    """Daemon b drives 962302 (its lease, its store). Daemon a runs the cluster-wide cleanup
+    and leaves 962302 alone, though it has an old store of it; b, finding the slot taken,
+    prunes 962302 in its own store, and its mirror brings PostgreSQL along."""
+    path = await _store_with_history(db, database_url, whatsmeow_template, tmp_path / "b")
+    old_copy = prepare_dir(tmp_path / "a", "962302")
+    shutil.copyfile(path, old_copy)  # left behind when the company moved from a to b
+    before, old_before = _dump(path), _dump(old_copy)
+    _age(database_url, "962302", {k for k in before if k[0] in ALLOWED})
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO company_leases VALUES ('962302', 'b', 1, now() + interval '1 minute')"
+        )
+    slot = datetime(2026, 11, 29, 3, tzinfo=UTC)
+    a = CleanupService(db, make_settings(database_url, tmp_path / "a", node_name="a"))
+    b = CleanupService(db, make_settings(database_url, tmp_path / "b", node_name="b"))
+
+    ran = await a.run(slot)
+    assert ran is not None
+    assert ran.rows == 0
+    assert _dump(path) == before
+    assert _dump(old_copy) == old_before
+
+    assert await b.run(slot) is None  # the slot ran on a: b only prunes what it drives
+    assert b.last is not None
+    assert b.last.status == "done"
+    gone = set(before) - set(_dump(path))
+    assert gone == {k for k in before if k[0] in ALLOWED}
+    assert b.last.rows == len(gone)
+    await mirror_once(db, "962302", path)
+    verdict = await verify(db, path, "962302")
+    assert verdict.equal, verdict

@@ -16,7 +16,9 @@ import pytest
 from tests.conftest import mirror_once, new_store
 from tests.test_mirror import add_companies, writer_for
 from wapool.cleanup import postgres
-from wapool.cleanup.working import Pruner, StalePage
+from wapool.cleanup.executor import CleanupRun
+from wapool.cleanup.policy import RetentionPolicy
+from wapool.cleanup.working import OutdatedCapture, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.store import changelog, purge
 from wapool.store.capture import (
@@ -27,6 +29,7 @@ from wapool.store.capture import (
     set_meta,
 )
 from wapool.store.codec import decode_row
+from wapool.store.dump import dump_rows
 from wapool.store.mirror import Mirror
 from wapool.store.schema import read_schema
 from wapool.store.verify import verify
@@ -80,10 +83,14 @@ def _sender_key(conn: sqlite3.Connection, pk: str, value: bytes) -> None:
     )
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(8))
 async def test_purges_among_writes_deletes_and_mirror_ticks_converge(
     seed: int, db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
 ) -> None:
+    """Even seeds delete as the cleanup does (rechecking in PostgreSQL under the lock when the
+    mirror trimmed unseen entries); odd seeds read the page again instead (``StalePage``)."""
+    recheck = seed % 2 == 0
+    run = CleanupRun(db, RetentionPolicy.build(30), tmp_path)
     company = f"mix{seed}"
     path, conn = await _paired_store(db, database_url, whatsmeow_template, tmp_path, company, seed)
     rng = random.Random(seed)
@@ -121,9 +128,19 @@ async def test_purges_among_writes_deletes_and_mirror_ticks_converge(
                         fresh.add(pk)
                     if rng.random() < 0.5:
                         await mirror.tick()
-                    batch = pruner.delete(
-                        SENDER_KEYS, chunk, after=cursor, cutoff=CUTOFF, read_seq=page.applied_seq
-                    )
+                    if recheck:
+                        part = postgres.Page(page.applied_seq, chunk)
+                        batch = await run._delete(
+                            pruner, company, SENDER_KEYS, part, cursor, CUTOFF
+                        )
+                    else:
+                        batch = pruner.delete(
+                            SENDER_KEYS,
+                            chunk,
+                            after=cursor,
+                            cutoff=CUTOFF,
+                            read_seq=page.applied_seq,
+                        )
                     purged.extend(pk for pk, _ in chunk if pk not in fresh)
                     assert batch.rows + batch.skipped <= len(chunk)
                     cursor = chunk[-1][0]
@@ -133,6 +150,8 @@ async def test_purges_among_writes_deletes_and_mirror_ticks_converge(
     finally:
         pruner.close()
         conn.close()
+    # Both ways of learning what the mirror applied meanwhile were really taken.
+    assert (pruner.rechecks if recheck else stale) > 0
     assert local == fresh, "exactly the keys written during the cleanup survive locally"
     assert await mirror.drain(30)
     mirror.close()
@@ -287,4 +306,19 @@ def test_triggers_of_an_older_capture_are_regenerated_without_a_recheck(
         "SELECT value FROM wapool_meta WHERE key = 'capture_version'"
     ).fetchone() == (CAPTURE_VERSION,)
     assert _entries(conn) == []  # no recheck of every row
+    conn.close()
+
+
+def test_a_store_with_an_older_capture_is_refused_unchanged(
+    whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    path = new_store(whatsmeow_template, tmp_path, "962302")
+    conn = connect(path)
+    conn.execute("DROP TABLE wapool_purging")
+    before = dump_rows(conn)
+    pruner = Pruner(path)
+    with pytest.raises(OutdatedCapture, match="start the daemon once to upgrade it"):
+        pruner.open()
+    pruner.close()
+    assert dump_rows(conn) == before
     conn.close()

@@ -1,14 +1,17 @@
 """One cleanup run: every company, every prunable table, then removed companies and tombstones.
 
-A company with a working store on this host is pruned in that store (the source of truth) and
-the deletes reach PostgreSQL through the mirror; any other company is pruned in PostgreSQL
-directly. Work is batched, checked for a stop request between batches, and idempotent: a run
-that was stopped is simply resumed by the next one, which finds what is still expired.
+A company driven by this daemon, or by none, is pruned in its working store here if there is
+one (the source of truth; the deletes reach PostgreSQL through the mirror as purges) and in
+PostgreSQL directly if there is none. A company driven by another daemon is left to that daemon
+(``own_only`` runs). Work is batched, checked for a stop request between batches, and
+idempotent: a run that was stopped is simply resumed by the next one, which finds what is still
+expired. Up to ``concurrency`` companies are pruned at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -19,15 +22,16 @@ from pathlib import Path
 
 from wapool.cleanup import postgres
 from wapool.cleanup.policy import RetentionPolicy
-from wapool.cleanup.working import BatchResult, Pruner
+from wapool.cleanup.working import BatchResult, Pruner, StalePage
 from wapool.db.pool import Database
+from wapool.errors import DatabaseUnavailable
 from wapool.store.working_store import store_path
 
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY_SECONDS = 10.0
 #: Bound on the PostgreSQL query a batch may make while it holds its store's write lock.
-RECHECK_TIMEOUT = 1.0
+RECHECK_TIMEOUT = 0.1
 
 Progress = Callable[[str, str, int], None]  # company, table, rows deleted so far in it
 
@@ -46,6 +50,9 @@ class RunResult:
     #: Batches checked against PostgreSQL because the mirror applied writes between the read
     #: and the delete.
     rechecks: int = 0
+    longest_recheck_seconds: float = 0.0
+    #: Batches rolled back because PostgreSQL did not answer the recheck in time.
+    slow_rechecks: int = 0
     status: str = "running"
     error: str | None = None
 
@@ -77,6 +84,7 @@ class CleanupRun:
         *,
         batch_rows: int = 5_000,
         concurrency: int = 2,
+        holder: str = "",
         stop: asyncio.Event | None = None,
         progress: Progress | None = None,
     ) -> None:
@@ -85,20 +93,28 @@ class CleanupRun:
         self._state_dir = state_dir
         self._batch_rows = batch_rows
         self._concurrency = max(1, concurrency)
+        self._holder = holder
         self._stop = stop or asyncio.Event()
         self._progress = progress or (lambda _c, _t, _n: None)
         self._last_log = time.monotonic()
-        self._leased: set[str] = set()
+        self._holders: dict[str, str] = {}
         self.result = RunResult(started_at=datetime.now(UTC))
 
-    async def run(self, now: datetime, company_id: str | None = None) -> RunResult:
-        """Prune everything past retention at ``now``; raises ``Cancelled`` on a stop."""
+    async def run(
+        self, now: datetime, company_id: str | None = None, *, own_only: bool = False
+    ) -> RunResult:
+        """Prune everything past retention at ``now``; raises ``Cancelled`` on a stop.
+
+        ``own_only``: just the companies this daemon (``holder``) drives, in their working
+        stores here: what a daemon does when another one runs the cluster-wide cleanup."""
         self.result = RunResult(started_at=datetime.now(UTC))
         removed_cutoff = self._policy.removed_cutoff(now)
         companies = await postgres.retained_companies(self._db, removed_cutoff)
-        self._leased = await postgres.leased_companies(self._db)
+        self._holders = await postgres.lease_holders(self._db)
+        if own_only:
+            companies = [c for c in companies if self._holders.get(c) == self._holder]
         await self._companies([c for c in companies if company_id in (None, c)], now)
-        if company_id is None or company_id not in companies:
+        if not own_only and (company_id is None or company_id not in companies):
             await self._removed(removed_cutoff, company_id)
         self.result.finished_at = datetime.now(UTC)
         self.result.status = "done"
@@ -125,12 +141,17 @@ class CleanupRun:
 
     async def _table(self, company: str, table: str, cutoff: datetime) -> None:
         path = store_path(self._state_dir, company)
+        holder = self._holders.get(company)
+        if holder not in (None, self._holder):
+            # Driven by another daemon: its working store (the source of truth) is there, and
+            # that daemon prunes it itself (``own_only``). Pruning here, whether a stale local
+            # store or the PostgreSQL copy, would make the copy and the store diverge.
+            log.info("cleanup_left_to_holder", extra={"company": company, "table": table})
+            return
         if path.exists():
             await self._prune_local(company, path, table, cutoff)
-        elif company in self._leased:
-            # Driven by a daemon on another host: pruning its PostgreSQL copy directly would
-            # leave its working store (the source of truth) out of step with the copy.
-            log.info("cleanup_skipped_elsewhere", extra={"company": company, "table": table})
+        elif holder is not None:
+            log.warning("cleanup_store_missing", extra={"company": company, "table": table})
             return
         else:
             await self._batches(
@@ -144,8 +165,8 @@ class CleanupRun:
         """Read a batch of expired keys, delete it at once, repeat: the shorter the time from
         the read to the delete, the less often the mirror applies a rewrite in between."""
         pruner = Pruner(path, batch_rows=self._batch_rows)
-        await asyncio.to_thread(pruner.open)
         try:
+            await asyncio.to_thread(pruner.open)
             if not pruner.has_table(table):
                 return
             after, reading_took = "", 0.0
@@ -163,7 +184,11 @@ class CleanupRun:
                     reading_took = time.monotonic() - began
                     if not page.keys:
                         return
-                    batch = await self._delete(pruner, company, table, page, after, cutoff)
+                    try:
+                        batch = await self._delete(pruner, company, table, page, after, cutoff)
+                    except StalePage:  # PostgreSQL was slow to answer the recheck: again
+                        self.result.slow_rechecks += 1
+                        continue
                     self.result.add(company, table, batch.rows, batch.bytes)
                     after = page.keys[-1][0]
                     self._report(company, table)
@@ -173,12 +198,16 @@ class CleanupRun:
                     checkpoint = asyncio.ensure_future(asyncio.to_thread(pruner.checkpoint))
             finally:
                 if checkpoint is not None:
-                    await checkpoint
+                    with contextlib.suppress(Exception):  # the next run checkpoints anyway
+                        await checkpoint
         finally:
             self.result.longest_lock_seconds = max(
                 self.result.longest_lock_seconds, pruner.longest_lock
             )
             self.result.rechecks += pruner.rechecks
+            self.result.longest_recheck_seconds = max(
+                self.result.longest_recheck_seconds, pruner.longest_recheck
+            )
             await asyncio.to_thread(pruner.close)
 
     async def _delete(
@@ -195,10 +224,16 @@ class CleanupRun:
         def rewritten() -> list[str]:
             """Runs in the pruner's thread, holding the store's write lock: keep it short."""
             query = postgres.rewritten_since(
-                self._db, company, table, after, page.keys[-1][0], page.applied_seq,
-                timeout=RECHECK_TIMEOUT,
-            )  # fmt: skip
-            return asyncio.run_coroutine_threadsafe(query, loop).result(RECHECK_TIMEOUT + 1)
+                self._db, company, table, after, page.keys[-1][0], page.applied_seq
+            )
+            future = asyncio.run_coroutine_threadsafe(query, loop)
+            try:
+                return future.result(RECHECK_TIMEOUT)
+            except (TimeoutError, DatabaseUnavailable):
+                # Roll back rather than hold the lock: a real outage shows at the next read.
+                raise StalePage from None
+            finally:
+                future.cancel()  # a no-op once it is done; else no health change
 
         delete = functools.partial(
             pruner.delete, table, page.keys, after=after, cutoff=cutoff,

@@ -66,8 +66,6 @@ async def rewritten_since(
     after: str,
     through: str,
     seq: int,
-    *,
-    timeout: float | None = None,
 ) -> list[str]:
     """Keys in (``after``, ``through``] written by a prefix after ``seq``."""
 
@@ -79,7 +77,7 @@ async def rewritten_since(
         )
         return [str(k) for (k,) in await cur.fetchall()]
 
-    return await db.run(work, timeout=timeout)
+    return await db.run(work)
 
 
 async def plan(
@@ -180,10 +178,10 @@ async def retained_companies(db: Database, removed_cutoff: datetime) -> list[str
     return [str(r[0]) for r in rows]
 
 
-async def leased_companies(db: Database) -> set[str]:
-    """Companies some daemon drives right now (an unexpired single-writer lease)."""
-    rows = await db.fetch("SELECT company_id FROM company_leases WHERE expires_at > now()")
-    return {str(r[0]) for r in rows}
+async def lease_holders(db: Database) -> dict[str, str]:
+    """Company -> the daemon driving it right now (an unexpired single-writer lease)."""
+    rows = await db.fetch("SELECT company_id, holder FROM company_leases WHERE expires_at > now()")
+    return {str(c): str(h) for c, h in rows}
 
 
 async def _delete_batch(

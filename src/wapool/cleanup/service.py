@@ -1,6 +1,9 @@
 """A cleanup run as the daemon and ``wapool cleanup`` do it: under the cluster-wide advisory
 lock, recorded in ``cleanup_runs`` (a cron slot runs once in the cluster), followed by a size
-sample and the summary (Sentry, Telegram). Reporting never fails the run."""
+sample and the summary (Sentry, Telegram). Reporting never fails the run.
+
+Companies driven by another daemon are left to it: at the same slot, every daemon that does not
+run the cluster-wide cleanup prunes the companies it drives, in its own working stores."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
+from wapool.supervisor.leases import default_holder
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,8 @@ class CleanupService:
             settings.key_retention_days, settings.cleanup_table_days
         )
         self._notifier = notifier
+        #: The name this daemon's leases carry: its own companies are pruned here.
+        self.holder = settings.node_name or default_holder(settings.state_dir)
         self.stop = stop or asyncio.Event()
         self.last: RunResult | None = None
 
@@ -50,29 +56,38 @@ class CleanupService:
         company_id: str | None = None,
         progress: Progress | None = None,
     ) -> RunResult | None:
-        """Run now; None when another node holds the lock or this slot already ran."""
+        """Run now; None when another node holds the lock or this slot already ran (then a
+        scheduled run still prunes the companies this daemon drives, in its own stores)."""
         async with self._locked() as locked:
-            if not locked:
-                log.info("cleanup_skipped", extra={"reason": "running elsewhere"})
-                return None
-            run_id = await self._begin(slot)
-            if run_id is None:
-                log.info("cleanup_skipped", extra={"reason": "slot already ran", "slot": slot})
-                return None
-            result = await self._execute(company_id, progress)
-            await self._finish(run_id, result)
+            run_id = await self._begin(slot) if locked else None
+            if run_id is not None:
+                result = await self._execute(company_id, progress)
+                await self._finish(run_id, result)
+        if run_id is None:
+            reason = "slot already ran" if locked else "running elsewhere"
+            log.info("cleanup_skipped", extra={"reason": reason, "slot": slot})
+            if slot is not None:
+                own = await self._execute(None, None, own_only=True)
+                if own.rows or own.status != "done":
+                    report.to_sentry(own)
+            return None
         await self._report(result)
         return result
 
-    async def _execute(self, company_id: str | None, progress: Progress | None) -> RunResult:
+    async def _execute(
+        self, company_id: str | None, progress: Progress | None, *, own_only: bool = False
+    ) -> RunResult:
         run = CleanupRun(
             self._db, self.policy, self._settings.state_dir,
             batch_rows=self._settings.cleanup_batch_rows,
-            concurrency=self._settings.cleanup_concurrency, stop=self.stop, progress=progress,
+            concurrency=self._settings.cleanup_concurrency, holder=self.holder, stop=self.stop,
+            progress=progress,
         )  # fmt: skip
-        log.info("cleanup_started", extra={"tables": ",".join(self.policy.tables)})
+        log.info(
+            "cleanup_started", extra={"tables": ",".join(self.policy.tables), "own_only": own_only}
+        )
         try:
-            result = await run.run(datetime.now(UTC), company_id)
+            result = await run.run(datetime.now(UTC), company_id, own_only=own_only)
         except Cancelled:
             result = run.result
             result.status = "cancelled"

@@ -38,6 +38,10 @@ CACHE_KIB = 64 * 1024
 MMAP_BYTES = 1 << 31
 
 
+class OutdatedCapture(Exception):
+    """The store's capture objects were installed by an older wapool (the daemon upgrades them)."""
+
+
 class StalePage(Exception):
     """The mirror applied changes this pruner has not seen: fetch the keys again."""
 
@@ -48,6 +52,7 @@ class BatchResult:
     bytes: int = 0
     skipped: int = 0
     lock_seconds: float = 0.0
+    recheck_seconds: float = 0.0
 
 
 @dataclass
@@ -63,6 +68,7 @@ class Pruner:
     longest_checkpoint: float = 0.0
     #: Batches checked against PostgreSQL because the mirror applied writes meanwhile.
     rechecks: int = 0
+    longest_recheck: float = 0.0
     _conn: sqlite3.Connection | None = None
     #: A second connection, so a checkpoint can run while the next batch is deleted.
     _checkpointer: sqlite3.Connection | None = None
@@ -80,6 +86,13 @@ class Pruner:
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpointer = connect(self.path)
         purge.prepare(self._conn)
+        if not self._conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'wapool_purging'"
+        ).fetchone():
+            raise OutdatedCapture(
+                f"{self.path}: its change capture predates cleanup purges; "
+                "start the daemon once to upgrade it"
+            )
         self._conn.execute("BEGIN")
         try:
             self._tables = {t.name: t for t in read_schema(self._conn).tables}
@@ -124,7 +137,10 @@ class Pruner:
                 if rewritten is None:
                     raise StalePage
                 self.rechecks += 1
+                asked = time.perf_counter()
                 self.note_rewritten(table, rewritten())
+                result.recheck_seconds = time.perf_counter() - asked
+                self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
             self._scan(self._scanned_to)
             wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
             result.skipped = len(keys) - len(wanted)
@@ -145,7 +161,8 @@ class Pruner:
             self._released_at = time.monotonic()
         result.lock_seconds = time.perf_counter() - started
         self.longest_lock = max(self.longest_lock, result.lock_seconds)
-        self._adapt(len(keys), result.lock_seconds)
+        # The batch size governs the delete's share of the lock, not PostgreSQL's answer time.
+        self._adapt(len(keys), result.lock_seconds - result.recheck_seconds)
         return result
 
     def checkpoint(self) -> float:

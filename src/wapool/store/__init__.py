@@ -9,5 +9,6 @@ Where a key update goes, in order:
 
 While PostgreSQL is down, step 4 waits (with backoff) and the changelog simply grows on disk.
 ``restore`` rebuilds a missing, corrupt or stale working store from PostgreSQL, or from the
-``snapshot_cache`` when PostgreSQL is down too.
+``snapshot_cache`` when PostgreSQL is down too. The nightly cleanup's deletes travel the same
+way, one ``purge`` entry per batch instead of one entry per row.
 """
