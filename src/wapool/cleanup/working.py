@@ -63,7 +63,7 @@ class Pruner:
     target_lock_seconds: float = 0.05
     min_gap_seconds: float = 0.03
     batch_rows: int = 5_000
-    max_batch_rows: int = 20_000
+    max_batch_rows: int = 8_000
     longest_lock: float = 0.0
     longest_checkpoint: float = 0.0
     #: Batches checked against PostgreSQL because the mirror applied writes meanwhile.
