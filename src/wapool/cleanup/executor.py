@@ -170,7 +170,7 @@ class CleanupRun:
             if not pruner.has_table(table):
                 return
             after, reading_took = "", 0.0
-            checkpoint: asyncio.Future[float] | None = None
+            checkpoint: asyncio.Future[None] | None = None
             try:
                 while True:
                     self._check_stop()

@@ -65,7 +65,6 @@ class Pruner:
     batch_rows: int = 5_000
     max_batch_rows: int = 8_000
     longest_lock: float = 0.0
-    longest_checkpoint: float = 0.0
     #: Batches checked against PostgreSQL because the mirror applied writes meanwhile.
     rechecks: int = 0
     longest_recheck: float = 0.0
@@ -141,7 +140,6 @@ class Pruner:
                 self.note_rewritten(table, rewritten())
                 result.recheck_seconds = time.perf_counter() - asked
                 self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
-            self._scan(self._scanned_to)
             wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
             result.skipped = len(keys) - len(wanted)
             if wanted:
@@ -165,19 +163,15 @@ class Pruner:
         self._adapt(len(keys), result.lock_seconds - result.recheck_seconds)
         return result
 
-    def checkpoint(self) -> float:
+    def checkpoint(self) -> None:
         """Copy the last batch's pages from the WAL into the database (start it right after
         ``delete``), so that whatsmeow's next commit does not find a big WAL to checkpoint
         itself. PASSIVE: nobody waits on it, and it may run while the next ``delete`` does (not
-        while another checkpoint does). Returns the seconds it took."""
+        while another checkpoint does)."""
         conn = self._checkpointer
         if conn is None:
             raise RuntimeError("Pruner.open() first")
-        started = time.perf_counter()
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        seconds = time.perf_counter() - started
-        self.longest_checkpoint = max(self.longest_checkpoint, seconds)
-        return seconds
 
     def gap_left(self, after: float = 0.0) -> float:
         """Seconds to wait (counting ``after`` more seconds of other work) before the next
@@ -190,7 +184,8 @@ class Pruner:
 
     def _trimmed_unseen(self, conn: sqlite3.Connection, read_seq: int) -> bool:
         """Were entries after ``read_seq`` trimmed (so applied) before this pruner saw them?
-        Either way, what is still in the log is noted and counts as seen from now on."""
+        Either way, the rest of the log is scanned (with the write lock held, that is all of
+        it) and counts as seen from now on."""
         newest = last_seq(conn)
         if newest <= self._scanned_to:
             return False
