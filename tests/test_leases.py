@@ -15,9 +15,8 @@ import pytest
 from tests.conftest import new_store
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
+from wapool.leases import Fence, Leases
 from wapool.store.mirror import Mirror
-from wapool.store.pg_copy import Fence
-from wapool.supervisor.leases import Leases
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,19 +31,20 @@ async def test_lease_takeover_raises_the_epoch_and_fences_the_stale_writer(
     assert await second.acquire(["962302"]) == {}  # held and not expired
     path = new_store(whatsmeow_template, tmp_path, "962302")
     writer = writer_for(path, 1)
-    stale = Mirror(db, fence=Fence(first.holder, first.held))
+    stale = Mirror(db, fence=first.fence())
     stale.add("962302", path)
     assert await stale.drain(10)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
     assert await second.acquire(["962302"]) == {"962302": 2}
     assert await first.renew() == ["962302"]  # the old holder learns it lost the lease
-    first.held["962302"] = 1  # ...but suppose its mirror still writes under the old epoch
+    # ...but suppose its mirror still writes under the old epoch
+    stale.fence = Fence(first.holder, {"962302": 1})
     writer.random_transaction()
     await stale.tick()
     assert stale.stats.companies["962302"].rejected is not None
     assert "stale writer" in (stale.stats.companies["962302"].rejected or "")
-    fresh = Mirror(db, fence=Fence(second.holder, second.held))
+    fresh = Mirror(db, fence=second.fence())
     fresh.add("962302", path)
     assert await fresh.drain(10)
     with psycopg.connect(database_url) as conn:

@@ -22,6 +22,7 @@ from wapool.cleanup.service import CleanupService
 from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
+from wapool.leases import Leases
 from wapool.observability import alerts
 from wapool.observability.metrics import Exposition
 from wapool.registry.company import Company
@@ -31,10 +32,8 @@ from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
-from wapool.store.pg_copy import Fence
 from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.store.working_store import store_path
-from wapool.supervisor.leases import Leases, default_holder
 from wapool.supervisor.session import State
 from wapool.supervisor.supervisor import OnTransition, Supervisor
 from wapool.whatsapp import events as ev
@@ -68,15 +67,13 @@ class Runtime:
         )
         snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
         pairing = PairingRepository(db)
-        leases = Leases(
-            db, settings.node_name or default_holder(settings.state_dir), settings.lease_seconds
-        )
+        leases = Leases(db, settings.lease_holder, settings.lease_seconds)
         mirror = Mirror(
             db,
             snapshots=snapshots,
             state_dir=settings.state_dir,
             snapshot_every=settings.cache_sweep_seconds,
-            fence=Fence(leases.holder, leases.held),  # the same dict: always current epochs
+            fence=leases.fence(),
         )
         supervisor = Supervisor(
             settings.whatsapp_backend,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -160,6 +161,15 @@ class Settings(BaseSettings):
         if self.database_password is not None:
             return make_conninfo(url, password=self.database_password.get_secret_value())
         return url
+
+    @property
+    def lease_holder(self) -> str:
+        """This daemon's name in the leases: ``WAPOOL_NODE_NAME``, else this host and state
+        directory, so a daemon restarted here resumes its own leases at once.
+
+        Two daemons never share a state directory (``wapool run`` locks it), so the name is unique.
+        """
+        return self.node_name or f"{socket.gethostname()}:{self.state_dir}"
 
     def safe_database_target(self) -> str:
         """Where the database is, for logs: host, port and database name, never the password."""

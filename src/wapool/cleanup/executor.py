@@ -25,6 +25,7 @@ from wapool.cleanup.policy import RetentionPolicy
 from wapool.cleanup.working import BatchResult, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
+from wapool.leases import current_holders
 from wapool.store.working_store import store_path
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class CleanupRun:
         self.result = RunResult(started_at=datetime.now(UTC))
         removed_cutoff = self._policy.removed_cutoff(now)
         companies = await postgres.retained_companies(self._db, removed_cutoff)
-        self._holders = await postgres.lease_holders(self._db)
+        self._holders = await current_holders(self._db)
         if own_only:
             companies = [c for c in companies if self._holders.get(c) == self._holder]
         await self._companies([c for c in companies if company_id in (None, c)], now)

@@ -178,12 +178,6 @@ async def retained_companies(db: Database, removed_cutoff: datetime) -> list[str
     return [str(r[0]) for r in rows]
 
 
-async def lease_holders(db: Database) -> dict[str, str]:
-    """Company -> the daemon driving it right now (an unexpired single-writer lease)."""
-    rows = await db.fetch("SELECT company_id, holder FROM company_leases WHERE expires_at > now()")
-    return {str(c): str(h) for c, h in rows}
-
-
 async def _delete_batch(
     db: Database, sql: LiteralString, params: tuple[object, ...]
 ) -> tuple[int, int]:

@@ -21,7 +21,6 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
-from wapool.supervisor.leases import default_holder
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class CleanupService:
         )
         self._notifier = notifier
         #: The name this daemon's leases carry: its own companies are pruned here.
-        self.holder = settings.node_name or default_holder(settings.state_dir)
+        self.holder = settings.lease_holder
         self.stop = stop or asyncio.Event()
         self.last: RunResult | None = None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wapool.db.pool import Conn, Database
+from wapool.leases import Fence as Fence  # re-exported: store.mirror names pg_copy.Fence
 from wapool.store.changelog import Prefix
 from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema
@@ -76,14 +77,6 @@ async def fetch_rows(
     return await db.run(work, timeout=timeout)
 
 
-@dataclass(frozen=True)
-class Fence:
-    """Who may write: this holder, under these epochs (see ``supervisor.leases``)."""
-
-    holder: str
-    epochs: dict[str, int]
-
-
 async def apply(
     db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
 ) -> Outcome:
@@ -93,28 +86,8 @@ async def apply(
     return await db.run(work, timeout=timeout)
 
 
-async def _fenced_out(conn: Conn, batches: list[Batch], fence: Fence) -> dict[str, str]:
-    """Companies this holder may not write now (lease lost, taken over, never held)."""
-    cur = await conn.execute(
-        "SELECT company_id, holder, epoch FROM company_leases WHERE company_id = ANY(%s) "
-        "ORDER BY company_id FOR SHARE",
-        ([b.company_id for b in batches],),
-    )
-    leases = {str(c): (str(h), int(e)) for c, h, e in await cur.fetchall()}
-    refused: dict[str, str] = {}
-    for batch in batches:
-        mine = (fence.holder, fence.epochs.get(batch.company_id))
-        if leases.get(batch.company_id) != mine:
-            current = leases.get(batch.company_id)
-            refused[batch.company_id] = (
-                f"stale writer: lease epoch {mine[1]} is not the current one "
-                f"({'none' if current is None else current[1]})"
-            )
-    return refused
-
-
 async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -> Outcome:
-    fenced = await _fenced_out(conn, batches, fence) if fence is not None else {}
+    fenced = await fence.refused(conn, [b.company_id for b in batches]) if fence else {}
     batches = [b for b in batches if b.company_id not in fenced]
     companies = [b.company_id for b in batches]
     cur = await conn.execute(
