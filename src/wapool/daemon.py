@@ -17,13 +17,14 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
-from wapool.observability.http import Endpoints, HttpServer
+from wapool.observability.http import HttpServer
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
 from wapool.settings import Settings, split_host_port
+from wapool.views import Views
 
 log = logging.getLogger("wapool.daemon")
 
@@ -96,7 +97,7 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
-    server = HttpServer(host, port, Endpoints(runtime.ready, runtime.metrics, runtime.status))
+    server = HttpServer(host, port, Views(runtime).endpoints())
     try:
         await server.start()
     except OSError as exc:
@@ -157,7 +158,7 @@ async def run_daemon(settings: Settings) -> int:
             },
         )
         await runtime.scheduler.start()
-        await runtime.load_sizes()
+        await runtime.sizes.load()
         http = await _start_http(settings, runtime)
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"

@@ -6,10 +6,12 @@ exported as Prometheus gauges and feed the summary's growth since last week.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from wapool.db.pool import Conn, Database
+from wapool.errors import DatabaseUnavailable
 
 
 @dataclass(frozen=True)
@@ -74,3 +76,22 @@ def metrics_text(sizes: list[SizeRow]) -> str:
 
 def _labels(size: SizeRow) -> str:
     return f'{{company="{size.company_id}",table="{size.table}"}}'
+
+
+class LatestSizes:
+    """The latest sample, kept for ``/metrics``: loaded at start, refreshed by the daily job."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self.rows: list[SizeRow] = []
+
+    async def take(self) -> None:
+        """Sample today and keep it (the scheduler's daily job)."""
+        self.rows = await sample(self._db, datetime.now(UTC).date())
+
+    async def load(self) -> None:
+        """The latest sample already recorded; nothing while PostgreSQL is unavailable."""
+        with contextlib.suppress(DatabaseUnavailable):
+            rows = await self._db.fetch("SELECT max(sampled_on) FROM store_size_history")
+            if rows and rows[0][0] is not None:
+                self.rows = await growth(self._db, rows[0][0])

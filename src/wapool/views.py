@@ -1,0 +1,124 @@
+"""What operators see over HTTP: ``/readyz``, ``/metrics`` and ``/status``.
+
+Each view is rendered at its request from the daemon's live parts (sessions, worker pool, mirror
+statistics, outage caches, PostgreSQL health, the last cleanup and size sample). Nothing here
+holds a secret: the views show the daemon's own counters and states.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from wapool.cleanup import sizes
+from wapool.observability.http import Endpoints
+from wapool.observability.metrics import Exposition
+from wapool.runtime import Runtime
+from wapool.supervisor.session import State
+
+
+class Views:
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+
+    def endpoints(self) -> Endpoints:
+        return Endpoints(self.ready, self.metrics, self.status)
+
+    def ready(self) -> tuple[bool, str]:
+        """Ready: PostgreSQL reachable (or down for less than the cache TTL) and no shard down."""
+        rt = self._rt
+        health = rt.db.health.snapshot()
+        down_for = 0.0 if health.up else time.monotonic() - health.since_monotonic
+        if down_for > rt.settings.cache_ttl_seconds:
+            return (
+                False,
+                f"PostgreSQL down for {down_for:.0f} s (cache grace {rt.settings.cache_ttl_seconds:g} s)",
+            )
+        failed = sorted(c for c, s in rt.supervisor.sessions.items() if s.state is State.FAILED)
+        if failed:
+            return False, f"worker down for {', '.join(failed)}"
+        return True, "ready"
+
+    def metrics(self) -> str:
+        out = Exposition()
+        self._sessions(out)
+        self._mirror(out)
+        self._caches(out)
+        self._database(out)
+        self._workers_and_cleanup(out)
+        return out.render() + sizes.metrics_text(self._rt.sizes.rows)
+
+    def status(self) -> dict[str, Any]:
+        rt = self._rt
+        now_mono, now_wall = time.monotonic(), time.time()
+        lag = rt.mirror.stats.companies
+        companies = {}
+        for company, session in sorted(rt.supervisor.sessions.items()):
+            mirror = lag.get(company)
+            companies[company] = {
+                "state": session.state.value,
+                "since": now_wall - (now_mono - session.since) if session.since else None,
+                "last_error": session.last_error,
+                "paired_jid": session.paired_jid,
+                "mirror_lag_seconds": mirror.lag_seconds if mirror else None,
+                "pending_rows": mirror.pending_rows if mirror else None,
+                "snapshot_age_seconds": rt.snapshots.peek_age(company),
+            }
+        health = rt.db.health.snapshot()
+        return {
+            "node": rt.leases.holder,
+            "database": {"up": health.up, "last_error": health.last_error},
+            "companies": companies,
+        }
+
+    # -- /metrics, family by family (the order is the exposition's) ----------------------------
+
+    def _sessions(self, out: Exposition) -> None:
+        sessions = self._rt.supervisor.sessions
+        out.family("wapool_sessions", "gauge", "Sessions by state.",
+                   [({"state": st.value}, float(sum(1 for s in sessions.values() if s.state is st)))
+                    for st in State])  # fmt: skip
+        out.family("wapool_session_reconnects_total", "counter", "Reconnects scheduled.",
+                   [({"company": c}, float(s.reconnects)) for c, s in sessions.items()])  # fmt: skip
+        out.family("wapool_messages_received_total", "counter", "Messages received.",
+                   [({"company": c}, float(s.messages)) for c, s in sessions.items()])  # fmt: skip
+
+    def _mirror(self, out: Exposition) -> None:
+        lag = self._rt.mirror.stats.companies
+        out.family("wapool_mirror_lag_seconds", "gauge", "Age of the oldest change not yet in PostgreSQL.",
+                   [({"company": c}, v.lag_seconds) for c, v in lag.items()])  # fmt: skip
+        out.family("wapool_mirror_pending_rows", "gauge", "Change-log entries not yet in PostgreSQL.",
+                   [({"company": c}, float(v.pending_rows)) for c, v in lag.items()])  # fmt: skip
+        out.family("wapool_mirror_rows_applied_total", "counter", "Rows written to PostgreSQL.",
+                   [({}, float(self._rt.mirror.stats.rows_applied))])  # fmt: skip
+
+    def _caches(self, out: Exposition) -> None:
+        for name, cache in (
+            ("registry", self._rt.registry.cache.stats()),
+            ("snapshots", self._rt.snapshots.stats()),
+        ):
+            labels = {"cache": name}
+            out.family(f"wapool_cache_{name}_hits_total", "counter", "Outage fallbacks served.",
+                       [(labels, float(cache.hits))])  # fmt: skip
+            out.family(f"wapool_cache_{name}_misses_total", "counter", "Outage fallbacks not possible.",
+                       [(labels, float(cache.misses))])  # fmt: skip
+            out.family(f"wapool_cache_{name}_last_hit_age_seconds", "gauge", "Age of the last value served.",
+                       [(labels, cache.last_hit_age_seconds or 0.0)])  # fmt: skip
+
+    def _database(self, out: Exposition) -> None:
+        health = self._rt.db.health.snapshot()
+        out.family("wapool_database_up", "gauge", "PostgreSQL reachable.", [({}, float(health.up))])
+        out.family("wapool_database_outages_total", "counter", "Outages seen.",
+                   [({}, float(health.outages))])  # fmt: skip
+        out.family("wapool_database_outage_seconds_total", "counter", "Seconds without PostgreSQL.",
+                   [({}, health.outage_seconds_total)])  # fmt: skip
+
+    def _workers_and_cleanup(self, out: Exposition) -> None:
+        pool = self._rt.supervisor.pool
+        out.family("wapool_worker_restarts_total", "counter", "Worker processes restarted.",
+                   [({}, float(pool.restarts))])  # fmt: skip
+        out.family("wapool_workers", "gauge", "Worker processes running.",
+                   [({}, float(len(pool.workers)))])  # fmt: skip
+        last = self._rt.cleanup.last
+        out.family("wapool_cleanup_last_deleted_rows", "gauge", "Rows deleted by the last cleanup.",
+                   [({}, float(last.rows if last else 0))])  # fmt: skip
