@@ -17,7 +17,7 @@ from wapool.errors import (
     InvalidCompanyId,
 )
 from wapool.registry.company import Company, validate_company_id
-from wapool.registry.registry import Registry
+from wapool.registry.fallback import Registry
 from wapool.registry.repository import CompanyRepository
 from wapool.testing.fault_proxy import FaultProxy
 

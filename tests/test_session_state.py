@@ -145,7 +145,7 @@ def test_concurrency_limit_with_200_companies() -> None:
 
 
 async def test_supervisor_reports_transitions_to_the_daemon(tmp_path: Path) -> None:
-    from wapool.supervisor.supervisor import Supervisor
+    from wapool.supervisor.reconciler import Supervisor
 
     seen: list[tuple[str, State, type]] = []
 

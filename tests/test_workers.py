@@ -16,8 +16,8 @@ import pytest
 
 from tests.conftest import new_store
 from wapool.supervisor import protocol
+from wapool.supervisor.reconciler import Supervisor
 from wapool.supervisor.session import State
-from wapool.supervisor.supervisor import Supervisor
 from wapool.supervisor.workers import WorkerHandle, WorkerPool
 from wapool.whatsapp import events as ev
 

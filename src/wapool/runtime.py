@@ -23,8 +23,8 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
 from wapool.registry.company import Company
+from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
-from wapool.registry.registry import Registry
 from wapool.registry.repository import CompanyRepository
 from wapool.session_actions import session_actions
 from wapool.settings import Settings
@@ -32,8 +32,8 @@ from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.store.working_store import store_path
+from wapool.supervisor.reconciler import OnTransition, Supervisor
 from wapool.supervisor.session import State
-from wapool.supervisor.supervisor import OnTransition, Supervisor
 
 log = logging.getLogger(__name__)
 

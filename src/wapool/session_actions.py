@@ -15,8 +15,8 @@ from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
 from wapool.registry.pairing import PairingRepository
 from wapool.registry.repository import CompanyRepository
+from wapool.supervisor.reconciler import OnTransition
 from wapool.supervisor.session import State
-from wapool.supervisor.supervisor import OnTransition
 from wapool.whatsapp import events as ev
 
 

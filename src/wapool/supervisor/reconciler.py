@@ -1,4 +1,4 @@
-"""The supervisor: desired companies vs running clients, driven by the session state machines.
+"""The supervisor reconciles desired companies with running clients, through session states.
 
 It starts sessions for companies whose store is ready, restarts them when their worker dies,
 reconnects them with backoff (through a global connect gate), and stops the ones that leave.
