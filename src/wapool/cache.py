@@ -85,10 +85,6 @@ class FallbackCache(Generic[K, V]):
             entry = self._entries.get(key)
             return None if entry is None else self._clock.monotonic() - entry[1]
 
-    def forget(self, key: K) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
-
     def sweep(self) -> int:
         """Drop expired entries now (the scheduler calls this); return how many went."""
         with self._lock:

@@ -28,7 +28,9 @@ from wapool.views import Views
 
 log = logging.getLogger("wapool.daemon")
 
-#: How long a stop may spend pushing the last changes to PostgreSQL (systemd allows 30 s).
+#: How long a stop may spend pushing the last changes to PostgreSQL. The unit's TimeoutStopSec=45
+#: covers the clients' stop (up to 15 s) plus this drain; the other waits bounded by it (the
+#: mirror's last tick, a running cleanup's batch) normally take milliseconds.
 SHUTDOWN_DRAIN_SECONDS = 10.0
 
 

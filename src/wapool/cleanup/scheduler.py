@@ -1,9 +1,10 @@
-"""The daemon's scheduler: the cleanup on its cron (UTC), the cache sweep, the daily size sample.
+"""The daemon's scheduler: the cleanup on its cron (UTC) and the daily size sample.
 
 APScheduler 3's ``AsyncIOScheduler`` with ``coalesce=True``, ``max_instances=1`` and an explicit
 ``misfire_grace_time`` (APScheduler's default is one second). Its in-memory job store forgets a
 fire time missed while the daemon was down, so ``start`` looks at ``cleanup_runs``: a slot
-missed by less than the grace time, and not run by any node, runs once at once.
+missed by less than the grace time, and not run by any node, runs once at once. When
+``cleanup_runs`` cannot be read, the catch-up is skipped (logged) and the next slot runs as usual.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
+from wapool.errors import DatabaseUnavailable
+from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,8 @@ class CleanupScheduler:
         run_cleanup: RunCleanup,
         *,
         last_slot: LastSlot | None = None,
-        sweep: Callable[[], object] | None = None,
         sample: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
-        self._settings = settings
         self._run_cleanup = run_cleanup
         self._last_slot = last_slot
         self._grace = timedelta(seconds=settings.cleanup_misfire_grace_seconds)
@@ -64,7 +64,6 @@ class CleanupScheduler:
                 "misfire_grace_time": settings.cleanup_misfire_grace_seconds,
             },
         )
-        self._sweep = sweep
         self._sample = sample
         self._running: asyncio.Task[Any] | None = None
 
@@ -72,13 +71,6 @@ class CleanupScheduler:
         catch_up = await self._missed_slot()
         extra: dict[str, Any] = {"next_run_time": datetime.now(UTC)} if catch_up else {}
         self.scheduler.add_job(self._cleanup_job, self.trigger, id="cleanup", **extra)
-        if self._sweep is not None:
-            self.scheduler.add_job(
-                self._sweep,
-                IntervalTrigger(seconds=self._settings.cache_sweep_seconds, timezone=UTC),
-                id="cache_sweep",
-                misfire_grace_time=None,
-            )
         if self._sample is not None:
             sample_trigger = CronTrigger(hour=0, minute=5, timezone=UTC)
             self.scheduler.add_job(self._sample, sample_trigger, id="size_sample")
@@ -111,6 +103,15 @@ class CleanupScheduler:
             return None
         try:
             last = await self._last_slot()
-        except Exception:
-            return None  # PostgreSQL down: the next regular slot will do
+        except DatabaseUnavailable as exc:
+            log.warning("cleanup_catch_up_skipped", extra=_about(missed, exc))
+            return None
+        except Exception as exc:
+            # A bug, not an outage: loud, but the daemon and the regular schedule go on.
+            log.error("cleanup_catch_up_failed", extra=_about(missed, exc), exc_info=exc)
+            return None
         return missed if last is None or last < missed else None
+
+
+def _about(slot: datetime, exc: Exception) -> dict[str, str]:
+    return {"slot": str(slot), "error": describe_error(exc)}
