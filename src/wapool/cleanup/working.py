@@ -30,7 +30,7 @@ from pathlib import Path
 from wapool.store import purge
 from wapool.store.changelog import last_seq
 from wapool.store.schema import Table, read_schema
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, transaction
 
 #: The pruner's page cache (KiB): a batch touches thousands of scattered pages.
 CACHE_KIB = 64 * 1024
@@ -92,13 +92,10 @@ class Pruner:
                 f"{self.path}: its change capture predates cleanup purges; "
                 "start the daemon once to upgrade it"
             )
-        self._conn.execute("BEGIN")
-        try:
+        with transaction(self._conn):
             self._tables = {t.name: t for t in read_schema(self._conn).tables}
             self._scan(0)
             self._scanned_to = last_seq(self._conn)
-        finally:
-            self._conn.execute("COMMIT")
 
     def close(self) -> None:
         for conn in (self._conn, self._checkpointer):
@@ -129,32 +126,28 @@ class Pruner:
         conn = self._connection()
         result = BatchResult()
         time.sleep(self.gap_left())
-        conn.execute("BEGIN IMMEDIATE")
-        started = time.perf_counter()
         try:
-            if self._trimmed_unseen(conn, read_seq):
-                if rewritten is None:
-                    raise StalePage
-                self.rechecks += 1
-                asked = time.perf_counter()
-                self.note_rewritten(table, rewritten())
-                result.recheck_seconds = time.perf_counter() - asked
-                self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
-            wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
-            result.skipped = len(keys) - len(wanted)
-            if wanted:
-                entry = purge.Purge(table, after, keys[-1][0], cutoff, read_seq)
-                result.rows = purge.purge(
-                    conn, self._tables[table], [pk for pk, _ in wanted], entry
-                )
-            planned = sum(size for _, size in wanted)
-            # Keys whatsmeow deleted meanwhile are simply not there: bytes scale with what went.
-            result.bytes = planned * result.rows // max(len(wanted), 1)
-            self._scanned_to = last_seq(conn)  # our own purge: nothing to watch for
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            with transaction(conn, immediate=True):
+                started = time.perf_counter()
+                if self._trimmed_unseen(conn, read_seq):
+                    if rewritten is None:
+                        raise StalePage
+                    self.rechecks += 1
+                    asked = time.perf_counter()
+                    self.note_rewritten(table, rewritten())
+                    result.recheck_seconds = time.perf_counter() - asked
+                    self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
+                wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
+                result.skipped = len(keys) - len(wanted)
+                if wanted:
+                    entry = purge.Purge(table, after, keys[-1][0], cutoff, read_seq)
+                    result.rows = purge.purge(
+                        conn, self._tables[table], [pk for pk, _ in wanted], entry
+                    )
+                planned = sum(size for _, size in wanted)
+                # Keys whatsmeow deleted meanwhile are not there: bytes scale with what went.
+                result.bytes = planned * result.rows // max(len(wanted), 1)
+                self._scanned_to = last_seq(conn)  # our own purge: nothing to watch for
         finally:
             self._released_at = time.monotonic()
         result.lock_seconds = time.perf_counter() - started

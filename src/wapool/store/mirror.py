@@ -30,7 +30,7 @@ from wapool.observability import alerts
 from wapool.store import changelog, pg_copy
 from wapool.store.schema import StoreSchema, read_schema
 from wapool.store.snapshot import Snapshot
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -282,13 +282,10 @@ class Mirror:
         if self._snapshots is None or now - target.last_snapshot < self._snapshot_every:
             return
         conn = self._conn(target)
-        conn.execute("BEGIN")
-        try:
+        with transaction(conn):
             if changelog.pending(conn).rows:
                 return  # written to since; try again after the next drain
             image = conn.serialize()
-        finally:
-            conn.execute("COMMIT")
         target.last_snapshot = now
         self._snapshots.remember(
             target.company_id,

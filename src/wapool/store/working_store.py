@@ -4,15 +4,23 @@ whatsmeow (in a worker) writes it; wapool opens its own connections to read the 
 trim it, apply cleanup deletes and check integrity. Those connections wait on whatsmeow's locks
 (busy timeout) rather than fail, and keep their own transactions short so whatsmeow never waits
 long on them. Directory 0700, files 0600: they hold the account's private keys.
+
+Every wapool transaction on a SQLite file goes through ``transaction`` (autocommit connections,
+explicit ``BEGIN``): ``immediate=True`` for writes, which take the write lock up front instead of
+failing to upgrade a read lock later; plain ``BEGIN`` for a consistent read snapshot.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from wapool.registry.company import validate_company_id
+from wapool.store.codec import sql_encode
+from wapool.store.schema import quote
 
 STORE_FILE = "store.db"
 BUSY_TIMEOUT_MS = 10_000
@@ -55,6 +63,52 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
         raise CorruptStore(f"{path}: {exc}") from None
     secure_files(path)
     return conn
+
+
+@contextmanager
+def connection(path: Path, *, wal: bool = True) -> Iterator[sqlite3.Connection]:
+    """``connect``, closed when the block ends (a ``sqlite3.Connection`` block only commits)."""
+    conn = connect(path, wal=wal)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection, *, immediate: bool = False) -> Iterator[None]:
+    """One transaction on an autocommit connection: committed when the block ends (a ``return``
+    included), rolled back when anything escapes it, even a ``KeyboardInterrupt``."""
+    conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    try:
+        yield
+        conn.execute("COMMIT")  # a failed COMMIT must not leave the write lock held either
+    except BaseException:
+        # Some errors (a full disk, an interrupt) make SQLite roll back by itself; a second
+        # ROLLBACK would then hide the original error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
+    """A value of wapool's own ``wapool_meta`` table (store identity, capture fingerprint)."""
+    row = conn.execute("SELECT value FROM wapool_meta WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO wapool_meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def json_array_sql(prefix: str, columns: tuple[str, ...]) -> str:
+    """SQL building the mirror's JSON image of ``columns`` of the row ``prefix`` (``NEW``, a
+    table name): a JSON array of tagged values (see ``codec``)."""
+    return "json_array(" + ", ".join(sql_encode(f"{prefix}.{quote(c)}") for c in columns) + ")"
 
 
 def secure_files(path: Path) -> None:
