@@ -18,7 +18,7 @@ from tests.test_mirror import add_companies, writer_for
 from wapool.cleanup import postgres
 from wapool.cleanup.executor import CleanupRun
 from wapool.cleanup.policy import RetentionPolicy
-from wapool.cleanup.working import OutdatedCapture, Pruner, StalePage
+from wapool.cleanup.pruner import OutdatedCapture, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.store import changelog, purge
 from wapool.store.capture import CAPTURE_VERSION, install_capture
