@@ -6,8 +6,9 @@ trim it, apply cleanup deletes and check integrity. Those connections wait on wh
 long on them. Directory 0700, files 0600: they hold the account's private keys.
 
 Every wapool transaction on a SQLite file goes through ``transaction`` (autocommit connections,
-explicit ``BEGIN``): ``immediate=True`` for writes, which take the write lock up front instead of
-failing to upgrade a read lock later; plain ``BEGIN`` for a consistent read snapshot.
+explicit ``BEGIN``): ``immediate=True`` for writes to a live store, which take the write lock up
+front (waiting in the busy handler) instead of failing when a read turns into a write; plain
+``BEGIN`` for a consistent read snapshot, and for writes to a file nobody else has open yet.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 from wapool.registry.company import validate_company_id
@@ -121,12 +122,10 @@ def quick_check(path: Path) -> None:
     """Raise ``CorruptStore`` unless the file opens and passes ``PRAGMA quick_check``."""
     if not path.exists():
         raise CorruptStore(f"{path}: missing")
+    read_only = f"file:{path}?mode=ro"
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
-        try:
+        with closing(sqlite3.connect(read_only, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
             rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
     except sqlite3.DatabaseError as exc:
         raise CorruptStore(f"{path}: {exc}") from None
     if rows != [("ok",)]:
