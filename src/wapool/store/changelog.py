@@ -138,6 +138,16 @@ def last_seq(conn: sqlite3.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def continue_after(conn: sqlite3.Connection, seq: int) -> None:
+    """Make the next entry's sequence number ``seq + 1`` (a restored store carries on from its
+    copy's ``applied_seq``)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'wapool_changelog'")
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('wapool_changelog', ?)", (seq,)
+        )
+
+
 def first_seq_after(conn: sqlite3.Connection, seq: int) -> int | None:
     """The lowest sequence number still in the log above ``seq`` (None: nothing is)."""
     row = conn.execute("SELECT min(seq) FROM wapool_changelog WHERE seq > ?", (seq,)).fetchone()

@@ -16,6 +16,7 @@ from collections import defaultdict
 from contextlib import closing
 from pathlib import Path
 
+from wapool.store import changelog
 from wapool.store.capture import install_capture
 from wapool.store.codec import decode_row, decode_value
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
@@ -36,7 +37,7 @@ def build_from_rows(path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]]
                 conn.execute(statement)
             _insert_rows(conn, rows)
         install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
-        _continue_sequence(conn, meta.applied_seq)
+        changelog.continue_after(conn, meta.applied_seq)
         conn.execute("PRAGMA journal_mode = WAL")
     _install(temp, path)
 
@@ -67,15 +68,6 @@ def build_from_snapshot(path: Path, snapshot: Snapshot) -> None:
     with open(temp, "wb") as out:
         out.write(snapshot.image)
     _install(temp, path)
-
-
-def _continue_sequence(conn: sqlite3.Connection, applied_seq: int) -> None:
-    with transaction(conn):
-        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'wapool_changelog'")
-        conn.execute(
-            "INSERT INTO sqlite_sequence (name, seq) VALUES ('wapool_changelog', ?)",
-            (applied_seq,),
-        )
 
 
 def _temp_path(path: Path) -> Path:
