@@ -34,10 +34,10 @@ from wapool.db.migrations import migrate
 from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
 from wapool.settings import load_settings
-from wapool.store.capture import drop_capture, install_capture, json_array_sql
+from wapool.store.capture import drop_capture, install_capture
 from wapool.store.mirror import Mirror
 from wapool.store.schema import quote, read_schema
-from wapool.store.working_store import connect, prepare_dir
+from wapool.store.working_store import connect, json_array_sql, prepare_dir
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp.neonize_store import create_schema
 

@@ -232,7 +232,7 @@ async def test_low_disk_warns_once(
     monkeypatch: pytest.MonkeyPatch,
     sentry_events: CapturingTransport,  # noqa: F811
 ) -> None:
-    import wapool.store.mirror as mirror_module
+    import wapool.store.disk_watch as disk_watch_module
 
     add_companies(database_url, "962302")
     path = new_store(whatsmeow_template, tmp_path, "962302")
@@ -241,7 +241,7 @@ async def test_low_disk_warns_once(
     await mirror.tick()
     assert sentry_events.messages("state_dir_low_on_space") == []
     # Pretend the threshold is above what this disk has free.
-    monkeypatch.setattr(mirror_module, "LOW_DISK_BYTES", 1 << 62)
+    monkeypatch.setattr(disk_watch_module, "LOW_DISK_BYTES", 1 << 62)
     for _ in range(3):
         await mirror.tick()
     (warning,) = sentry_events.messages("state_dir_low_on_space")

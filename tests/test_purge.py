@@ -18,22 +18,17 @@ from tests.test_mirror import add_companies, writer_for
 from wapool.cleanup import postgres
 from wapool.cleanup.executor import CleanupRun
 from wapool.cleanup.policy import RetentionPolicy
-from wapool.cleanup.working import OutdatedCapture, Pruner, StalePage
+from wapool.cleanup.pruner import OutdatedCapture, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.store import changelog, purge
-from wapool.store.capture import (
-    CAPTURE_VERSION,
-    PURGE_TABLE,
-    install_capture,
-    json_array_sql,
-    set_meta,
-)
+from wapool.store.capture import CAPTURE_VERSION, install_capture
 from wapool.store.codec import decode_row
 from wapool.store.dump import dump_rows
 from wapool.store.mirror import Mirror
+from wapool.store.purge import PURGE_TABLE
 from wapool.store.schema import read_schema
 from wapool.store.verify import verify
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, json_array_sql, set_meta
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from wapool.cleanup import postgres
 from wapool.cleanup.policy import RetentionPolicy
-from wapool.cleanup.working import BatchResult, Pruner, StalePage
+from wapool.cleanup.pruner import BatchResult, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import current_holders

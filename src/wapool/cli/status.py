@@ -18,7 +18,7 @@ from wapool.cli.database import open_database
 from wapool.cli.table import render
 from wapool.settings import Settings
 from wapool.store import changelog
-from wapool.store.working_store import connect, store_path
+from wapool.store.working_store import connection, store_path
 
 
 def register(commands: Any) -> None:
@@ -31,11 +31,8 @@ def _local(path: Path) -> tuple[int, float] | None:
     """(pending rows, lag seconds) of a working store on this host."""
     if not path.exists():
         return None
-    conn = connect(path)
-    try:
+    with connection(path) as conn:
         pending = changelog.pending(conn)
-    finally:
-        conn.close()
     lag = max(0.0, time.time() - pending.oldest_at) if pending.oldest_at else 0.0
     return pending.rows, lag
 

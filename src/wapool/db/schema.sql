@@ -39,8 +39,6 @@ CREATE TABLE store_copies (
     schema_ddl         text NOT NULL,
     applied_seq        bigint NOT NULL DEFAULT 0 CONSTRAINT store_copies_seq_positive CHECK (applied_seq >= 0),
     epoch              bigint NOT NULL DEFAULT 0,
-    digest             text,
-    digest_seq         bigint,
     created_at         timestamptz NOT NULL DEFAULT now(),
     updated_at         timestamptz NOT NULL DEFAULT now()
 );

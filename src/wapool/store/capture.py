@@ -24,15 +24,13 @@ from __future__ import annotations
 import sqlite3
 import uuid
 
-from wapool.store.codec import sql_encode
 from wapool.store.schema import StoreSchema, Table, quote, read_schema
+from wapool.store.working_store import get_meta, json_array_sql, set_meta, transaction
 
 TRIGGER_PREFIX = "wapool_capture_"
 #: Bumped when the generated triggers change while whatsmeow's schema does not; the triggers are
 #: then regenerated (without a recheck: they capture whatsmeow's writes as before).
 CAPTURE_VERSION = "2"
-#: The change log's table name for purge entries (no whatsmeow table is called that).
-PURGE_TABLE = "wapool_purge"
 
 CAPTURE_DDL = """
 CREATE TABLE IF NOT EXISTS wapool_changelog (
@@ -53,10 +51,6 @@ CREATE TABLE IF NOT EXISTS wapool_purging (
 CREATE INDEX IF NOT EXISTS wapool_changelog_purges ON wapool_changelog (seq)
     WHERE tbl = 'wapool_purge';
 """
-
-
-def json_array_sql(prefix: str, columns: tuple[str, ...]) -> str:
-    return "json_array(" + ", ".join(sql_encode(f"{prefix}.{quote(c)}") for c in columns) + ")"
 
 
 def _log(table: Table, op: str, key: str, image: str = "NULL") -> str:
@@ -104,25 +98,11 @@ def installed_triggers(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in rows]
 
 
-def get_meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM wapool_meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-    conn.execute(
-        "INSERT INTO wapool_meta (key, value) VALUES (?, ?) "
-        "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        (key, value),
-    )
-
-
 def drop_capture(conn: sqlite3.Connection) -> None:
     """Remove the triggers (before whatsmeow upgrades its schema); the log stays."""
-    conn.execute("BEGIN IMMEDIATE")
-    for trigger in installed_triggers(conn):
-        conn.execute(f"DROP TRIGGER {quote(trigger)}")
-    conn.execute("COMMIT")
+    with transaction(conn, immediate=True):
+        for trigger in installed_triggers(conn):
+            conn.execute(f"DROP TRIGGER {quote(trigger)}")
 
 
 def install_capture(
@@ -134,8 +114,7 @@ def install_capture(
     regenerated and, with ``recheck``, every existing row is queued so the mirror republishes
     the whole store. Triggers that were merely dropped are reinstalled without a recheck.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(conn, immediate=True):
         for statement in CAPTURE_DDL.split(";"):
             if statement.strip():
                 conn.execute(statement)
@@ -145,7 +124,6 @@ def install_capture(
         changed = get_meta(conn, "capture_fingerprint") != schema.fingerprint
         current = get_meta(conn, "capture_version") == CAPTURE_VERSION
         if not changed and current and installed_triggers(conn):
-            conn.execute("COMMIT")
             return False
         for trigger in installed_triggers(conn):
             conn.execute(f"DROP TRIGGER {quote(trigger)}")
@@ -156,11 +134,7 @@ def install_capture(
             _queue_full_recheck(conn, schema)
         set_meta(conn, "capture_fingerprint", schema.fingerprint)
         set_meta(conn, "capture_version", CAPTURE_VERSION)
-        conn.execute("COMMIT")
         return changed
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 def _queue_full_recheck(conn: sqlite3.Connection, schema: StoreSchema) -> None:

@@ -13,12 +13,13 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from wapool.store.capture import PURGE_TABLE, get_meta, json_array_sql
 from wapool.store.codec import decode_value
-from wapool.store.purge import Purge
+from wapool.store.purge import PURGE_TABLE, Purge
 from wapool.store.schema import StoreSchema, quote, read_schema
+from wapool.store.working_store import get_meta, json_array_sql, transaction
 
 TRIM_BATCH = 5_000
 #: Purges per prefix: each one costs the mirror a few statements in its transaction.
@@ -64,8 +65,7 @@ def pending(conn: sqlite3.Connection) -> Pending:
 
 def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
     """Everything logged after ``after_seq``, coalesced; None when there is nothing."""
-    conn.execute("BEGIN")
-    try:
+    with transaction(conn):
         purges = conn.execute(
             "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT ?",
             (PURGE_TABLE, after_seq, MAX_PURGES),
@@ -103,8 +103,6 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
             oldest_at=oldest,
             purges=tuple(Purge.decode(text) for _, text in purges),
         )
-    finally:
-        conn.execute("COMMIT")
 
 
 def _current_image(
@@ -138,3 +136,33 @@ def last_seq(conn: sqlite3.Connection) -> int:
     """The highest sequence number ever issued (survives trimming)."""
     row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'wapool_changelog'").fetchone()
     return int(row[0]) if row else 0
+
+
+def continue_after(conn: sqlite3.Connection, seq: int) -> None:
+    """Make the next entry's sequence number ``seq + 1`` (a restored store carries on from its
+    copy's ``applied_seq``)."""
+    with transaction(conn):
+        conn.execute("DELETE FROM sqlite_sequence WHERE name = 'wapool_changelog'")
+        conn.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('wapool_changelog', ?)", (seq,)
+        )
+
+
+def first_seq_after(conn: sqlite3.Connection, seq: int) -> int | None:
+    """The lowest sequence number still in the log above ``seq`` (None: nothing is)."""
+    row = conn.execute("SELECT min(seq) FROM wapool_changelog WHERE seq > ?", (seq,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def upserted_keys(conn: sqlite3.Connection, after_seq: int) -> Iterator[tuple[str, str]]:
+    """(table, key) of every entry above ``after_seq`` that may have written the row (upserts
+    and rechecks; purge entries are deletes too)."""
+    return conn.execute(
+        "SELECT tbl, pk FROM wapool_changelog WHERE seq > ? AND op <> 'D'", (after_seq,)
+    )
+
+
+def logs_purges(conn: sqlite3.Connection) -> bool:
+    """Were the store's capture objects installed by a wapool that logs cleanup purges?"""
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'wapool_purging'").fetchone()
+    return row is not None

@@ -38,19 +38,6 @@ def decode_value(tagged: str | None) -> SQLiteValue:
     raise ValueError(f"unknown value tag {tag!r}")
 
 
-def encode_value(value: SQLiteValue) -> str | None:
-    """The Python twin of ``sql_encode`` (used for keys built outside SQLite and in tests)."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return "x" + value.hex().upper()
-    if isinstance(value, str):
-        return "t" + value
-    if isinstance(value, bool | int):
-        return f"i{int(value)}"
-    return "r" + format(value, ".17g")
-
-
 def decode_row(image: str) -> list[SQLiteValue]:
     values: list[Any] = json.loads(image)
     return [decode_value(v) for v in values]

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import nullcontext
 
-from wapool.store.capture import json_array_sql
 from wapool.store.schema import quote, read_schema
+from wapool.store.working_store import json_array_sql, transaction
 
 Rows = dict[tuple[str, str], str]
 
@@ -16,9 +17,7 @@ Rows = dict[tuple[str, str], str]
 def dump_rows(conn: sqlite3.Connection, *, own_transaction: bool = True) -> Rows:
     """Every whatsmeow row, read in one transaction (the caller's, if it has one open)."""
     rows: Rows = {}
-    if own_transaction:
-        conn.execute("BEGIN")
-    try:
+    with transaction(conn) if own_transaction else nullcontext():
         for table in read_schema(conn).tables:
             name = quote(table.name)
             query = (
@@ -27,9 +26,6 @@ def dump_rows(conn: sqlite3.Connection, *, own_transaction: bool = True) -> Rows
             )
             for key, image in conn.execute(query):
                 rows[(table.name, key)] = image
-    finally:
-        if own_transaction:
-            conn.execute("COMMIT")
     return rows
 
 

@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import shutil
 import sqlite3
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,15 +26,13 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
 from wapool.store import changelog, pg_copy
+from wapool.store.disk_watch import DiskWatch
 from wapool.store.schema import StoreSchema, read_schema
-from wapool.store.snapshot import Snapshot
+from wapool.store.snapshot import Snapshot, SnapshotTaker
 from wapool.store.working_store import connect
 
 log = logging.getLogger(__name__)
 
-#: Warn when the state directory has less than this fraction, or this many bytes, free.
-LOW_DISK_FRACTION = 0.10
-LOW_DISK_BYTES = 1 << 30
 LAG_SAMPLES = 100_000
 #: What one purge counts for when sizing a tick's PostgreSQL timeout.
 PURGE_ROWS = 20_000
@@ -48,11 +44,9 @@ class _Target:
     path: Path
     conn: sqlite3.Connection | None = None
     schema: StoreSchema | None = None
-    applied_seq: int = 0
     pending_rows: int = 0
     oldest_pending_at: float | None = None
     outage_started: float | None = None
-    last_snapshot: float = float("-inf")
     rejected: str | None = None
 
 
@@ -75,6 +69,11 @@ class MirrorStats:
 
 
 class Mirror:
+    """Drains the change logs of the companies ``add``-ed.
+
+    With ``snapshots``, a drained store is put in that cache at most every ``snapshot_every``
+    seconds; with ``state_dir``, its free space is watched each tick."""
+
     def __init__(
         self,
         db: Database,
@@ -90,18 +89,18 @@ class Mirror:
     ) -> None:
         self._db = db
         self.fence = fence
-        self._snapshots = snapshots
         self._clock = clock or SystemClock()
+        self._snapshots = (
+            SnapshotTaker(snapshots, self._clock, snapshot_every) if snapshots is not None else None
+        )
+        self._disk = DiskWatch(state_dir) if state_dir is not None else None
         self._max_rows = max_rows_per_tick
         self._poll = poll_interval
         self._backoff = backoff or Backoff(base=0.2, cap=5.0)
-        self._snapshot_every = snapshot_every
-        self._state_dir = state_dir
         self._targets: dict[str, _Target] = {}
         self._order: list[str] = []
         self._leaving: list[_Target] = []
         self._start = 0
-        self._disk_warned = False
         self.stats = MirrorStats()
         self.wake = asyncio.Event()
         # One tick at a time; the thread lock also covers SQLite work left running in a
@@ -126,6 +125,8 @@ class Mirror:
         if target is not None:
             self._order = [c for c in self._order if c != company_id]
             self._leaving.append(target)
+            if self._snapshots is not None:
+                self._snapshots.forget(company_id)
 
     def close(self) -> None:
         for company_id in list(self._targets):
@@ -158,13 +159,13 @@ class Mirror:
 
     async def drain(self, timeout: float) -> bool:
         """Tick until nothing is pending (True) or the timeout passes (False)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        deadline = self._clock.monotonic() + timeout
+        while self._clock.monotonic() < deadline:
             with contextlib.suppress(DatabaseUnavailable):
                 await self.tick()
                 if all(t.pending_rows == 0 for t in self._targets.values()):
                     return True
-            await asyncio.sleep(min(self._poll, max(0.0, deadline - time.monotonic())))
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
@@ -199,7 +200,7 @@ class Mirror:
             self._on_outage(batches, str(exc))
             raise
         self.fault("applied")
-        committed = time.time()
+        committed = self._clock.time()
         for batch in batches:
             if batch.company_id in outcome.applied:
                 self.stats.lags.extend(committed - c.at for c in batch.prefix.changes)
@@ -215,8 +216,8 @@ class Mirror:
 
     def _collect_locked(self) -> list[pg_copy.Batch]:
         self._close_leaving()
-        if self._state_dir is not None:
-            self._check_disk(self._state_dir)
+        if self._disk is not None:
+            self._disk.check()
         batches: list[pg_copy.Batch] = []
         total = 0
         order, targets = list(self._order), dict(self._targets)  # the loop may change them
@@ -260,7 +261,6 @@ class Mirror:
                 self._reject(target, outcome.rejected[batch.company_id])
                 continue
             target.rejected = None
-            target.applied_seq = batch.prefix.high_seq
             if pg_copy.device_deleted(batch):
                 alerts.device_deleted(target.company_id)
             self.stats.rows_applied += len(batch.prefix.changes)
@@ -274,26 +274,11 @@ class Mirror:
                 duration = self._clock.monotonic() - target.outage_started
                 target.outage_started = None
                 alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
-            if remaining.rows == 0:
-                self._maybe_snapshot(target, batch.prefix)
-
-    def _maybe_snapshot(self, target: _Target, prefix: changelog.Prefix) -> None:
-        now = self._clock.monotonic()
-        if self._snapshots is None or now - target.last_snapshot < self._snapshot_every:
-            return
-        conn = self._conn(target)
-        conn.execute("BEGIN")
-        try:
-            if changelog.pending(conn).rows:
-                return  # written to since; try again after the next drain
-            image = conn.serialize()
-        finally:
-            conn.execute("COMMIT")
-        target.last_snapshot = now
-        self._snapshots.remember(
-            target.company_id,
-            Snapshot(target.company_id, prefix.store_uuid, prefix.high_seq, image),
-        )
+            if remaining.rows == 0 and self._snapshots is not None:
+                prefix = batch.prefix
+                self._snapshots.after_drain(
+                    target.company_id, conn, prefix.store_uuid, prefix.high_seq
+                )
 
     def _on_outage(self, batches: list[pg_copy.Batch], error: str) -> None:
         for batch in batches:
@@ -301,21 +286,13 @@ class Mirror:
             if target is None or target.outage_started is not None:
                 continue
             target.outage_started = self._clock.monotonic()
-            age = self._snapshots.peek_age(target.company_id) if self._snapshots else None
+            age = self._snapshots.age(target.company_id) if self._snapshots else None
             alerts.postgres_outage(target.company_id, error, age)
 
     def _reject(self, target: _Target, reason: str) -> None:
         if target.rejected != reason:
             alerts.copy_rejected(target.company_id, reason)
         target.rejected = reason
-
-    def _check_disk(self, state_dir: Path) -> None:
-        usage = shutil.disk_usage(state_dir)
-        fraction = usage.free / usage.total if usage.total else 1.0
-        low = fraction < LOW_DISK_FRACTION or usage.free < LOW_DISK_BYTES
-        if low and not self._disk_warned:
-            alerts.disk_low(str(state_dir), usage.free, fraction)
-        self._disk_warned = low
 
     # -- helpers ----------------------------------------------------------------------------
 

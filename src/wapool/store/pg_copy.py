@@ -2,10 +2,16 @@
 
 ``apply`` writes the coalesced prefixes of several companies in one transaction: COPY into a
 temporary table, then set-based deletes and upserts, each company's cleanup purges (range
-deletes between the steps they cut the prefix into, see ``store.purge``) and ``applied_seq``. Every row written carries the ``seq`` of the
-prefix that wrote it, which is what lets a purge spare rows rewritten after it was planned. A
-prefix is applied only to the copy of the same store (``store_uuid``) and only forward
-(``high_seq > applied_seq``), so a replay after a crash changes nothing.
+deletes between the steps they cut the prefix into, see ``store.purge``) and ``applied_seq``.
+Every row written carries the ``seq`` of the prefix that wrote it, which is what lets a purge
+spare rows rewritten after it was planned.
+
+A prefix is refused when the copy belongs to another store (``store_uuid``) or, with a
+``Fence``, when this holder's lease epoch is not the current one. It is *not* refused for
+being old: after a crash between the PostgreSQL commit and the local trim, the next prefix
+starts with the same entries again and is applied in full. That replay is harmless because
+every write is idempotent (each key's latest image upserted, deletes of keys already gone,
+purges bounded by their ``read_seq``) and ``applied_seq`` only moves forward (``greatest``).
 """
 
 from __future__ import annotations

@@ -23,9 +23,15 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, WapoolError
 from wapool.observability import alerts
 from wapool.store import changelog, pg_copy, restore
-from wapool.store.capture import drop_capture, get_meta, install_capture
+from wapool.store.capture import drop_capture, install_capture
 from wapool.store.snapshot import Snapshot
-from wapool.store.working_store import CorruptStore, connect, prepare_dir, quick_check
+from wapool.store.working_store import (
+    CorruptStore,
+    connection,
+    get_meta,
+    prepare_dir,
+    quick_check,
+)
 from wapool.whatsapp.neonize_store import create_schema
 
 log = logging.getLogger(__name__)
@@ -57,16 +63,13 @@ def inspect_local(path: Path) -> LocalState:
         return LocalState(False, None, 0, "missing")
     try:
         quick_check(path)
-        conn = connect(path)
-        try:
+        with connection(path) as conn:
             has_log = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE name = 'wapool_meta'"
             ).fetchone()
             if not has_log:
                 return LocalState(True, None, 0, None)
             return LocalState(True, get_meta(conn, "store_uuid"), changelog.last_seq(conn), None)
-        finally:
-            conn.close()
     except (CorruptStore, Exception) as exc:
         return LocalState(False, None, 0, f"corrupt: {exc}")
 
@@ -150,19 +153,13 @@ async def _from_snapshot(
 
 def _create(path: Path, make_schema: SchemaMaker) -> None:
     make_schema([path])
-    conn = connect(path)
-    try:
+    with connection(path) as conn:
         install_capture(conn)
-    finally:
-        conn.close()
 
 
 def _prepare_existing(path: Path, make_schema: SchemaMaker) -> None:
     """Let neonize upgrade the schema with our triggers out of the way, then reinstall them."""
-    conn = connect(path)
-    try:
+    with connection(path) as conn:
         drop_capture(conn)
         make_schema([path])
         install_capture(conn)
-    finally:
-        conn.close()

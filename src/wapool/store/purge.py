@@ -19,8 +19,11 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 
-from wapool.store.capture import PURGE_TABLE
 from wapool.store.schema import Table, quote
+
+#: The change log's table name for purge entries (no whatsmeow table is called that; the
+#: partial index ``wapool_changelog_purges`` in ``capture.CAPTURE_DDL`` spells it out too).
+PURGE_TABLE = "wapool_purge"
 
 
 @dataclass(frozen=True)

@@ -13,54 +13,54 @@ import os
 import sqlite3
 import time
 from collections import defaultdict
+from contextlib import closing
 from pathlib import Path
 
+from wapool.store import changelog
 from wapool.store.capture import install_capture
 from wapool.store.codec import decode_row, decode_value
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
 from wapool.store.schema import quote, read_schema
 from wapool.store.snapshot import Snapshot
-from wapool.store.working_store import connect, quick_check, secure_files
+from wapool.store.working_store import connect, quick_check, secure_files, transaction
 
 
 def build_from_rows(path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]]) -> None:
     """Write a complete store for ``meta``'s copy at ``path`` (replacing what is there)."""
     temp = _temp_path(path)
-    conn = sqlite3.connect(temp, isolation_level=None)
-    try:
+    # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
+    with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
-        conn.execute("BEGIN")
-        for statement in meta.schema_ddl.split(DDL_SEPARATOR):
-            conn.execute(statement)
-        schema = read_schema(conn)
-        by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for table_name, key, image in rows:
-            by_table[table_name].append((key, image))
-        for name, entries in by_table.items():
-            table = schema.table(name)
-            columns = ", ".join(quote(c) for c in table.columns)
-            marks = ", ".join("?" for _ in table.columns)
-            if table.primary_key:
-                conn.executemany(
-                    f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})",
-                    (decode_row(image) for _, image in entries),
-                )
-            else:
-                conn.executemany(
-                    f"INSERT INTO {quote(table.name)} (rowid, {columns}) VALUES (?, {marks})",
-                    (
-                        [decode_value(json.loads(key)[0]), *decode_row(image)]
-                        for key, image in entries
-                    ),
-                )
-        conn.execute("COMMIT")
+        with transaction(conn):
+            for statement in meta.schema_ddl.split(DDL_SEPARATOR):
+                conn.execute(statement)
+            _insert_rows(conn, rows)
         install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
-        _continue_sequence(conn, meta.applied_seq)
+        changelog.continue_after(conn, meta.applied_seq)
         conn.execute("PRAGMA journal_mode = WAL")
-    finally:
-        conn.close()
     _install(temp, path)
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
+    schema = read_schema(conn)
+    by_table: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for table_name, key, image in rows:
+        by_table[table_name].append((key, image))
+    for name, entries in by_table.items():
+        table = schema.table(name)
+        columns = ", ".join(quote(c) for c in table.columns)
+        marks = ", ".join("?" for _ in table.columns)
+        if table.primary_key:
+            conn.executemany(
+                f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})",
+                (decode_row(image) for _, image in entries),
+            )
+        else:
+            conn.executemany(
+                f"INSERT INTO {quote(table.name)} (rowid, {columns}) VALUES (?, {marks})",
+                ([decode_value(json.loads(key)[0]), *decode_row(image)] for key, image in entries),
+            )
 
 
 def build_from_snapshot(path: Path, snapshot: Snapshot) -> None:
@@ -68,15 +68,6 @@ def build_from_snapshot(path: Path, snapshot: Snapshot) -> None:
     with open(temp, "wb") as out:
         out.write(snapshot.image)
     _install(temp, path)
-
-
-def _continue_sequence(conn: sqlite3.Connection, applied_seq: int) -> None:
-    conn.execute("BEGIN")
-    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'wapool_changelog'")
-    conn.execute(
-        "INSERT INTO sqlite_sequence (name, seq) VALUES ('wapool_changelog', ?)", (applied_seq,)
-    )
-    conn.execute("COMMIT")
 
 
 def _temp_path(path: Path) -> Path:
@@ -99,8 +90,7 @@ def _install(temp: Path, path: Path) -> None:
             os.replace(old, path.with_name(f"{path.name}.replaced-{stamp}{suffix}"))
     os.replace(temp, path)
     _fsync(path.parent)
-    conn = connect(path)  # WAL mode, permissions
-    conn.close()
+    connect(path).close()  # WAL mode, permissions
     secure_files(path)
 
 

@@ -8,11 +8,11 @@ checks all of it before changing anything.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sqlite3
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +20,9 @@ from wapool import __version__
 from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
 from wapool.store import pg_copy, restore
-from wapool.store.capture import get_meta, set_meta
 from wapool.store.dump import as_triples, dump_rows
 from wapool.store.schema import read_schema
+from wapool.store.working_store import get_meta, set_meta, transaction
 
 EXPORT_FORMAT = "1"
 
@@ -63,23 +63,19 @@ def write_export(
     temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     temp.unlink(missing_ok=True)
     restore.build_from_rows(temp, meta, rows)
-    conn = sqlite3.connect(temp, isolation_level=None)
-    try:
+    with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = DELETE")
-        conn.execute("BEGIN")
-        for key, value in {
-            "export_format": EXPORT_FORMAT,
-            "export_company": company_id,
-            "export_rows": str(len(rows)),
-            "export_digest": pg_copy.digest(rows),
-            "export_created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "export_wapool_version": __version__,
-            "export_applied_seq": str(meta.applied_seq),
-        }.items():
-            set_meta(conn, key, value)
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+        with transaction(conn):
+            for key, value in {
+                "export_format": EXPORT_FORMAT,
+                "export_company": company_id,
+                "export_rows": str(len(rows)),
+                "export_digest": pg_copy.digest(rows),
+                "export_created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "export_wapool_version": __version__,
+                "export_applied_seq": str(meta.applied_seq),
+            }.items():
+                set_meta(conn, key, value)
     os.replace(temp, target)
 
 
@@ -173,7 +169,3 @@ async def import_company(
         )  # fmt: skip
 
     return await db.run(work, timeout=db.query_timeout + 60)
-
-
-def device_jids(export: ExportFile) -> list[str]:
-    return [json.loads(k)[0][1:] for t, k, _ in export.rows if t == "whatsmeow_device"]

@@ -9,9 +9,8 @@ from pathlib import Path
 
 from wapool.db.pool import Conn, Database
 from wapool.store import changelog, pg_copy
-from wapool.store.capture import get_meta
 from wapool.store.dump import Rows, dump_rows
-from wapool.store.working_store import connect
+from wapool.store.working_store import connection, get_meta, transaction
 
 
 @dataclass(frozen=True)
@@ -56,21 +55,13 @@ class _Local:
 
 
 def _read_local(path: Path) -> _Local:
-    conn = connect(path)
-    try:
-        conn.execute("BEGIN")
-        try:
-            rows = dump_rows(conn, own_transaction=False)
-            return _Local(
-                rows,
-                changelog.pending(conn).rows,
-                changelog.last_seq(conn),
-                get_meta(conn, "store_uuid"),
-            )
-        finally:
-            conn.execute("COMMIT")
-    finally:
-        conn.close()
+    with connection(path) as conn, transaction(conn):
+        return _Local(
+            dump_rows(conn, own_transaction=False),
+            changelog.pending(conn).rows,
+            changelog.last_seq(conn),
+            get_meta(conn, "store_uuid"),
+        )
 
 
 async def wait_drained(path: Path, timeout: float) -> int:
@@ -84,11 +75,8 @@ async def wait_drained(path: Path, timeout: float) -> int:
 
 
 def _pending(path: Path) -> int:
-    conn = connect(path)
-    try:
+    with connection(path) as conn:
         return changelog.pending(conn).rows
-    finally:
-        conn.close()
 
 
 async def verify(db: Database, path: Path, company_id: str) -> Verdict:

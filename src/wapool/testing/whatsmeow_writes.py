@@ -13,6 +13,8 @@ import random
 import sqlite3
 import time
 
+from wapool.store.working_store import transaction
+
 
 class WhatsmeowWriter:
     def __init__(self, conn: sqlite3.Connection, rng: random.Random | None = None) -> None:
@@ -27,14 +29,9 @@ class WhatsmeowWriter:
         return f"55{self.rng.randrange(10**10, 10**11)}@s.whatsapp.net"
 
     def _txn(self, *statements: tuple[str, tuple[object, ...]]) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.conn, immediate=True):
             for sql, params in statements:
                 self.conn.execute(sql, params)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def pair(self, user: str | None = None) -> str:
         """Insert the device (credentials) as pairing does; returns the JID."""

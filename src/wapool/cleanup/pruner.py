@@ -27,10 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from wapool.store import purge
-from wapool.store.changelog import last_seq
+from wapool.store import changelog, purge
 from wapool.store.schema import Table, read_schema
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, transaction
 
 #: The pruner's page cache (KiB): a batch touches thousands of scattered pages.
 CACHE_KIB = 64 * 1024
@@ -85,20 +84,15 @@ class Pruner:
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpointer = connect(self.path)
         purge.prepare(self._conn)
-        if not self._conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE name = 'wapool_purging'"
-        ).fetchone():
+        if not changelog.logs_purges(self._conn):
             raise OutdatedCapture(
                 f"{self.path}: its change capture predates cleanup purges; "
                 "start the daemon once to upgrade it"
             )
-        self._conn.execute("BEGIN")
-        try:
+        with transaction(self._conn):
             self._tables = {t.name: t for t in read_schema(self._conn).tables}
             self._scan(0)
-            self._scanned_to = last_seq(self._conn)
-        finally:
-            self._conn.execute("COMMIT")
+            self._scanned_to = changelog.last_seq(self._conn)
 
     def close(self) -> None:
         for conn in (self._conn, self._checkpointer):
@@ -129,32 +123,17 @@ class Pruner:
         conn = self._connection()
         result = BatchResult()
         time.sleep(self.gap_left())
-        conn.execute("BEGIN IMMEDIATE")
-        started = time.perf_counter()
         try:
-            if self._trimmed_unseen(conn, read_seq):
-                if rewritten is None:
-                    raise StalePage
-                self.rechecks += 1
-                asked = time.perf_counter()
-                self.note_rewritten(table, rewritten())
-                result.recheck_seconds = time.perf_counter() - asked
-                self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
-            wanted = [(pk, size) for pk, size in keys if (table, pk) not in self._recent]
-            result.skipped = len(keys) - len(wanted)
-            if wanted:
-                entry = purge.Purge(table, after, keys[-1][0], cutoff, read_seq)
-                result.rows = purge.purge(
-                    conn, self._tables[table], [pk for pk, _ in wanted], entry
-                )
-            planned = sum(size for _, size in wanted)
-            # Keys whatsmeow deleted meanwhile are simply not there: bytes scale with what went.
-            result.bytes = planned * result.rows // max(len(wanted), 1)
-            self._scanned_to = last_seq(conn)  # our own purge: nothing to watch for
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            with transaction(conn, immediate=True):
+                started = time.perf_counter()
+                if self._trimmed_unseen(conn, read_seq):
+                    if rewritten is None:
+                        raise StalePage
+                    self._recheck(table, rewritten, result)
+                through = keys[-1][0] if keys else after
+                entry = purge.Purge(table, after, through, cutoff, read_seq)
+                self._purge(conn, entry, keys, result)
+                self._scanned_to = changelog.last_seq(conn)  # our own purge: nothing to watch
         finally:
             self._released_at = time.monotonic()
         result.lock_seconds = time.perf_counter() - started
@@ -162,6 +141,30 @@ class Pruner:
         # The batch size governs the delete's share of the lock, not PostgreSQL's answer time.
         self._adapt(len(keys), result.lock_seconds - result.recheck_seconds)
         return result
+
+    def _recheck(self, table: str, rewritten: Callable[[], list[str]], result: BatchResult) -> None:
+        self.rechecks += 1
+        asked = time.perf_counter()
+        self.note_rewritten(table, rewritten())
+        result.recheck_seconds = time.perf_counter() - asked
+        self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
+
+    def _purge(
+        self,
+        conn: sqlite3.Connection,
+        entry: purge.Purge,
+        keys: list[tuple[str, int]],
+        result: BatchResult,
+    ) -> None:
+        """Delete the keys not rewritten since the page was read, as one purge entry."""
+        wanted = [(pk, size) for pk, size in keys if (entry.table, pk) not in self._recent]
+        result.skipped = len(keys) - len(wanted)
+        if wanted:
+            table = self._tables[entry.table]
+            result.rows = purge.purge(conn, table, [pk for pk, _ in wanted], entry)
+        planned = sum(size for _, size in wanted)
+        # Keys whatsmeow deleted meanwhile are simply not there: bytes scale with what went.
+        result.bytes = planned * result.rows // max(len(wanted), 1)
 
     def checkpoint(self) -> None:
         """Copy the last batch's pages from the WAL into the database (start it right after
@@ -186,25 +189,18 @@ class Pruner:
         """Were entries after ``read_seq`` trimmed (so applied) before this pruner saw them?
         Either way, the rest of the log is scanned (with the write lock held, that is all of
         it) and counts as seen from now on."""
-        newest = last_seq(conn)
+        newest = changelog.last_seq(conn)
         if newest <= self._scanned_to:
             return False
-        row = conn.execute(
-            "SELECT min(seq) FROM wapool_changelog WHERE seq > ?", (self._scanned_to,)
-        ).fetchone()
-        first = row[0] if row else None
-        newest_trimmed = newest if first is None else int(first) - 1
+        first = changelog.first_seq_after(conn, self._scanned_to)
+        newest_trimmed = newest if first is None else first - 1
         unseen = newest_trimmed > self._scanned_to and newest_trimmed > read_seq
         self._scan(self._scanned_to)
         self._scanned_to = newest
         return unseen
 
     def _scan(self, after: int) -> None:
-        conn = self._connection()
-        for table, pk in conn.execute(
-            "SELECT tbl, pk FROM wapool_changelog WHERE seq > ? AND op <> 'D'", (after,)
-        ):
-            self._recent.add((table, pk))
+        self._recent.update(changelog.upserted_keys(self._connection(), after))
 
     def _adapt(self, rows: int, seconds: float) -> None:
         if rows < self.batch_rows:

@@ -1,0 +1,33 @@
+"""Watching the free space of the state directory, where the change logs wait out outages.
+
+While PostgreSQL is down every change waits on this disk, never dropped; a full disk would make
+whatsmeow's own writes fail. One warning goes out when the space runs low, and one more only
+after it has recovered and run low again.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from wapool.observability import alerts
+
+#: Warn when the state directory has less than this fraction, or this many bytes, free.
+LOW_DISK_FRACTION = 0.10
+LOW_DISK_BYTES = 1 << 30
+
+
+class DiskWatch:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._warned = False
+
+    def check(self) -> bool:
+        """Look at the free space now, warn if it just ran low; True while it is low."""
+        usage = shutil.disk_usage(self.state_dir)
+        fraction = usage.free / usage.total if usage.total else 1.0
+        low = fraction < LOW_DISK_FRACTION or usage.free < LOW_DISK_BYTES
+        if low and not self._warned:
+            alerts.disk_low(str(self.state_dir), usage.free, fraction)
+        self._warned = low
+        return low
