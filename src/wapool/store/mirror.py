@@ -24,6 +24,7 @@ from wapool.cache import FallbackCache
 from wapool.clock import Clock, SystemClock
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
+from wapool.leases import Fence
 from wapool.observability import alerts
 from wapool.store import changelog, pg_copy
 from wapool.store.disk_watch import DiskWatch
@@ -85,7 +86,7 @@ class Mirror:
         backoff: Backoff | None = None,
         snapshot_every: float = 60.0,
         state_dir: Path | None = None,
-        fence: pg_copy.Fence | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self._db = db
         self.fence = fence

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wapool.db.pool import Conn, Database
-from wapool.leases import Fence as Fence  # re-exported: store.mirror names pg_copy.Fence
+from wapool.leases import Fence
 from wapool.store.changelog import Prefix
 from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema
