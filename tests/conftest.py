@@ -20,7 +20,7 @@ import pytest
 from psycopg import sql
 
 from tests import markers
-from tests.daemon import Daemons
+from tests.daemon import Daemons, scrubbed_env
 from wapool.db.migrations import migrate
 from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
@@ -199,10 +199,9 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``wapool ARGS`` in a child process with only the given WAPOOL_ settings."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
     return subprocess.run(
         [sys.executable, "-m", "wapool", *args],
-        env={**base, **(env or {})},
+        env=scrubbed_env(env),
         cwd=cwd,
         capture_output=True,
         text=True,
