@@ -1,8 +1,9 @@
 """Markers by what a test needs, applied at collection so nobody has to remember them.
 
 * ``postgres``: the test uses the throwaway PostgreSQL cluster (any database fixture).
-* ``process``: the test starts child processes: the ``daemons`` fixture, or, in its body or in
-  a helper from tests/ it calls, ``subprocess``, ``run_cli`` or one of wapool's own spawners.
+* ``process``: the test starts child processes: the ``daemons`` fixture; the cluster fixture
+  asked for by name (to stop and start the server with pg_ctl); or, in its body or in a helper
+  from tests/ it calls, ``subprocess``, ``run_cli`` or one of wapool's own spawners.
 * ``unit``: everything else. ``make test-fast`` runs only these.
 
 A test can be both ``postgres`` and ``process``. A test that starts a child process while not
@@ -23,9 +24,13 @@ import pytest
 
 POSTGRES_FIXTURES = frozenset({"cluster"})
 PROCESS_FIXTURES = frozenset({"daemons"})
+# Asked for directly (not through a database fixture), the cluster is there to be stopped and
+# started: pg_ctl in a child process.
+PROCESS_ARGUMENTS = frozenset({"cluster", "running_cluster"})
 # Names whose use starts a child process: the standard library's and wapool's own spawners
-# (worker pools, the development cluster's pg_ctl). Session fixtures that start one process
-# for the whole run (the whatsmeow template) do not make their users process tests.
+# (worker pools, neonize's schema helper behind provisioning, a cluster's pg_ctl). Session
+# fixtures that start one process for the whole run (the whatsmeow template) do not make their
+# users process tests.
 PROCESS_NAMES = frozenset(
     {
         "subprocess",
@@ -34,6 +39,8 @@ PROCESS_NAMES = frozenset(
         "run_cli",
         "Supervisor",
         "WorkerPool",
+        "create_schema",
+        "provision",
         "Cluster",
     }
 )
@@ -56,6 +63,8 @@ def _starts_processes(item: pytest.Item) -> bool:
     if not isinstance(function, FunctionType):
         return False
     function = inspect.unwrap(function)
+    if PROCESS_ARGUMENTS & set(inspect.signature(function).parameters):
+        return True
     return bool(_names(function.__code__, function.__globals__, set()) & PROCESS_NAMES)
 
 
