@@ -50,8 +50,8 @@ class Daemon:
         self.log = log
         self.port = port
         self.new_session = new_session
-        self.start = log.stat().st_size if log.exists() else 0
-        self._cursor = self.start
+        self._origin = log.stat().st_size if log.exists() else 0
+        self._cursor = self._origin
         with open(log, "ab") as err, open(log.with_suffix(".out"), "ab") as out:
             self.proc = subprocess.Popen(
                 list(command), env=dict(env), cwd=cwd, stdout=out, stderr=err,
@@ -68,7 +68,7 @@ class Daemon:
 
     def text(self) -> str:
         """Everything this run has logged so far."""
-        return self._read(self.start)
+        return self._read(self._origin)
 
     def rest(self) -> str:
         """What this run logged after the last line ``wait_for`` matched."""
@@ -164,7 +164,7 @@ class Daemon:
             raise AssertionError(f"{needle!r} not logged in time:\n{self._tail()}")
 
     def _tail(self) -> str:
-        return self._read(self.start)[-3000:]
+        return self._read(self._origin)[-3000:]
 
 
 class Daemons:
