@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-slow lint format bench devdb-start devdb-stop clean
+.PHONY: venv run test test-fast test-slow lint format bench devdb-start devdb-stop clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ run: venv
 ## The whole suite, lint included; starts its own throwaway PostgreSQL cluster.
 test: venv lint
 	$(BIN)/pytest
+
+## Unit tests only (no PostgreSQL, no child processes; markers in tests/markers.py): seconds.
+test-fast: venv
+	$(BIN)/pytest -m unit
 
 ## The slow profile: 2,000 generated convergence histories instead of 200.
 test-slow: venv

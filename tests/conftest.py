@@ -1,5 +1,6 @@
 """Shared fixtures: one throwaway PostgreSQL cluster per run, a migrated template database
-cloned per test, a fault proxy in front of it, and settings pointing at either."""
+cloned per test, a fault proxy in front of it, settings pointing at either, and daemons in
+child processes. Each test is marked ``unit``, ``postgres`` or ``process`` (see markers.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests import markers
+from tests.daemon import Daemons, scrubbed_env
 from wapool.db.migrations import migrate
 from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
@@ -31,6 +34,27 @@ from wapool.whatsapp.neonize_store import create_schema
 
 TEMPLATE = "wapool_template"
 _counter = itertools.count()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    markers.classify(items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    if item.get_closest_marker("process"):
+        return (yield)
+    with markers.no_child_processes(item.nodeid):
+        return (yield)
+
+
+@pytest.fixture
+def daemons(tmp_path: Path) -> Iterator[Daemons]:
+    """Starts ``wapool run`` (or another command) in child processes; ends them all after the
+    test. Request it after the database fixtures, so daemons stop before their database goes."""
+    started = Daemons(tmp_path)
+    yield started
+    started.close()
 
 
 @pytest.fixture(scope="session")
@@ -175,10 +199,9 @@ def run_cli(
     *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """``wapool ARGS`` in a child process with only the given WAPOOL_ settings."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
     return subprocess.run(
         [sys.executable, "-m", "wapool", *args],
-        env={**base, **(env or {})},
+        env=scrubbed_env(env),
         cwd=cwd,
         capture_output=True,
         text=True,

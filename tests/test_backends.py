@@ -62,6 +62,7 @@ async def test_simulated_session_pairs_churns_logs_out_and_mirrors(
     mirror.close()
 
 
+@pytest.mark.process  # loading neonize runs ldconfig (python-magic looks for libmagic)
 def test_real_neonize_client_fails_to_connect_and_session_backs_off(
     whatsmeow_template: Path, tmp_path: Path
 ) -> None:

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 import textwrap
 import time
@@ -15,7 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import proxied
+from tests.conftest import proxied, run_cli
+from tests.daemon import Daemons
 from wapool.db.migrations import latest_version
 from wapool.errors import ExitCode
 from wapool.testing.fault_proxy import FaultProxy
@@ -23,97 +22,63 @@ from wapool.testing.fault_proxy import FaultProxy
 pytestmark = pytest.mark.timeout(60)
 
 
-def _start(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    return subprocess.Popen(
-        [sys.executable, *args],
-        env={**base, **env},
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_for_line(proc: subprocess.Popen[str], needle: str, timeout: float = 20) -> list[str]:
-    """Read stderr lines until one contains needle; return everything read."""
-    assert proc.stderr is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        seen.append(line.rstrip("\n"))
-        if needle in line:
-            return seen
-    raise AssertionError(f"{needle!r} not logged; got {seen}")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_runs_until_signalled_then_stops_cleanly(
-    database_url: str, tmp_path: Path, sig: signal.Signals
+    database_url: str, tmp_path: Path, sig: signal.Signals, daemons: Daemons
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302'), ('acme')")
         conn.execute("UPDATE companies SET enabled = false WHERE id = 'acme'")
     env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(tmp_path)}
-    proc = _start(env, tmp_path, "-m", "wapool", "run")
-    try:
-        lines = _wait_for_line(proc, "event=daemon_ready")
-        ready = lines[-1]
-        assert f"schema_version={latest_version()}" in ready
-        assert "companies=1 stores=1" in ready
-        assert (tmp_path / "962302" / "store.db").exists()  # provisioned through neonize
-        assert all(" level=" in line and " event=" in line for line in lines)
-        assert "\x1b[" not in "".join(lines)  # no colour codes off a terminal
-        proc.send_signal(sig)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    assert proc.returncode == ExitCode.OK, err
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=daemon_ready")
+    ready = lines[-1]
+    assert f"schema_version={latest_version()}" in ready
+    assert "companies=1 stores=1" in ready
+    assert (tmp_path / "962302" / "store.db").exists()  # provisioned through neonize
+    assert all(" level=" in line and " event=" in line for line in lines)
+    assert "\x1b[" not in "".join(lines)  # no colour codes off a terminal
+    returncode = daemon.stop(sig, timeout=15)
+    err = daemon.rest()
+    assert returncode == ExitCode.OK, err
     assert "event=cleanup_scheduled next_run=" in "\n".join(lines) + err
     assert "03:00:00+00:00" in ("\n".join(lines) + err).split("event=cleanup_scheduled")[1][:60]
     assert f"event=stop_requested signal={sig.name}" in err
     assert "event=daemon_stopped" in err
 
 
-def test_waits_for_an_unreachable_database_and_still_stops(tmp_path: Path) -> None:
+def test_waits_for_an_unreachable_database_and_still_stops(
+    tmp_path: Path, daemons: Daemons
+) -> None:
     secret = "Sup3rS3cret"
     env = {
         "WAPOOL_DATABASE_URL": f"postgresql://wapool:{secret}@127.0.0.1:1/wapool",
         "WAPOOL_STATE_DIR": str(tmp_path),
     }
-    proc = _start(env, tmp_path, "-m", "wapool", "run")
-    try:
-        lines = _wait_for_line(proc, "event=waiting_for_database")
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        proc.kill()
-    assert proc.returncode == ExitCode.OK
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=waiting_for_database")
+    assert daemon.stop(timeout=15) == ExitCode.OK
+    err = daemon.rest()
     assert secret not in "\n".join(lines) + err
     assert "database=127.0.0.1:1/wapool" in "\n".join(lines)
 
 
-def test_journal_lines_carry_syslog_priorities(database_url: str, tmp_path: Path) -> None:
+def test_journal_lines_carry_syslog_priorities(
+    database_url: str, tmp_path: Path, daemons: Daemons
+) -> None:
     env = {
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(tmp_path),
         "JOURNAL_STREAM": "8:1234",
     }
-    proc = _start(env, tmp_path, "-m", "wapool", "run")
-    try:
-        lines = _wait_for_line(proc, "event=daemon_ready")
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=15)
-    finally:
-        proc.kill()
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=daemon_ready")
+    daemon.stop(timeout=15)
     assert lines[-1].startswith("<6>level=info ")
     assert "ts=" not in lines[-1]  # the journal stamps lines itself
 
 
-def test_second_sigint_forces_exit(tmp_path: Path) -> None:
+def test_second_sigint_forces_exit(daemons: Daemons) -> None:
     script = textwrap.dedent(
         """
         import asyncio, logging, sys
@@ -132,23 +97,19 @@ def test_second_sigint_forces_exit(tmp_path: Path) -> None:
         asyncio.run(main())
         """
     )
-    proc = _start({}, tmp_path, "-c", script)
-    try:
-        _wait_for_line(proc, "ready")
-        proc.send_signal(signal.SIGINT)
-        _wait_for_line(proc, "slow shutdown")
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert proc.returncode == ExitCode.INTERRUPTED
+    script_run = daemons.start(command=[sys.executable, "-c", script])
+    script_run.wait_for("ready")
+    script_run.send_signal(signal.SIGINT)
+    script_run.wait_for("slow shutdown")
+    started = time.monotonic()
+    returncode = script_run.stop(signal.SIGINT, timeout=10)
+    assert returncode == ExitCode.INTERRUPTED
     assert time.monotonic() - started < 5
-    assert "event=forced_exit signal=SIGINT" in err
+    assert "event=forced_exit signal=SIGINT" in script_run.rest()
 
 
 def test_simulated_sessions_run_in_workers_and_are_mirrored(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, daemons: Daemons
 ) -> None:
     """The whole path: registry -> provisioned store -> client in a worker (simulated backend,
     pairs at once) -> key churn -> mirror -> PostgreSQL; a clean stop leaves verify equal."""
@@ -160,38 +121,29 @@ def test_simulated_sessions_run_in_workers_and_are_mirrored(
         "WAPOOL_WHATSAPP_BACKEND": "simulated",
         "WAPOOL_SIMULATED_CHURN_PER_SECOND": "50",
     }
-    proc = _start(env, tmp_path, "-m", "wapool", "run")
-    try:
-        _wait_for_line(proc, "event=daemon_ready")
-        _wait_for_line(proc, "state=connected")
-        _wait_for_line(proc, "state=connected")
-        for _ in range(50):  # the daemon records a state just after it logs it
-            status = subprocess.run(
-                [sys.executable, "-m", "wapool", "status", "--json"], env={**os.environ, **env},
-                cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-            )  # fmt: skip
-            assert status.returncode == 0, status.stderr
-            report = {r["company"]: r for r in json.loads(status.stdout)}
-            if all(r["state"] == "connected" for r in report.values()):
-                break
-        assert {c: r["state"] for c, r in report.items()} == {
-            "962302": "connected",
-            "acme": "connected",
-        }
-        assert all(isinstance(r["pending_rows"], int) for r in report.values())
-        assert all(r["node"] and r["since"] for r in report.values())
-        table = subprocess.run(
-            [sys.executable, "-m", "wapool", "status"], env={**os.environ, **env},
-            cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        assert table.stdout.splitlines()[0].split() == [
-            "COMPANY", "STATE", "SINCE", "MIRROR", "LAG", "PENDING", "LAST", "ERROR",
-        ]  # fmt: skip
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=40)
-    finally:
-        proc.kill()
-    assert proc.returncode == ExitCode.OK, err
+    daemon = daemons.start(env)
+    daemon.wait_for("event=daemon_ready")
+    daemon.wait_for("state=connected")
+    daemon.wait_for("state=connected")
+    for _ in range(50):  # the daemon records a state just after it logs it
+        status = run_cli("status", "--json", env=env, cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+        report = {r["company"]: r for r in json.loads(status.stdout)}
+        if all(r["state"] == "connected" for r in report.values()):
+            break
+    assert {c: r["state"] for c, r in report.items()} == {
+        "962302": "connected",
+        "acme": "connected",
+    }
+    assert all(isinstance(r["pending_rows"], int) for r in report.values())
+    assert all(r["node"] and r["since"] for r in report.values())
+    table = run_cli("status", env=env, cwd=tmp_path)
+    assert table.stdout.splitlines()[0].split() == [
+        "COMPANY", "STATE", "SINCE", "MIRROR", "LAG", "PENDING", "LAST", "ERROR",
+    ]  # fmt: skip
+    returncode = daemon.stop(timeout=40)
+    err = daemon.rest()
+    assert returncode == ExitCode.OK, err
     assert "event=clients_stopped" in err
     assert "event=mirror_final_drain drained=True" in err
     with psycopg.connect(database_url) as conn:
@@ -202,15 +154,14 @@ def test_simulated_sessions_run_in_workers_and_are_mirrored(
     with psycopg.connect(database_url) as conn:
         jids = conn.execute("SELECT paired_jid FROM companies ORDER BY id").fetchall()
     assert all(jid and jid.endswith("@s.whatsapp.net") for (jid,) in jids)  # recorded on Paired
-    result = subprocess.run(
-        [sys.executable, "-m", "wapool", "verify"], env={**os.environ, **env}, cwd=tmp_path,
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    result = run_cli("verify", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("EQUAL") == 2
 
 
-def test_registry_changes_reach_the_daemon_at_once(database_url: str, tmp_path: Path) -> None:
+def test_registry_changes_reach_the_daemon_at_once(
+    database_url: str, tmp_path: Path, daemons: Daemons
+) -> None:
     """LISTEN/NOTIFY: a new company is picked up long before the 60 s periodic reconcile."""
     env = {
         "WAPOOL_DATABASE_URL": database_url,
@@ -218,26 +169,21 @@ def test_registry_changes_reach_the_daemon_at_once(database_url: str, tmp_path: 
         "WAPOOL_WHATSAPP_BACKEND": "simulated",
         "WAPOOL_CACHE_SWEEP_SECONDS": "600",
     }
-    proc = _start(env, tmp_path, "-m", "wapool", "run")
-    try:
-        assert "companies=0" in _wait_for_line(proc, "event=daemon_ready")[-1]
-        started = time.monotonic()
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("INSERT INTO companies (id) VALUES ('late-comer')")
-        line = _wait_for_line(proc, "company=late-comer state=connected", timeout=30)[-1]
-        assert time.monotonic() - started < 10, line
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("UPDATE companies SET enabled = false WHERE id = 'late-comer'")
-        _wait_for_line(proc, "event=store_released company=late-comer", timeout=30)
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == ExitCode.OK
+    daemon = daemons.start(env)
+    assert "companies=0" in daemon.wait_for("event=daemon_ready")[-1]
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('late-comer')")
+    line = daemon.wait_for("company=late-comer state=connected", timeout=30)[-1]
+    assert time.monotonic() - started < 10, line
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE companies SET enabled = false WHERE id = 'late-comer'")
+    daemon.wait_for("event=store_released company=late-comer", timeout=30)
+    assert daemon.stop(timeout=30) == ExitCode.OK
 
 
 async def test_postgres_outage_never_stops_a_running_client(
-    database_url: str, proxy: FaultProxy, tmp_path: Path
+    database_url: str, proxy: FaultProxy, tmp_path: Path, daemons: Daemons
 ) -> None:
     """Invariant 3, end to end: sessions stay connected through an outage longer than the lease
     and the cache sweep, and everything written meanwhile reaches PostgreSQL afterwards."""
@@ -252,37 +198,18 @@ async def test_postgres_outage_never_stops_a_running_client(
         "WAPOOL_CACHE_SWEEP_SECONDS": "1",
         "WAPOOL_CACHE_TTL_SECONDS": "2",
     }
-    log = tmp_path / "daemon.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=base | env,
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
-    try:
-        await _until_logged(log, "state=connected")
-        await proxy.refuse()
-        await _until_logged(log, "event=database_down")
-        outage_started = log.read_bytes().count(b"\n")
-        await asyncio.sleep(6)  # the outage itself: twice the lease, six sweeps, beyond the TTL
-        await proxy.restore()
-        await _until_logged(log, "event=database_up")
-        during = b"\n".join(log.read_bytes().splitlines()[outage_started:])
-        assert b"state=stopped" not in during
-        assert b"lease_lost" not in during
-        assert b"store_released" not in during
-        proc.send_signal(signal.SIGTERM)
-        assert await asyncio.to_thread(proc.wait, 40) == ExitCode.OK
-    finally:
-        proc.kill()
-    assert b"event=mirror_final_drain drained=True" in log.read_bytes()
-    result = subprocess.run(
-        [sys.executable, "-m", "wapool", "verify"], env=base | env | {"WAPOOL_DATABASE_URL": database_url},
-        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    daemon = daemons.start(env)
+    await daemon.wait_for_async("state=connected")
+    await proxy.refuse()
+    await daemon.wait_for_async("event=database_down")
+    await asyncio.sleep(6)  # the outage itself: twice the lease, six sweeps, beyond the TTL
+    await proxy.restore()
+    during = "\n".join(await daemon.wait_for_async("event=database_up"))
+    assert "state=stopped" not in during
+    assert "lease_lost" not in during
+    assert "store_released" not in during
+    daemon.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(daemon.wait, 40) == ExitCode.OK
+    assert "event=mirror_final_drain drained=True" in daemon.text()
+    result = run_cli("verify", env=env | {"WAPOOL_DATABASE_URL": database_url}, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-async def _until_logged(log: Path, needle: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while needle.encode() not in log.read_bytes():
-        assert time.monotonic() < deadline, f"{needle!r} not logged"
-        await asyncio.sleep(0.05)

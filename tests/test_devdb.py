@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_daemon import _wait_for_line
+from tests.daemon import Daemons, scrubbed_env
 from wapool.db.migrations import latest_version
 from wapool.devdb import Cluster, ClusterError, free_port
 
@@ -30,37 +30,32 @@ def devdb_dir() -> Iterator[Path]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_ctrl_c_stops_daemon_and_dev_cluster(devdb_dir: Path, tmp_path: Path) -> None:
+def test_ctrl_c_stops_daemon_and_dev_cluster(
+    devdb_dir: Path, tmp_path: Path, daemons: Daemons
+) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    env |= {
+    env = {
         "WAPOOL_DEVDB_DIR": str(devdb_dir),
         "WAPOOL_DEVDB_PORT": str(port),
         "WAPOOL_STATE_DIR": str(tmp_path / "state"),
     }
     wapool = f"{sys.executable} -m wapool"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wapool.devdb", "run", "--", "sh", "-c",
-         f"{wapool} migrate && exec {wapool} run"],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        lines = _wait_for_line(proc, "event=daemon_ready", timeout=60)
-        assert (
-            f"devdb: using the development cluster at postgresql://postgres@127.0.0.1:{port}/wapool"
-            in lines
-        )
-        cluster = Cluster(devdb_dir, port)
-        assert cluster.running()
-        if os.geteuid() == 0:
-            assert (devdb_dir / "data").owner() == "postgres"
-        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does to the foreground group
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err
+    command = [sys.executable, "-m", "wapool.devdb", "run", "--", "sh", "-c",
+               f"{wapool} migrate && exec {wapool} run"]  # fmt: skip
+    daemon = daemons.start(env, command=command, new_session=True)
+    lines = daemon.wait_for("event=daemon_ready", timeout=60)
+    assert (
+        f"devdb: using the development cluster at postgresql://postgres@127.0.0.1:{port}/wapool"
+        in lines
+    )
+    cluster = Cluster(devdb_dir, port)
+    assert cluster.running()
+    if os.geteuid() == 0:
+        assert (devdb_dir / "data").owner() == "postgres"
+    # What Ctrl-C does: SIGINT to the whole foreground group (the daemon has a session of its own).
+    returncode = daemon.stop(signal.SIGINT, timeout=60)
+    out, err = daemon.stdout(), daemon.rest()
+    assert returncode == 0, err
     assert f"migrated to version {latest_version()}" in out
     assert "event=daemon_stopped" in err
     assert "devdb: development cluster stopped" in err
@@ -75,8 +70,9 @@ def test_unreachable_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_configured_url_is_used_as_is(devdb_dir: Path, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    env |= {"WAPOOL_DEVDB_DIR": str(devdb_dir), "WAPOOL_DATABASE_URL": "postgresql://elsewhere/db"}
+    env = scrubbed_env(
+        {"WAPOOL_DEVDB_DIR": str(devdb_dir), "WAPOOL_DATABASE_URL": "postgresql://elsewhere/db"}
+    )
     result = subprocess.run(
         [sys.executable, "-m", "wapool.devdb", "run", "--", "sh", "-c", 'echo "$WAPOOL_DATABASE_URL"'],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False,

@@ -5,13 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -19,21 +14,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import proxied
-from wapool.devdb import free_port
+from tests.daemon import Daemons
 from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = "http-s3cret-pw"
-
-
-def _get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except urllib.error.URLError:
-        return 0, ""  # not listening (yet)
 
 
 async def _until(predicate: object, timeout: float = 30) -> None:
@@ -45,7 +30,7 @@ async def _until(predicate: object, timeout: float = 30) -> None:
 
 
 async def test_endpoints_and_readiness_during_an_outage(
-    database_url: str, proxy: FaultProxy, tmp_path: Path
+    database_url: str, proxy: FaultProxy, tmp_path: Path, daemons: Daemons
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
@@ -53,23 +38,20 @@ async def test_endpoints_and_readiness_during_an_outage(
             "INSERT INTO store_size_history (sampled_on, company_id, tbl, rows, bytes) "
             "VALUES (current_date - 1, '962302', 'whatsmeow_sessions', 42, 4200)"
         )
-    port = free_port()
     url = proxied(database_url, proxy).replace("postgres@", f"postgres:{SECRET}@")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+    env = {
         "WAPOOL_DATABASE_URL": url,
         "WAPOOL_STATE_DIR": str(tmp_path / "state"),
         "WAPOOL_WHATSAPP_BACKEND": "simulated",
-        "WAPOOL_HTTP_ADDR": f"127.0.0.1:{port}",
         "WAPOOL_CACHE_TTL_SECONDS": "2",
         "WAPOOL_CACHE_SWEEP_SECONDS": "1",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    daemon = daemons.start(env)
     try:
-        await _until(lambda: _get(port, "/status")[1].count('"connected"') == 1)
-        assert _get(port, "/healthz") == (200, "ok\n")
-        assert _get(port, "/readyz") == (200, "ready\n")
-        code, metrics = _get(port, "/metrics")
+        await _until(lambda: daemon.get("/status")[1].count('"connected"') == 1)
+        assert daemon.get("/healthz") == (200, "ok\n")
+        assert daemon.get("/readyz") == (200, "ready\n")
+        code, metrics = daemon.get("/metrics")
         families = {f.name: f for f in text_string_to_metric_families(metrics)}
         assert code == 200
         connected = [
@@ -80,18 +62,18 @@ async def test_endpoints_and_readiness_during_an_outage(
         sizes = {s.labels["table"]: s.value for s in families["wapool_store_rows"].samples}
         assert sizes == {"whatsmeow_sessions": 42}
         assert "wapool_worker_restarts" in families  # counters drop their _total suffix here
-        status = json.loads(_get(port, "/status")[1])
+        status = json.loads(daemon.get("/status")[1])
         assert status["companies"]["962302"]["state"] == "connected"
-        assert _get(port, "/nope")[0] == 404
+        assert daemon.get("/nope")[0] == 404
 
         await proxy.refuse()  # longer than the 2 s cache TTL: not ready
-        await _until(lambda: _get(port, "/readyz")[0] == 503, timeout=30)
-        assert "PostgreSQL down" in _get(port, "/readyz")[1]
-        assert _get(port, "/healthz")[0] == 200  # the loop itself is fine
+        await _until(lambda: daemon.get("/readyz")[0] == 503, timeout=30)
+        assert "PostgreSQL down" in daemon.get("/readyz")[1]
+        assert daemon.get("/healthz")[0] == 200  # the loop itself is fine
         await proxy.restore()
-        await _until(lambda: _get(port, "/readyz")[0] == 200, timeout=30)
-        everything = "".join(_get(port, p)[1] for p in ("/metrics", "/status", "/readyz"))
+        await _until(lambda: daemon.get("/readyz")[0] == 200, timeout=30)
+        everything = "".join(daemon.get(p)[1] for p in ("/metrics", "/status", "/readyz"))
         assert SECRET not in everything
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(proc.wait, 30)
+    finally:  # while this loop still runs the proxy the daemon drains through
+        daemon.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(daemon.wait, 30)

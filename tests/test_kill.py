@@ -9,14 +9,13 @@ import os
 import random
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import new_store
+from tests.daemon import Daemons
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
 from wapool.settings import Settings
@@ -61,26 +60,12 @@ async def _watch_groups(url: str, stop: asyncio.Event, seen: list[int]) -> None:
             await asyncio.sleep(0.01)
 
 
-def _start_daemon(env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "wapool", "run"], env=env, cwd=cwd,
-            stdout=subprocess.DEVNULL, stderr=out,
-        )  # fmt: skip
-
-
-async def _wait_ready(proc: subprocess.Popen[bytes], log: Path, start: int) -> None:
-    """Wait for this run's daemon_ready line in the log file (bounded)."""
-    for _ in range(600):
-        if b"event=daemon_ready" in log.read_bytes()[start:]:
-            return
-        assert proc.poll() is None, f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}"
-        await asyncio.sleep(0.05)
-    raise AssertionError("daemon not ready within 30 s")
-
-
 async def test_sigkill_of_the_mirroring_daemon_loses_and_splits_nothing(
-    database_url: str, whatsmeow_template: Path, settings: Settings, tmp_path: Path
+    database_url: str,
+    whatsmeow_template: Path,
+    settings: Settings,
+    tmp_path: Path,
+    daemons: Daemons,
 ) -> None:
     add_companies(database_url, *COMPANIES)
     rng = random.Random(2026)
@@ -88,8 +73,7 @@ async def test_sigkill_of_the_mirroring_daemon_loses_and_splits_nothing(
     for n, company in enumerate(COMPANIES):
         path = new_store(whatsmeow_template, settings.state_dir, company)
         writers[company] = (path, writer_for(path, 100 + n))
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    env = base | {
+    env = {
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(settings.state_dir),
     }
@@ -101,9 +85,8 @@ async def test_sigkill_of_the_mirroring_daemon_loses_and_splits_nothing(
     kills = 0
     try:
         for _ in range(8):
-            start = log.stat().st_size if log.exists() else 0
-            proc = _start_daemon(env, tmp_path, log)
-            await _wait_ready(proc, log, start)
+            proc = daemons.start(env, log=log)  # each run appends to the log
+            await proc.wait_for_async("event=daemon_ready")
             deadline = asyncio.get_running_loop().time() + rng.uniform(0.2, 1.5)
             while asyncio.get_running_loop().time() < deadline:
                 for _, writer in writers.values():
@@ -115,13 +98,11 @@ async def test_sigkill_of_the_mirroring_daemon_loses_and_splits_nothing(
             proc.wait(timeout=10)
             kills += 1
             assert not watcher.done()
-        start = log.stat().st_size
-        proc = _start_daemon(env, tmp_path, log)
-        await _wait_ready(proc, log, start)
+        proc = daemons.start(env, log=log)
+        await proc.wait_for_async("event=daemon_ready")
         for path, _ in writers.values():
             assert await wait_drained(path, 30) == 0
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
+        assert proc.stop(timeout=30) == 0
     finally:
         stop_watch.set()
         await watcher

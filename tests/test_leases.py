@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import new_store
+from tests.conftest import new_store, run_cli
+from tests.daemon import Daemon, Daemons
 from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
 from wapool.leases import Fence, Leases
@@ -54,8 +52,8 @@ async def test_lease_takeover_raises_the_epoch_and_fences_the_stale_writer(
     fresh.close()
 
 
-def _daemon(database_url: str, state: Path, name: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+def _daemon(daemons: Daemons, database_url: str, state: Path, name: str) -> Daemon:
+    env = {
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(state),
         "WAPOOL_WHATSAPP_BACKEND": "simulated",
@@ -63,9 +61,7 @@ def _daemon(database_url: str, state: Path, name: str, log: Path) -> subprocess.
         "WAPOOL_CACHE_SWEEP_SECONDS": "1",
         "WAPOOL_NODE_NAME": name,
     }
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env, cwd=state.parent,
-                                stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
+    return daemons.start(env, cwd=state.parent, log=state.parent / f"{name}.log")
 
 
 def _holders(database_url: str) -> dict[str, str]:
@@ -81,54 +77,37 @@ def _wait(predicate: object, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def test_two_daemons_never_drive_the_same_company(database_url: str, tmp_path: Path) -> None:
+def test_two_daemons_never_drive_the_same_company(
+    database_url: str, tmp_path: Path, daemons: Daemons
+) -> None:
     add_companies(database_url, "a", "b", "c")
-    logs = {name: tmp_path / f"{name}.log" for name in ("one", "two")}
-    one = _daemon(database_url, tmp_path / "one", "one", logs["one"])
-    two = None
-    try:
-        _wait(lambda: len(_holders(database_url)) == 3, 30)
-        two = _daemon(database_url, tmp_path / "two", "two", logs["two"])
-        _wait(lambda: b"event=daemon_ready" in logs["two"].read_bytes(), 30)
-        assert set(_holders(database_url).values()) == {"one"}
-        assert b"state=connected" not in logs["two"].read_bytes()  # no client while one holds
-        one.send_signal(signal.SIGKILL)
-        one.wait(10)
-        killed_at = time.monotonic()
-        _wait(lambda: set(_holders(database_url).values()) == {"two"}, 30)
-        _wait(lambda: logs["two"].read_bytes().count(b"state=connected") == 3, 30)
-        # Within the lease (3 s) plus one reconcile (1 s), with slack for a loaded machine.
-        assert time.monotonic() - killed_at < 15
-        connected = [
-            line for line in logs["two"].read_text().splitlines() if "state=connected" in line
-        ]
-        assert {line.split("company=")[1].split()[0] for line in connected} == {"a", "b", "c"}
-        two.send_signal(signal.SIGTERM)
-        assert two.wait(40) == 0
-        assert _holders(database_url) == {}  # a clean stop hands the leases back
-    finally:
-        for proc in (one, two):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
+    one = _daemon(daemons, database_url, tmp_path / "one", "one")
+    _wait(lambda: len(_holders(database_url)) == 3, 30)
+    two = _daemon(daemons, database_url, tmp_path / "two", "two")
+    two.wait_for("event=daemon_ready")
+    assert set(_holders(database_url).values()) == {"one"}
+    assert "state=connected" not in two.text()  # no client while one holds
+    one.send_signal(signal.SIGKILL)
+    one.wait(10)
+    killed_at = time.monotonic()
+    _wait(lambda: set(_holders(database_url).values()) == {"two"}, 30)
+    _wait(lambda: two.text().count("state=connected") == 3, 30)
+    # Within the lease (3 s) plus one reconcile (1 s), with slack for a loaded machine.
+    assert time.monotonic() - killed_at < 15
+    connected = [line for line in two.text().splitlines() if "state=connected" in line]
+    assert {line.split("company=")[1].split()[0] for line in connected} == {"a", "b", "c"}
+    assert two.stop(timeout=40) == 0
+    assert _holders(database_url) == {}  # a clean stop hands the leases back
 
 
 def test_a_second_daemon_on_the_same_state_directory_refuses_to_start(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, daemons: Daemons
 ) -> None:
     state = tmp_path / "state"
-    log = tmp_path / "one.log"
-    first = _daemon(database_url, state, "one", log)
-    try:
-        _wait(lambda: log.exists() and b"event=daemon_ready" in log.read_bytes(), 30)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
-            "WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(state),
-        }  # fmt: skip
-        second = subprocess.run([sys.executable, "-m", "wapool", "run"], env=env, cwd=tmp_path,
-                                capture_output=True, text=True, timeout=30, check=False)  # fmt: skip
-        assert second.returncode == 1
-        assert second.stderr.strip().endswith(
-            f"another wapool daemon is running on {state}; each daemon needs its own state directory"
-        )
-    finally:
-        first.send_signal(signal.SIGTERM)
-        first.wait(30)
+    _daemon(daemons, database_url, state, "one").wait_for("event=daemon_ready")
+    env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(state)}
+    second = run_cli("run", env=env, cwd=tmp_path, timeout=30)
+    assert second.returncode == 1
+    assert second.stderr.strip().endswith(
+        f"another wapool daemon is running on {state}; each daemon needs its own state directory"
+    )

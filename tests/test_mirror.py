@@ -145,11 +145,16 @@ async def _eventually(predicate: object, timeout: float = 10) -> bool:
 
 
 def test_sqlite_busy_timeout_is_set(whatsmeow_template: Path, tmp_path: Path) -> None:
-    conn = connect(new_store(whatsmeow_template, tmp_path, "x"))
+    path = new_store(whatsmeow_template, tmp_path, "x")
+    wal = path.with_name(path.name + "-wal")
+    conn = connect(path)
     assert conn.execute("PRAGMA busy_timeout").fetchone() == (10_000,)
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert wal.exists()
     conn.close()
-    assert isinstance(conn, sqlite3.Connection)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        conn.execute("SELECT 1")
+    assert not wal.exists()  # the last connection to close checkpoints and removes the log
 
 
 async def test_three_minute_server_outage_under_continuous_writes(

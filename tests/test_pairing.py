@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_leases import _wait
+from tests.daemon import Daemons
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,41 +24,32 @@ def _env(database_url: str, state: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("phone", [None, "55 11 99999-9999"])
 def test_pair_shows_codes_and_waits_for_durable_credentials(
-    database_url: str, tmp_path: Path, phone: str | None
+    database_url: str, tmp_path: Path, phone: str | None, daemons: Daemons
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
     env = _env(database_url, tmp_path / "state")
-    log = tmp_path / "daemon.log"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    with open(log, "wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=base | env,
-                                  cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
-    try:
-        _wait(lambda: b"event=daemon_ready" in log.read_bytes(), 30)
-        args = ["pair", "962302", "--timeout", "60"] + (["--phone", phone] if phone else [])
-        result = run_cli(*args, env=env, cwd=tmp_path, timeout=90)
-        assert result.returncode == 0, result.stdout + result.stderr
-        lines = result.stdout.splitlines()
-        if phone:
-            assert any(line.startswith("pair code: SIM") for line in lines), lines
-        else:
-            assert any(line.startswith("qr: 2@simulated-962302-") for line in lines), lines
-        assert lines[-1] == "done: 962302 is paired and its credentials are in PostgreSQL"
-        with psycopg.connect(database_url) as conn:
-            jid = conn.execute("SELECT paired_jid FROM companies").fetchone()
-            device = conn.execute(
-                "SELECT count(*) FROM store_rows WHERE tbl = 'whatsmeow_device'"
-            ).fetchone()
-        assert jid is not None
-        assert jid[0] is not None
-        assert device == (1,)
-        again = run_cli("pair", "962302", env=env, cwd=tmp_path)
-        assert again.returncode == 1
-        assert "is already paired as" in again.stderr
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+    daemons.start(env).wait_for("event=daemon_ready")
+    args = ["pair", "962302", "--timeout", "60"] + (["--phone", phone] if phone else [])
+    result = run_cli(*args, env=env, cwd=tmp_path, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    if phone:
+        assert any(line.startswith("pair code: SIM") for line in lines), lines
+    else:
+        assert any(line.startswith("qr: 2@simulated-962302-") for line in lines), lines
+    assert lines[-1] == "done: 962302 is paired and its credentials are in PostgreSQL"
+    with psycopg.connect(database_url) as conn:
+        jid = conn.execute("SELECT paired_jid FROM companies").fetchone()
+        device = conn.execute(
+            "SELECT count(*) FROM store_rows WHERE tbl = 'whatsmeow_device'"
+        ).fetchone()
+    assert jid is not None
+    assert jid[0] is not None
+    assert device == (1,)
+    again = run_cli("pair", "962302", env=env, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "is already paired as" in again.stderr
 
 
 def test_pair_rejects_bad_input_without_a_daemon(database_url: str, tmp_path: Path) -> None:

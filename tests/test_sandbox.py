@@ -9,22 +9,18 @@ starts (workers, neonize's Go runtime, ctypes callbacks from Go into Python) inh
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from tests.daemon import Daemon, Daemons
 from tests.sandbox_exec import UNISTD, exec_start
-from wapool.devdb import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "wapool.service"
@@ -81,50 +77,37 @@ def test_the_filter_bites_and_ctypes_callbacks_still_work() -> None:
     ]  # fmt: skip
 
 
-def _status(port: int) -> dict[str, object]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
-            return dict(json.loads(response.read()))
-    except (urllib.error.URLError, ConnectionError):
-        return {}
+def _status(daemon: Daemon) -> dict[str, object]:
+    code, body = daemon.get("/status")
+    return dict(json.loads(body)) if code == 200 else {}
 
 
 def test_daemon_with_real_neonize_clients_runs_under_the_filter(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, daemons: Daemons
 ) -> None:
     """The unit's ExecStart= (migrate, then the daemon) under the unit's filters: Go runtime in
     the workers, schema creation through neonize, a real connect attempt (which fails at DNS:
     no internet here) reported back through ctypes callbacks, a clean stop."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+    env = {
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(tmp_path / "state"),
         "WAPOOL_WHATSAPP_BACKEND": "neonize",
-        "WAPOOL_HTTP_ADDR": f"127.0.0.1:{port}",
     }
-    log = tmp_path / "daemon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen([*SANDBOX, *exec_start(UNIT)], env=env,
-                                cwd=tmp_path, stdout=out, stderr=out)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        company: dict[str, object] = {}
-        while not str(company.get("last_error") or "").count("web.whatsapp.com"):
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, (company, log.read_text())
-            time.sleep(0.2)
-            companies = _status(port).get("companies") or {}
-            assert isinstance(companies, dict)
-            company = companies.get("962302") or {}
-        assert company["state"] == "reconnecting"
-        assert (tmp_path / "state" / "962302" / "store.db").exists()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(45) == 0, log.read_text()
-    finally:
-        proc.kill()
-        proc.wait(10)
-    text = log.read_text()
+    daemon = daemons.start(env, command=[*SANDBOX, *exec_start(UNIT)])
+    deadline = time.monotonic() + 60
+    company: dict[str, object] = {}
+    while not str(company.get("last_error") or "").count("web.whatsapp.com"):
+        assert daemon.returncode is None, daemon.text()
+        assert time.monotonic() < deadline, (company, daemon.text())
+        time.sleep(0.2)
+        companies = _status(daemon).get("companies") or {}
+        assert isinstance(companies, dict)
+        company = companies.get("962302") or {}
+    assert company["state"] == "reconnecting"
+    assert (tmp_path / "state" / "962302" / "store.db").exists()
+    assert daemon.stop(timeout=45) == 0, daemon.text()
+    text = daemon.stdout() + daemon.text()
     assert "Operation not permitted" not in text
     assert "task_failed" not in text

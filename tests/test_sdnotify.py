@@ -6,10 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.daemon import Daemons
 from wapool.observability.sdnotify import Notifier
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,30 +69,25 @@ def _wait(predicate: object, timeout: float = 30) -> None:
 
 
 def test_daemon_notifies_ready_status_watchdog_and_stopping(
-    database_url: str, tmp_path: Path, systemd: FakeSystemd
+    database_url: str, tmp_path: Path, systemd: FakeSystemd, daemons: Daemons
 ) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+    env = {
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(tmp_path / "state"),
         "WAPOOL_WHATSAPP_BACKEND": "simulated",
         "NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
         "WATCHDOG_USEC": "400000",
     }
-    proc = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    try:
-        _wait(lambda: "READY=1" in systemd.fields())
-        assert "STATUS=running 1 of 1 companies" in systemd.fields()
-        first = len(systemd.pings())
-        time.sleep(1.0)  # a window to count pings in; the count, not the sleep, is asserted
-        during = len(systemd.pings()) - first
-        assert 3 <= during <= 8, during  # every 0.2 s (half of WATCHDOG_USEC)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-    finally:
-        proc.kill()
+    daemon = daemons.start(env)
+    _wait(lambda: "READY=1" in systemd.fields())
+    assert "STATUS=running 1 of 1 companies" in systemd.fields()
+    first = len(systemd.pings())
+    time.sleep(1.0)  # a window to count pings in; the count, not the sleep, is asserted
+    during = len(systemd.pings()) - first
+    assert 3 <= during <= 8, during  # every 0.2 s (half of WATCHDOG_USEC)
+    assert daemon.stop(timeout=30) == 0
     assert "STOPPING=1" in systemd.fields()
 
 

@@ -8,8 +8,6 @@ the unit's own command line (pointed at this checkout's wapool; there is no Exec
 from __future__ import annotations
 
 import array
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -19,9 +17,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.daemon import Daemons, scrubbed_env
 from tests.sandbox_exec import exec_start
 from wapool.db.migrations import latest_version
-from wapool.devdb import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "wapool.service"
@@ -37,8 +35,7 @@ def _prevented() -> set[int]:
 
 
 def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")}
-    return base | {"WAPOOL_STATE_DIR": str(tmp_path / "state"), **settings}
+    return scrubbed_env({"WAPOOL_STATE_DIR": str(tmp_path / "state"), **settings})
 
 
 def test_bad_configuration_is_the_main_process_status(tmp_path: Path) -> None:
@@ -71,17 +68,16 @@ def _receive_with_sender(sock: socket.socket) -> tuple[int, str]:
 
 
 def test_migrates_then_the_daemon_notifies_from_the_main_pid(
-    empty_database_url: str, tmp_path: Path
+    empty_database_url: str, tmp_path: Path, daemons: Daemons
 ) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     notify.settimeout(60)
     env = _env(tmp_path, WAPOOL_DATABASE_URL=empty_database_url,
-               WAPOOL_WHATSAPP_BACKEND="simulated", WAPOOL_HTTP_ADDR=f"127.0.0.1:{free_port()}",
+               WAPOOL_WHATSAPP_BACKEND="simulated",
                NOTIFY_SOCKET=str(tmp_path / "notify.sock"))  # fmt: skip
-    proc = subprocess.Popen(exec_start(UNIT), env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    daemon = daemons.start(env, command=exec_start(UNIT))
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -89,14 +85,11 @@ def test_migrates_then_the_daemon_notifies_from_the_main_pid(
             sender, message = _receive_with_sender(notify)
             if "READY=1" in message.split("\n"):
                 break
-        assert sender == proc.pid  # the shell exec'd the daemon: NotifyAccess=main accepts it
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(45) == 0
+        assert sender == daemon.pid  # the shell exec'd the daemon: NotifyAccess=main accepts it
+        assert daemon.stop(timeout=45) == 0
         with psycopg.connect(empty_database_url) as conn:  # migrated by the same command
             assert conn.execute("SELECT max(version) FROM wapool_migrations").fetchone() == (
                 latest_version(),
             )
     finally:
-        proc.kill()
-        proc.wait(10)
         notify.close()
