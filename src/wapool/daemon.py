@@ -146,6 +146,9 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        # Leases are renewed from the moment the first one is taken, whatever follow() does.
+        tasks.append(asyncio.create_task(runtime.renew_loop(signals.stop), name="leases"))
+        _stop_if_it_dies(tasks[-1], signals)
         companies: list[Company] = []
         with contextlib.suppress(DatabaseUnavailable):
             companies = await runtime.registry.active_companies()
@@ -166,16 +169,16 @@ async def run_daemon(settings: Settings) -> int:
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
         changed = asyncio.Event()
-        tasks = [
+        side = [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
-            asyncio.create_task(runtime.renew_loop(signals.stop), name="leases"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
         ]
-        for task in tasks:
+        for task in side:
             _stop_if_it_dies(task, signals)
+        tasks += side
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK
     finally:
