@@ -139,6 +139,8 @@ async def run_daemon(settings: Settings) -> int:
     )
     await db.pool.open(wait=False)
     tasks: list[asyncio.Task[None]] = []
+    renewal: asyncio.Task[None] | None = None
+    keep_leases = asyncio.Event()  # set once the clients are stopped and the leases given back
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
@@ -146,9 +148,10 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
-        # Leases are renewed from the moment the first one is taken, whatever follow() does.
-        tasks.append(asyncio.create_task(runtime.renew_loop(signals.stop), name="leases"))
-        _stop_if_it_dies(tasks[-1], signals)
+        # Leases are renewed from the moment the first one is taken, whatever follow() does,
+        # until the last client has stopped.
+        renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
+        _stop_if_it_dies(renewal, signals)
         companies: list[Company] = []
         with contextlib.suppress(DatabaseUnavailable):
             companies = await runtime.registry.active_companies()
@@ -169,16 +172,15 @@ async def run_daemon(settings: Settings) -> int:
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
         changed = asyncio.Event()
-        side = [
+        tasks = [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
         ]
-        for task in side:
+        for task in tasks:
             _stop_if_it_dies(task, signals)
-        tasks += side
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK
     finally:
@@ -195,6 +197,10 @@ async def run_daemon(settings: Settings) -> int:
             await http.close()
         if runtime is not None:
             await runtime.shutdown(SHUTDOWN_DRAIN_SECONDS)
+        keep_leases.set()
+        if renewal is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(renewal, SHUTDOWN_DRAIN_SECONDS)
         await db.close()
         signals.uninstall()
         os.close(lock)

@@ -183,8 +183,9 @@ class Runtime:
     async def renew_loop(self, stop: asyncio.Event) -> None:
         """Keep our leases; a company whose lease another daemon took is stopped at once.
 
-        Runs from before the first lease is taken and does nothing slow itself, so renewals
-        never wait for provisioning or a reconcile."""
+        Runs from before the first lease is taken until ``stop`` (set after the clients
+        stopped, not when the daemon is asked to stop) and does nothing slow itself, so
+        renewals never wait for provisioning, a reconcile or a slow client stop."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.leases.renew_every)
