@@ -26,9 +26,11 @@ test: venv lint
 test-fast: venv
 	$(BIN)/pytest -m unit
 
-## The slow profile: 2,000 generated convergence histories instead of 200.
+## The slow profile: 2,000 generated convergence histories instead of 200; issue 11's bring-up
+## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later).
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench

@@ -139,6 +139,8 @@ async def run_daemon(settings: Settings) -> int:
     )
     await db.pool.open(wait=False)
     tasks: list[asyncio.Task[None]] = []
+    renewal: asyncio.Task[None] | None = None
+    keep_leases = asyncio.Event()  # set once the clients are stopped and the leases given back
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
@@ -146,6 +148,10 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        # Leases are renewed from the moment the first one is taken, whatever follow() does,
+        # until the last client has stopped.
+        renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
+        _stop_if_it_dies(renewal, signals)
         companies: list[Company] = []
         with contextlib.suppress(DatabaseUnavailable):
             companies = await runtime.registry.active_companies()
@@ -170,7 +176,6 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
-            asyncio.create_task(runtime.renew_loop(signals.stop), name="leases"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
         ]
@@ -192,6 +197,10 @@ async def run_daemon(settings: Settings) -> int:
             await http.close()
         if runtime is not None:
             await runtime.shutdown(SHUTDOWN_DRAIN_SECONDS)
+        keep_leases.set()
+        if renewal is not None:
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(renewal, SHUTDOWN_DRAIN_SECONDS)
         await db.close()
         signals.uninstall()
         os.close(lock)

@@ -1,9 +1,17 @@
 """Single writer across processes and hosts: a lease per company, with a fencing epoch.
 
 A daemon drives a company only while it holds the company's lease in PostgreSQL. Leases are
-renewed every third of their duration; one that expired (its holder died or lost PostgreSQL for
+renewed every third of their duration, from the moment they are taken and independently of
+anything slow (provisioning, reconcile); one that expired (its holder died or lost PostgreSQL for
 longer than the lease) can be taken over, which raises the epoch. The mirror applies changes
 only under the epoch it holds, so a stale holder's writes are rejected.
+
+A client starts only if its lease is ``live`` right then. Each lease carries a local monotonic
+"valid until": the moment its acquire or renew request was *sent*, plus the lease duration.
+PostgreSQL computed the real end (``now()`` + duration) after that moment, so ours is never
+later; until it passes nobody can take the lease over, so the epoch we hold is still the
+current one, without a query. ``live`` asks for more than the next renewal plus a margin
+(together half a lease) to be left, so a client never starts on a lease about to lapse.
 
 A PostgreSQL outage alone never stops a running client (the lease simply cannot be renewed or
 taken by anyone who cannot reach PostgreSQL either). If another daemon took over meanwhile,
@@ -22,49 +30,64 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from wapool.clock import Clock, SystemClock
 from wapool.db.pool import Conn, Database
 
 log = logging.getLogger(__name__)
 
 
 class Leases:
-    def __init__(self, db: Database, holder: str, seconds: float) -> None:
+    def __init__(
+        self, db: Database, holder: str, seconds: float, clock: Clock | None = None
+    ) -> None:
         self._db = db
         self.holder = holder
         self.seconds = seconds
+        self._clock = clock or SystemClock()
         self._held: dict[str, int] = {}
+        self._valid_until: dict[str, float] = {}
 
     @property
     def held(self) -> Mapping[str, int]:
         """Company -> epoch of the leases this daemon holds (read-only, always current)."""
         return MappingProxyType(self._held)
 
+    @property
+    def renew_every(self) -> float:
+        return self.seconds / 3
+
+    @property
+    def margin(self) -> float:
+        """Slack for a late renewal (a busy loop, a slow query) before new starts pause."""
+        return self.seconds / 6
+
+    def live(self, company: str) -> bool:
+        """Held under our epoch, and sure to stay so past the next renewal plus the margin.
+
+        No query: our epoch cannot have been replaced before the lease's end, and ``valid_until``
+        is never later than that end (see the module docstring)."""
+        until = self._valid_until.get(company)
+        if company not in self._held or until is None:
+            return False
+        return until - self._clock.monotonic() > self.renew_every + self.margin
+
     def fence(self) -> Fence:
         """The mirror's fence: it follows these leases as they are taken, renewed and lost."""
         return Fence(self.holder, self.held)
 
-    async def acquire(self, companies: Iterable[str]) -> dict[str, int]:
-        """Take every free or expired lease among ``companies``; return the ones newly held."""
+    async def acquire(self, companies: Iterable[str], limit: int | None = None) -> dict[str, int]:
+        """Take free or expired leases among ``companies`` (at most ``limit``, in company
+        order); return the ones newly held."""
         wanted = sorted(set(companies) - self._held.keys())
-        if not wanted:
+        if not wanted or limit == 0:
             return {}
-
-        async def work(conn: Conn) -> dict[str, int]:
-            cur = await conn.execute(
-                "INSERT INTO company_leases (company_id, holder, epoch, expires_at) "
-                "SELECT c, %(holder)s, 1, now() + make_interval(secs => %(secs)s) "
-                "FROM unnest(%(companies)s::text[]) AS c "
-                "ON CONFLICT (company_id) DO UPDATE SET holder = EXCLUDED.holder, "
-                "epoch = company_leases.epoch + 1, expires_at = EXCLUDED.expires_at "
-                "WHERE company_leases.expires_at < now() OR company_leases.holder = EXCLUDED.holder "
-                "RETURNING company_id, epoch",
-                {"holder": self.holder, "secs": self.seconds, "companies": wanted},
-            )
-            return {str(c): int(e) for c, e in await cur.fetchall()}
-
-        taken = await self._db.run(work)
-        self._held.update(taken)
+        sent = self._clock.monotonic()
+        params = {"holder": self.holder, "secs": self.seconds, "companies": wanted,
+                  "limit": limit}  # fmt: skip
+        taken = await self._db.run(lambda conn: _take(conn, params))
         for company, epoch in taken.items():
+            self._held[company] = epoch
+            self._valid_until[company] = sent + self.seconds
             log.info("lease_acquired", extra={"company": company, "epoch": epoch})
         return taken
 
@@ -72,27 +95,36 @@ class Leases:
         """Extend every held lease; return the companies whose lease was lost to another holder."""
         if not self._held:
             return []
-        companies = sorted(self._held)
+        asked = dict(self._held)
+        sent = self._clock.monotonic()
 
         async def work(conn: Conn) -> set[str]:
             cur = await conn.execute(
                 "UPDATE company_leases SET expires_at = now() + make_interval(secs => %s) "
                 "WHERE holder = %s AND company_id = ANY(%s) RETURNING company_id, epoch",
-                (self.seconds, self.holder, companies),
+                (self.seconds, self.holder, sorted(asked)),
             )
-            return {str(c) for c, e in await cur.fetchall() if self._held.get(str(c)) == int(e)}
+            return {str(c) for c, e in await cur.fetchall() if asked.get(str(c)) == int(e)}
 
         kept = await self._db.run(work)
-        lost = [c for c in companies if c not in kept]
-        for company in lost:
-            self._held.pop(company, None)
-            log.error("lease_lost", extra={"company": company})
+        lost = []
+        for company, epoch in asked.items():
+            if self._held.get(company) != epoch:
+                continue  # released or taken again meanwhile: not this renewal's business
+            if company in kept:
+                self._valid_until[company] = sent + self.seconds
+            else:
+                lost.append(company)
+                self._forget(company)
+                log.error("lease_lost", extra={"company": company})
         return lost
 
     async def release(self, companies: Iterable[str] | None = None) -> None:
         names = sorted(self._held if companies is None else set(companies) & self._held.keys())
         if not names:
             return
+        for company in names:  # from now on no new client may start under these leases
+            self._valid_until.pop(company, None)
 
         async def work(conn: Conn) -> None:
             await conn.execute(
@@ -102,7 +134,30 @@ class Leases:
 
         await self._db.run(work)
         for company in names:
-            self._held.pop(company, None)
+            self._forget(company)
+
+    def _forget(self, company: str) -> None:
+        self._held.pop(company, None)
+        self._valid_until.pop(company, None)
+
+
+async def _take(conn: Conn, params: dict[str, object]) -> dict[str, int]:
+    # Only rows that are free, expired or ours are candidates, so a limit is not spent on
+    # leases another daemon holds; the conflict clause re-checks under the row lock.
+    cur = await conn.execute(
+        "INSERT INTO company_leases (company_id, holder, epoch, expires_at) "
+        "SELECT c, %(holder)s, 1, now() + make_interval(secs => %(secs)s) "
+        "FROM unnest(%(companies)s::text[]) AS w(c) "
+        "LEFT JOIN company_leases l ON l.company_id = c "
+        "WHERE l.company_id IS NULL OR l.expires_at < now() OR l.holder = %(holder)s "
+        "ORDER BY c LIMIT %(limit)s "
+        "ON CONFLICT (company_id) DO UPDATE SET holder = EXCLUDED.holder, "
+        "epoch = company_leases.epoch + 1, expires_at = EXCLUDED.expires_at "
+        "WHERE company_leases.expires_at < now() OR company_leases.holder = EXCLUDED.holder "
+        "RETURNING company_id, epoch",
+        params,
+    )
+    return {str(c): int(e) for c, e in await cur.fetchall()}
 
 
 @dataclass(frozen=True)

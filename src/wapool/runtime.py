@@ -3,8 +3,14 @@ the registry and keep the leases. What operators see is rendered by ``views``; w
 transitions cause is in ``session_actions``.
 
 Order for each company: lease (single writer) -> store (provisioned, restored) -> mirror ->
-client (in a worker). A company that leaves goes the other way: client stopped, last changes
-mirrored, lease given back. Nothing is stopped because PostgreSQL is down.
+client (in a worker), started only while the lease is live (``bringup``). A company that leaves
+goes the other way: client stopped, last changes mirrored, lease given back. Nothing is stopped
+because PostgreSQL is down.
+
+Leases are renewed by their own loop, started before the first lease is taken, so nothing slow
+(provisioning, a long reconcile) can let them lapse; they are taken in batches no larger than
+this daemon can bring up within half a lease (``bringup``), the next batch as soon as there is
+room.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 
+from wapool.bringup import BringUp
 from wapool.cache import FallbackCache
 from wapool.cleanup.scheduler import CleanupScheduler
 from wapool.cleanup.service import CleanupService
@@ -32,10 +39,13 @@ from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.store.working_store import store_path
-from wapool.supervisor.reconciler import OnTransition, Supervisor
+from wapool.supervisor.reconciler import OnTransition, StartGuard, Supervisor
 from wapool.supervisor.session import State
 
 log = logging.getLogger(__name__)
+
+#: While companies wait for this daemon to take their lease, the registry is followed this often.
+BACKLOG_POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -53,6 +63,9 @@ class Runtime:
     scheduler: CleanupScheduler
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
+    bringup: BringUp
+    #: Companies wait for a lease this daemon will take as soon as it has room.
+    backlog: bool = False
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -65,6 +78,7 @@ class Runtime:
         snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
         pairing = PairingRepository(db)
         leases = Leases(db, settings.lease_holder, settings.lease_seconds)
+        bringup = BringUp(leases, settings.max_concurrent_connects)
         mirror = Mirror(
             db,
             snapshots=snapshots,
@@ -73,7 +87,11 @@ class Runtime:
             fence=leases.fence(),
         )
         actions = session_actions(registry.repository, pairing, db, leases.holder)
-        keeper = StoreKeeper(db, settings.state_dir, mirror, snapshots)
+        delay = settings.simulated_store_delay_seconds
+        keeper = StoreKeeper(
+            db, settings.state_dir, mirror, snapshots,
+            delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
+        )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
         latest = LatestSizes(db)
         scheduler = CleanupScheduler(
@@ -81,13 +99,14 @@ class Runtime:
         )
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper,
-            build_supervisor(settings, actions), pairing, cleanup, scheduler, latest,
+            build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
+            bringup,
         )  # fmt: skip
 
     async def follow(self, companies: list[Company]) -> None:
+        """Take the next batch of leases, provision their stores, run what we hold and want."""
         active = {c.id for c in companies}
-        with contextlib.suppress(DatabaseUnavailable):
-            await self.leases.acquire(active)
+        await self._take_batch(active)
         wanted = active & self.leases.held.keys()
         leaving = self.supervisor.want(wanted & self.keeper.ready)
         for company in leaving:
@@ -95,17 +114,39 @@ class Runtime:
         if leaving:
             await self.mirror.drain(timeout=5.0)
         await self.keeper.reconcile(wanted)
+        wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
         for company in self.supervisor.want(wanted & self.keeper.ready):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
 
+    async def _take_batch(self, active: set[str]) -> None:
+        waiting = active - self.leases.held.keys()
+        room = self.bringup.room()
+        self.backlog = bool(waiting) and room == 0
+        if not waiting or not room:
+            return
+        try:
+            taken = await self.leases.acquire(waiting, limit=room)
+        except DatabaseUnavailable:
+            self.backlog = False  # no hurry while PostgreSQL is away
+            return
+        self.bringup.taken(taken)
+        # A full batch: more may be free. Fewer: the rest is held by other daemons.
+        self.backlog = len(taken) >= room and len(waiting) > len(taken)
+        if taken:
+            log.info("leases_taken", extra={"count": len(taken), "budget": self.bringup.budget,
+                                            "waiting": len(waiting) - len(taken)})  # fmt: skip
+
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
-        """Every sweep interval, or at once when the registry changes: refresh and follow it."""
+        """Every sweep interval, or at once when the registry changes: refresh and follow it.
+
+        While companies wait for a lease this daemon will take (a backlog), much more often."""
         every = self.settings.cache_sweep_seconds
         while not stop.is_set():
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
-            await asyncio.wait(waiters, timeout=every, return_when=asyncio.FIRST_COMPLETED)
+            timeout = min(every, BACKLOG_POLL_SECONDS) if self.backlog else every
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()
             if stop.is_set():
@@ -116,6 +157,7 @@ class Runtime:
             try:
                 companies = await self.registry.active_companies()
             except DatabaseUnavailable:
+                self.backlog = False
                 continue  # keep what runs
             await self.follow(companies)
             await self.pair_by_phone()
@@ -139,10 +181,14 @@ class Runtime:
                 await self.pairing.mark_phone_sent(company)
 
     async def renew_loop(self, stop: asyncio.Event) -> None:
-        """Keep our leases; a company whose lease another daemon took is stopped at once."""
+        """Keep our leases; a company whose lease another daemon took is stopped at once.
+
+        Runs from before the first lease is taken until ``stop`` (set after the clients
+        stopped, not when the daemon is asked to stop) and does nothing slow itself, so
+        renewals never wait for provisioning, a reconcile or a slow client stop."""
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.leases.seconds / 3)
+                await asyncio.wait_for(stop.wait(), self.leases.renew_every)
             try:
                 lost = await self.leases.renew()
             except DatabaseUnavailable:
@@ -165,17 +211,25 @@ class Runtime:
                 await self.leases.release()
 
 
-def build_supervisor(settings: Settings, on_transition: OnTransition) -> Supervisor:
+def build_supervisor(
+    settings: Settings, on_transition: OnTransition, guard: StartGuard | None = None
+) -> Supervisor:
     return Supervisor(
         settings.whatsapp_backend,
         settings.companies_per_worker,
         lambda company: store_path(settings.state_dir, company),
         connect_limit=settings.max_concurrent_connects,
         heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
-        backend_args=(
-            (str(settings.simulated_churn_per_second), settings.simulated_pairing)
-            if settings.whatsapp_backend == "simulated"
-            else ()
-        ),
+        backend_args=simulated_args(settings) if settings.whatsapp_backend == "simulated" else (),
         on_transition=on_transition,
+        guard=guard,
     )
+
+
+def simulated_args(settings: Settings) -> tuple[str, ...]:
+    """The simulated backend's worker arguments (``worker_main``)."""
+    server = str(settings.simulated_server) if settings.simulated_server else "-"
+    return (
+        str(settings.simulated_churn_per_second), settings.simulated_pairing,
+        server, settings.lease_holder,
+    )  # fmt: skip

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout_seconds: PositiveFloat = 10.0
     simulated_churn_per_second: float = Field(1.0, ge=0)
     simulated_pairing: Literal["instant", "qr"] = "instant"
+    #: Socket of the simulated WhatsApp server shared by the daemons on this machine (tests,
+    #: staging); unset: each simulated client works alone.
+    simulated_server: Path | None = None
+    #: Extra seconds each working store takes to prepare (drills of a slow bring-up).
+    simulated_store_delay_seconds: float = Field(0.0, ge=0, le=60)
     http_addr: str = "127.0.0.1:8787"
 
     db_pool_min_size: int = Field(2, ge=1)

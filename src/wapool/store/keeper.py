@@ -7,6 +7,7 @@ retried with backoff. Companies that leave stop being mirrored; their files stay
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,8 +33,11 @@ class StoreKeeper:
         mirror: Mirror,
         snapshots: FallbackCache[str, Snapshot] | None,
         clock: Clock | None = None,
+        delay: float = 0.0,
     ) -> None:
         self._db = db
+        #: Extra seconds per store (WAPOOL_SIMULATED_STORE_DELAY_SECONDS: slow bring-up drills).
+        self._delay = delay
         self._state_dir = state_dir
         self._mirror = mirror
         self._snapshots = snapshots
@@ -58,6 +62,8 @@ class StoreKeeper:
         backoff, due = self._retry.get(company_id, (Backoff(base=1.0, cap=60.0), 0.0))
         if self._clock.monotonic() < due:
             return
+        if self._delay:
+            await asyncio.sleep(self._delay)
         try:
             result = await provision(self._db, self._state_dir, company_id, self._snapshots)
         except (StoreUnavailable, DatabaseUnavailable, SchemaCreationFailed, OSError) as exc:

@@ -21,6 +21,9 @@ from wapool.whatsapp import events as ev
 
 VERSION = 1
 MAX_LINE = 64 * 1024
+#: Environment variable through which the main process gives a worker its pid: the worker
+#: then dies with it.
+PARENT_ENV = "WAPOOL_WORKER_PARENT"
 
 #: Message type -> required fields and their types.
 SCHEMA: dict[str, dict[str, type]] = {

@@ -2,6 +2,8 @@
 
 It starts sessions for companies whose store is ready, restarts them when their worker dies,
 reconnects them with backoff (through a global connect gate), and stops the ones that leave.
+Every start, restarts included, first asks the start guard (``bringup``: is the company's lease
+live right now?); a refused start waits for a later tick.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from wapool.backoff import Backoff
 from wapool.clock import Clock, SystemClock
@@ -36,6 +38,22 @@ _SETTLING = (
 )  # fmt: skip
 
 
+class StartGuard(Protocol):
+    def may_start(self, company: str) -> bool:
+        """May a client for ``company`` start right now?"""
+
+    def started(self, company: str) -> None:
+        """A client for ``company`` was just started."""
+
+
+class _AlwaysStart:
+    def may_start(self, _company: str) -> bool:
+        return True
+
+    def started(self, _company: str) -> None:
+        pass
+
+
 class Supervisor:
     def __init__(
         self,
@@ -48,8 +66,11 @@ class Supervisor:
         heartbeat_timeout: float = 10.0,
         backend_args: tuple[str, ...] = (),
         on_transition: OnTransition | None = None,
+        guard: StartGuard | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
+        self.guard = guard or _AlwaysStart()
+        self._deferred: set[str] = set()
         self._store_path = store_path
         self.gate = ConnectGate(connect_limit)
         self.sessions: dict[str, Session] = {}
@@ -75,6 +96,7 @@ class Supervisor:
         return sorted(self.sessions.keys() - wanted)
 
     async def stop(self, company: str) -> None:
+        self._deferred.discard(company)
         session = self.sessions.pop(company, None)
         if session is not None:
             session.stop(self._clock.monotonic())
@@ -84,12 +106,24 @@ class Supervisor:
     async def tick(self) -> None:
         now = self._clock.monotonic()
         for session in list(self.sessions.values()):
-            if session.due(now) and self.gate.try_acquire(session.company_id):
+            company = session.company_id
+            if not session.due(now) or not self._allowed(company):
+                continue
+            if self.gate.try_acquire(company):
                 session.start(now)
-                await self.pool.start_company(
-                    session.company_id, self._store_path(session.company_id)
-                )
+                await self.pool.start_company(company, self._store_path(company))
+                self.guard.started(company)
         await self.pool.check()
+
+    def _allowed(self, company: str) -> bool:
+        """Ask the guard right before a start; say once (per refusal spell) that it waits."""
+        if self.guard.may_start(company):
+            self._deferred.discard(company)
+            return True
+        if company not in self._deferred:
+            self._deferred.add(company)
+            log.info("start_deferred", extra={"company": company, "reason": "lease not live"})
+        return False
 
     async def run(self, stop: asyncio.Event, interval: float = 0.1) -> None:
         while not stop.is_set():

@@ -1,17 +1,25 @@
 """A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
 
-    python -m wapool.supervisor.worker_main neonize|simulated [CHURN_PER_SECOND [instant|qr]]
+    python -m wapool.supervisor.worker_main neonize
+    python -m wapool.supervisor.worker_main simulated [CHURN_PER_SECOND [instant|qr [SERVER NODE]]]
+
+(``SERVER``: the simulated WhatsApp server's socket, or ``-`` for none; ``NODE``: the daemon's
+name, which the server records with each connection.)
 
 Commands arrive on stdin, events and heartbeats leave on stdout (``protocol``). Client handlers
 only put events on a queue; one writer thread sends them. A neonize Go panic kills this process
-and only this process: the main process restarts its shard.
+and only this process: the main process restarts its shard. A worker dies with the daemon that
+started it (``PR_SET_PDEATHSIG``): a daemon killed with SIGKILL leaves no client connected
+behind it while its successor takes over.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +31,7 @@ from wapool.whatsapp.port import Backend, WhatsAppClient
 
 log = logging.getLogger("wapool.worker")
 HEARTBEAT_SECONDS = 1.0
+PR_SET_PDEATHSIG = 1
 STOP_TIMEOUT = 10.0
 
 
@@ -102,26 +111,39 @@ class Worker:
         writer.join(5)
 
 
+def die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this process when ``parent`` (the daemon) dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("pdeathsig_unavailable", extra={"errno": ctypes.get_errno()})
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def _backend(name: str, args: list[str]) -> Backend:
     if name == "neonize":
         from wapool.whatsapp.neonize_adapter import NeonizeBackend
 
         return NeonizeBackend()
-    from wapool.whatsapp.simulated import Script, SimulatedBackend
+    from wapool.whatsapp.simulated import Script, ServerLink, SimulatedBackend
 
     churn = float(args[0]) if args else 1.0
+    script = Script(churn_per_second=churn)
     if len(args) > 1 and args[1] == "qr":
         # Staging drills of `wapool pair`: QR codes rotate every second until one is "scanned".
-        return SimulatedBackend(
-            Script(pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn)
-        )
-    return SimulatedBackend(Script(churn_per_second=churn))
+        script = Script(pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn)
+    server = None
+    if len(args) > 3 and args[2] != "-":
+        server = ServerLink(Path(args[2]), args[3])
+    return SimulatedBackend(script, server)
 
 
 def main(argv: list[str]) -> int:
     from wapool.observability.logs import configure_logging
 
     configure_logging(os.environ.get("WAPOOL_LOG_LEVEL", "INFO"))
+    if parent := os.environ.get(protocol.PARENT_ENV):
+        die_with_parent(int(parent))
     backend = _backend(argv[0] if argv else "simulated", argv[1:])
     Worker(backend, sys.stdout.buffer).serve(sys.stdin.buffer)
     return 0

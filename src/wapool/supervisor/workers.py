@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -116,11 +117,14 @@ class WorkerPool:
         self._workers.clear()
 
     async def _spawn(self) -> WorkerHandle:
+        # The worker asks the kernel to kill it when this process dies (worker_main); the
+        # request follows the forking thread, which is the event loop's (the main thread).
+        env = os.environ | {protocol.PARENT_ENV: str(os.getpid())}
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "wapool.supervisor.worker_main", self._backend,
             *self._backend_args,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            limit=protocol.MAX_LINE * 2,
+            limit=protocol.MAX_LINE * 2, env=env,
         )  # fmt: skip
         worker = WorkerHandle(self._next_index, process, pid=process.pid)
         self._next_index += 1

@@ -4,6 +4,11 @@ For staging, drills and benchmarks. A client pairs at once (writing a realistic 
 after a scripted QR, then writes whatsmeow-shaped key churn into its working store at a steady
 rate (session updates, sender keys, message secrets, consumed pre-keys, app state) and plays a
 scripted sequence of events, each after a delay.
+
+With a simulated WhatsApp server (``sim_server``; ``WAPOOL_SIMULATED_SERVER``), a client takes
+its device there once the JID is known and lets it go when it stops; the server's ``replaced``
+ends the client's run with ``StreamReplaced``, as WhatsApp's ``conflict: replaced`` does.
+Without one, each client works alone (nothing notices two clients on one device).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from wapool.store.working_store import connect
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp import events as ev
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sim_link import SimLink, SimLinkError
 
 
 @dataclass(frozen=True)
@@ -35,12 +41,23 @@ class Script:
     seed: int | None = None
 
 
+@dataclass(frozen=True)
+class ServerLink:
+    """Where the simulated WhatsApp server listens, and who connects (as the server records)."""
+
+    socket: Path
+    node: str
+
+
 class SimulatedClient:
-    def __init__(self, company_id: str, store: Path, emit: Emit, script: Script) -> None:
+    def __init__(
+        self, company_id: str, store: Path, emit: Emit, script: Script, server: ServerLink | None
+    ) -> None:
         self.company_id = company_id
         self._store = store
         self._emit = emit
         self._script = script
+        self._server = server
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._writer: WhatsmeowWriter | None = None
@@ -76,11 +93,35 @@ class SimulatedClient:
                 self._emit(ev.Paired(jid))
             else:
                 writer.jid = str(row[0])
-            self._emit(ev.Connected())
-            self._play(writer)
+            self._online(writer)
         finally:
             self._writer = None
             conn.close()
+
+    def _online(self, writer: WhatsmeowWriter) -> None:
+        """Hold the device on the server (if any) while the session plays."""
+        link = None
+        if self._server is not None:
+            link = SimLink(self._server.socket, self._replaced, self._server_lost)
+            try:
+                link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
+            except SimLinkError as exc:
+                self._emit(ev.ConnectFailed(str(exc)))
+                return
+        try:
+            self._emit(ev.Connected())
+            self._play(writer)
+        finally:
+            if link is not None:
+                link.close()
+
+    def _replaced(self) -> None:
+        self._stop.set()
+        self._emit(ev.StreamReplaced())
+
+    def _server_lost(self, reason: str) -> None:
+        self._stop.set()
+        self._emit(ev.Disconnected(reason))
 
     def _play(self, writer: WhatsmeowWriter) -> None:
         script = list(self._script.events)
@@ -132,11 +173,12 @@ class SimulatedClient:
 
 
 class SimulatedBackend:
-    def __init__(self, script: Script | None = None) -> None:
+    def __init__(self, script: Script | None = None, server: ServerLink | None = None) -> None:
         self.script = script or Script()
+        self.server = server
 
     def client(self, company_id: str, store: Path, emit: Emit) -> SimulatedClient:
-        return SimulatedClient(company_id, store, emit, self.script)
+        return SimulatedClient(company_id, store, emit, self.script, self.server)
 
     def crash_process(self, _store: Path | None) -> None:
         os.abort()
