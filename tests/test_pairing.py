@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import run_cli
-from tests.daemon import Daemons
+from tests.daemon import Daemons, scrubbed_env
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -29,11 +31,28 @@ def test_pair_shows_codes_and_waits_for_durable_credentials(
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('962302')")
     env = _env(database_url, tmp_path / "state")
-    daemons.start(env).wait_for("event=daemon_ready")
     args = ["pair", "962302", "--timeout", "60"] + (["--phone", phone] if phone else [])
-    result = run_cli(*args, env=env, cwd=tmp_path, timeout=90)
-    assert result.returncode == 0, result.stdout + result.stderr
-    lines = result.stdout.splitlines()
+    # The request is waiting before the daemon starts: the simulated QR codes rotate for a few
+    # seconds only, and a loaded machine could otherwise start the command after the "scan".
+    pair = subprocess.Popen(
+        [sys.executable, "-m", "wapool", *args],
+        env=scrubbed_env(env),
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pair.stdout is not None
+        first = pair.stdout.readline()
+        assert first.startswith("pairing 962302: waiting for the daemon"), first
+        daemons.start(env)
+        rest, errors = pair.communicate(timeout=90)
+    finally:
+        if pair.poll() is None:
+            pair.kill()
+    assert pair.returncode == 0, first + rest + errors
+    lines = [first.rstrip("\n"), *rest.splitlines()]
     if phone:
         assert any(line.startswith("pair code: SIM") for line in lines), lines
     else:
