@@ -4,12 +4,17 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-fast test-slow lint format bench devdb-start devdb-stop clean
+.PHONY: venv run test test-fast test-slow lint format bench lock devdb-start devdb-stop clean
 
-$(STAMP): pyproject.toml
+LOCK   := deploy/requirements.lock
+
+# Development takes pyproject.toml's ranges, held to the lock's versions (hashes left out: an
+# editable install cannot be hashed), so the suite runs against what deploy/install.sh installs.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	sed -e '/^ *--hash=/d' -e 's/ *\\$$//' $(LOCK) > $(VENV)/constraints.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,10 +32,11 @@ test-fast: venv
 	$(BIN)/pytest -m unit
 
 ## The slow profile: 2,000 generated convergence histories instead of 200; issue 11's bring-up
-## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later).
+## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later); a real
+## install from deploy/requirements.lock (downloads every package).
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
-	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -47,6 +53,18 @@ bench: venv
 	$(BIN)/python bench/pool_recovery.py
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
+
+## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
+## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves
+## everything to the newest versions the ranges allow.
+# Not through `venv`: that installs under the old lock, which a changed range may contradict.
+lock: $(BIN)/uv
+	$(BIN)/uv pip compile pyproject.toml deploy/build.in --generate-hashes --universal \
+		--python-version 3.11 --quiet $(ARGS) -o $(LOCK)
+
+$(BIN)/uv:
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check 'uv>=0.5,<1'
 
 devdb-start: venv
 	$(BIN)/python -m wapool.devdb start

@@ -7,7 +7,8 @@
 #
 # What it changes (nothing else):
 #   user and group  wapool (system account, no login shell, home /var/lib/wapool)
-#   /opt/wapool/releases/<UTC time>/venv  a new virtualenv with wapool and its dependencies; the
+#   /opt/wapool/releases/<UTC time>/venv  a new virtualenv with wapool and its dependencies at the
+#                                    versions and hashes of deploy/requirements.lock; the
 #                                    three newest releases are kept, older ones deleted
 #   /opt/wapool/venv                 symlink to the new release's venv, switched atomically once
 #                                    the release is complete (a running daemon is not disturbed)
@@ -76,10 +77,16 @@ if [[ -d "$opt/venv" && ! -L "$opt/venv" ]]; then  # the layout before releases 
     mv -T "$opt/venv" "$opt/venv.replaced-$release"
     say "moved the old $opt/venv aside to $opt/venv.replaced-$release (delete it when done)"
 fi
-"$python" -m venv "$opt/releases/$release/venv"
+venv="$opt/releases/$release/venv"
+"$python" -m venv "$venv"
 if [[ -z "${WAPOOL_INSTALL_SKIP_PIP:-}" ]]; then
-    "$opt/releases/$release/venv/bin/pip" install --quiet --upgrade pip
-    "$opt/releases/$release/venv/bin/pip" install --quiet "$src"
+    # Exactly the files in the lock (make lock): the versions the tests ran against, on every
+    # server, and a file that differs from the one locked stops the install. pip refuses a
+    # dependency missing from the lock, and the lock pins pip and setuptools too.
+    "$venv/bin/pip" install --quiet --require-hashes -r "$src/deploy/requirements.lock"
+    # wapool itself, built with the locked setuptools; its dependencies are all in place.
+    "$venv/bin/pip" install --quiet --no-deps --no-build-isolation "$src"
+    "$venv/bin/pip" check  # the lock satisfies pyproject.toml's ranges
 fi
 touch "$opt/releases/$release/.complete"
 switch_to "$release"
