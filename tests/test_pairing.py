@@ -81,3 +81,45 @@ def test_pair_rejects_bad_input_without_a_daemon(database_url: str, tmp_path: Pa
     bad_phone = run_cli("pair", "ghost", "--phone", "12ab", env=env, cwd=tmp_path)
     assert bad_phone.returncode == 1
     assert "invalid phone number '12ab'" in bad_phone.stderr
+
+
+DNS_ERROR = (
+    "failed to dial whatsapp servers: dial tcp: lookup web.whatsapp.com on 127.0.0.53:53: "
+    "no such host"
+)
+
+
+def test_pair_names_the_error_the_daemon_recorded(database_url: str, tmp_path: Path) -> None:
+    """The daemon runs but cannot reach WhatsApp: the command says so, in the daemon's words."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('962302')")
+        conn.execute(
+            "INSERT INTO session_states (company_id, state, since, last_error, holder) "
+            "VALUES ('962302', 'reconnecting', '2026-11-30 12:00:01+00', %s, 'db1:/var/lib/wapool')",
+            (DNS_ERROR,),
+        )
+    env = _env(database_url, tmp_path / "state")
+    result = run_cli("pair", "962302", "--timeout", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"  reconnecting (db1:/var/lib/wapool): {DNS_ERROR}" in result.stdout.splitlines()
+    assert result.stderr.strip() == (
+        "wapool: error: no pairing within 1 s: the daemon db1:/var/lib/wapool last reported "
+        "962302 reconnecting since 2026-11-30 12:00:01 UTC; last error: " + DNS_ERROR
+    )
+
+
+def test_pair_without_any_daemon_or_on_a_disabled_company(
+    database_url: str, tmp_path: Path
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('962302'), ('acme')")
+        conn.execute("UPDATE companies SET enabled = false WHERE id = 'acme'")
+    env = _env(database_url, tmp_path / "state")
+    alone = run_cli("pair", "962302", "--timeout", "1", env=env, cwd=tmp_path)
+    assert alone.returncode == 1
+    assert "no daemon has reported on 962302: is `wapool run` running?" in alone.stderr
+    disabled = run_cli("pair", "acme", "--timeout", "30", env=env, cwd=tmp_path, timeout=20)
+    assert (disabled.returncode, disabled.stderr.strip()) == (
+        1,
+        "wapool: error: company 'acme' is disabled: `wapool company enable acme` first",
+    )

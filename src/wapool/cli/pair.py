@@ -10,12 +10,16 @@ import argparse
 import asyncio
 import sys
 import time
+from datetime import UTC
 from typing import Any
 
 from wapool.cli.database import open_database
 from wapool.errors import WapoolError
-from wapool.registry.pairing import PairingRepository, validate_phone
+from wapool.registry.pairing import PairingRepository, SessionReport, validate_phone
 from wapool.settings import Settings
+from wapool.supervisor.session import State
+
+_HEALTHY = frozenset({State.STARTING, State.PAIRING, State.CONNECTED})
 
 
 def register(commands: Any) -> None:
@@ -44,30 +48,70 @@ async def _pair(settings: Settings, args: argparse.Namespace) -> int:
         print(f"pairing {args.company_id}: waiting for the daemon that drives it...", flush=True)
         deadline = time.monotonic() + args.timeout
         shown: str | None = None
+        reported: str | None = None
         while time.monotonic() < deadline:
             request = await repo.get(args.company_id)
             if request is None:
                 raise WapoolError("the pairing request disappeared (company removed?)")
             if request.code and request.code != shown:
                 shown = request.code
-                if request.code_kind == "qr":
-                    show_qr(request.code)
-                else:
-                    print(
-                        f"pair code: {request.code} (WhatsApp > Linked devices > Link with phone number)",
-                        flush=True,
-                    )
+                _show_code(request.code_kind, request.code)
+            elif shown is None:  # no code yet: say why, as soon as the daemon tells
+                reported = _report_progress(await repo.session(args.company_id), reported)
             if request.error:
                 raise WapoolError(f"pairing failed: {request.error}")
             if request.paired_jid:
-                print(f"paired as {request.paired_jid}; storing its credentials...", flush=True)
-                while not await repo.device_mirrored(args.company_id, request.paired_jid):
-                    if time.monotonic() > deadline:
-                        raise WapoolError("paired, but the credentials are not in PostgreSQL yet")
-                    await asyncio.sleep(0.2)
-                print(f"done: {args.company_id} is paired and its credentials are in PostgreSQL")
-                return 0
+                return await _store_credentials(
+                    repo, request.company_id, request.paired_jid, deadline
+                )
             await asyncio.sleep(0.3)
-    raise WapoolError(
-        f"no pairing within {args.timeout:.0f} s: is `wapool run` running and the company enabled?"
-    )
+        raise WapoolError(
+            f"no pairing within {args.timeout:.0f} s: "
+            + why_no_code(args.company_id, await repo.session(args.company_id))
+        )
+
+
+def _show_code(kind: str | None, code: str) -> None:
+    if kind == "qr":
+        show_qr(code)
+    else:
+        print(f"pair code: {code} (WhatsApp > Linked devices > Link with phone number)", flush=True)
+
+
+async def _store_credentials(
+    repo: PairingRepository, company: str, jid: str, deadline: float
+) -> int:
+    """Succeed only once the new device is in PostgreSQL: a restart must never lose it."""
+    print(f"paired as {jid}; storing its credentials...", flush=True)
+    while not await repo.device_mirrored(company, jid):
+        if time.monotonic() > deadline:
+            raise WapoolError("paired, but the credentials are not in PostgreSQL yet")
+        await asyncio.sleep(0.2)
+    print(f"done: {company} is paired and its credentials are in PostgreSQL")
+    return 0
+
+
+def _failing(session: SessionReport | None) -> bool:
+    """Is the recorded error why the session has no code? (``last_error`` outlives recoveries.)"""
+    return session is not None and bool(session.last_error) and session.state not in _HEALTHY
+
+
+def _report_progress(session: SessionReport | None, reported: str | None) -> str | None:
+    """Print the session's state and last error when they change; returns what was printed."""
+    if session is None or not _failing(session):
+        return reported
+    line = f"{session.state} ({session.holder}): {session.last_error}"
+    if line != reported:
+        print(f"  {line}", flush=True)
+    return line
+
+
+def why_no_code(company: str, session: SessionReport | None) -> str:
+    """The daemon's own account of the company, or what to check when there is none."""
+    if session is None:
+        return f"no daemon has reported on {company}: is `wapool run` running?"
+    since = session.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = f"the daemon {session.holder} last reported {company} {session.state} since {since}"
+    if _failing(session):
+        text += f"; last error: {session.last_error}"
+    return text

@@ -44,6 +44,17 @@ class PairingRequest:
     finished_at: datetime | None
 
 
+@dataclass(frozen=True)
+class SessionReport:
+    """What the daemon driving a company last recorded about its session (``session_states``)."""
+
+    state: str
+    since: datetime
+    last_error: str | None
+    holder: str
+    updated_at: datetime
+
+
 def validate_phone(phone: str) -> str:
     digits = re.sub(r"[\s+()-]", "", phone)
     if not _PHONE.match(digits):
@@ -63,7 +74,7 @@ class PairingRepository:
 
         async def work(conn: Conn) -> None:
             cur = await conn.execute(
-                "SELECT paired_jid FROM companies WHERE id = %s AND removed_at IS NULL",
+                "SELECT paired_jid, enabled FROM companies WHERE id = %s AND removed_at IS NULL",
                 (company_id,),
             )
             row = await cur.fetchone()
@@ -73,6 +84,11 @@ class PairingRepository:
                 raise AlreadyPaired(
                     f"company {company_id!r} is already paired as {row[0]}; its session is kept "
                     "(nothing to do)"
+                )
+            if not row[1]:  # no daemon starts its client, so no code would ever come
+                raise WapoolError(
+                    f"company {company_id!r} is disabled: `wapool company enable {company_id}` "
+                    "first"
                 )
             await conn.execute(
                 "INSERT INTO pairing_requests (company_id, phone) VALUES (%s, %s) "
@@ -89,6 +105,20 @@ class PairingRepository:
             cur = conn.cursor(row_factory=class_row(PairingRequest))
             await cur.execute(
                 f"SELECT {_COLUMNS} FROM pairing_requests WHERE company_id = %s", (company_id,)
+            )
+            return await cur.fetchone()
+
+        return await self._db.run(work)
+
+    async def session(self, company_id: str) -> SessionReport | None:
+        """The company's session as its daemon last recorded it, from any host."""
+
+        async def work(conn: Conn) -> SessionReport | None:
+            cur = conn.cursor(row_factory=class_row(SessionReport))
+            await cur.execute(
+                "SELECT state, since, last_error, holder, updated_at FROM session_states "
+                "WHERE company_id = %s",
+                (company_id,),
             )
             return await cur.fetchone()
 
