@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -11,6 +12,8 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.daemon import Daemons, scrubbed_env
+from wapool.cli.pair import why_no_code
+from wapool.registry.pairing import SessionReport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,4 +125,15 @@ def test_pair_without_any_daemon_or_on_a_disabled_company(
     assert (disabled.returncode, disabled.stderr.strip()) == (
         1,
         "wapool: error: company 'acme' is disabled: `wapool company enable acme` first",
+    )
+
+
+def test_the_error_seen_while_waiting_outlives_the_next_attempt() -> None:
+    at = datetime(2026, 11, 30, 12, 0, 1, tzinfo=UTC)
+    failing = SessionReport("reconnecting", at, DNS_ERROR, "db1", at)
+    retrying = SessionReport("starting", at, DNS_ERROR, "db1", at)  # the next connect attempt
+    assert why_no_code("962302", retrying, failing).endswith(f"; last error: {DNS_ERROR}")
+    # An error older than this wait, on a session that is just starting, is not blamed.
+    assert why_no_code("962302", retrying) == (
+        "the daemon db1 last reported 962302 starting since 2026-11-30 12:00:01 UTC"
     )

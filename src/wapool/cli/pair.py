@@ -48,7 +48,7 @@ async def _pair(settings: Settings, args: argparse.Namespace) -> int:
         print(f"pairing {args.company_id}: waiting for the daemon that drives it...", flush=True)
         deadline = time.monotonic() + args.timeout
         shown: str | None = None
-        reported: str | None = None
+        failure: SessionReport | None = None  # the latest error seen while waiting
         while time.monotonic() < deadline:
             request = await repo.get(args.company_id)
             if request is None:
@@ -57,7 +57,7 @@ async def _pair(settings: Settings, args: argparse.Namespace) -> int:
                 shown = request.code
                 _show_code(request.code_kind, request.code)
             elif shown is None:  # no code yet: say why, as soon as the daemon tells
-                reported = _report_progress(await repo.session(args.company_id), reported)
+                failure = _report_failure(await repo.session(args.company_id), failure)
             if request.error:
                 raise WapoolError(f"pairing failed: {request.error}")
             if request.paired_jid:
@@ -67,7 +67,7 @@ async def _pair(settings: Settings, args: argparse.Namespace) -> int:
             await asyncio.sleep(0.3)
         raise WapoolError(
             f"no pairing within {args.timeout:.0f} s: "
-            + why_no_code(args.company_id, await repo.session(args.company_id))
+            + why_no_code(args.company_id, await repo.session(args.company_id), failure)
         )
 
 
@@ -96,22 +96,31 @@ def _failing(session: SessionReport | None) -> bool:
     return session is not None and bool(session.last_error) and session.state not in _HEALTHY
 
 
-def _report_progress(session: SessionReport | None, reported: str | None) -> str | None:
-    """Print the session's state and last error when they change; returns what was printed."""
+def _report_failure(
+    session: SessionReport | None, previous: SessionReport | None
+) -> SessionReport | None:
+    """Print the session's error when it changes; returns the latest failing report."""
     if session is None or not _failing(session):
-        return reported
-    line = f"{session.state} ({session.holder}): {session.last_error}"
-    if line != reported:
-        print(f"  {line}", flush=True)
-    return line
+        return previous
+    shown = previous and (previous.state, previous.last_error)
+    if shown != (session.state, session.last_error):
+        print(f"  {session.state} ({session.holder}): {session.last_error}", flush=True)
+    return session
 
 
-def why_no_code(company: str, session: SessionReport | None) -> str:
-    """The daemon's own account of the company, or what to check when there is none."""
+def why_no_code(
+    company: str, session: SessionReport | None, failure: SessionReport | None = None
+) -> str:
+    """The daemon's own account of the company, or what to check when there is none.
+
+    A session between two connect attempts is ``starting``: the error seen while waiting
+    (``failure``) still says why no code came.
+    """
     if session is None:
         return f"no daemon has reported on {company}: is `wapool run` running?"
     since = session.since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     text = f"the daemon {session.holder} last reported {company} {session.state} since {since}"
-    if _failing(session):
-        text += f"; last error: {session.last_error}"
+    failure = session if _failing(session) else failure
+    if failure is not None:
+        text += f"; last error: {failure.last_error}"
     return text
