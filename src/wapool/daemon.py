@@ -25,6 +25,7 @@ from wapool.registry.listener import listen
 from wapool.runtime import Runtime
 from wapool.settings import Settings, split_host_port
 from wapool.views import Views
+from wapool.whatsapp import media_tools
 
 log = logging.getLogger("wapool.daemon")
 
@@ -137,6 +138,8 @@ async def run_daemon(settings: Settings) -> int:
         "daemon_starting",
         extra={"database": settings.safe_database_target(), "state_dir": str(settings.state_dir)},
     )
+    if settings.whatsapp_backend == "neonize":
+        media_tools.report_once()  # workers keep quiet about it
     await db.pool.open(wait=False)
     tasks: list[asyncio.Task[None]] = []
     renewal: asyncio.Task[None] | None = None

@@ -17,6 +17,7 @@ from wapool.db.pool import Conn, Database
 from wapool.errors import WapoolError
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
+from wapool.whatsapp import media_tools
 
 TABLES = (
     "companies", "store_copies", "store_rows", "store_tombstones", "company_leases",
@@ -43,6 +44,7 @@ async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
         ("state directory", lambda: _state_dir(settings)),
         ("neonize library", _neonize),
         ("libmagic", _libmagic),
+        ("ffmpeg (optional)", _media_tools),
     ]
     failures = 0
     try:
@@ -141,3 +143,11 @@ async def _libmagic() -> str:
     if not found:
         raise Failed("libmagic not found: apt-get install libmagic1")
     return found
+
+
+async def _media_tools() -> str:
+    """Optional, so never a failure: said here once instead of by every worker process."""
+    absent = media_tools.missing()
+    if not absent:
+        return "ffmpeg and ffprobe found"
+    return f"{' and '.join(absent)} not installed; needed for {media_tools.NEEDED_FOR}"

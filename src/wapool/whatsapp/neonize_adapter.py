@@ -22,6 +22,7 @@ from typing import Any
 
 from wapool.observability.redact import describe_error
 from wapool.whatsapp import events as ev
+from wapool.whatsapp import media_tools
 from wapool.whatsapp.port import Emit
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,9 @@ def _jid(jid: Any) -> str:
 
 
 class NeonizeBackend:
+    def __init__(self) -> None:
+        media_tools.silence_neonize_notice()  # else one warning per worker process
+
     def client(self, company_id: str, store: Path, emit: Emit) -> NeonizeClient:
         return NeonizeClient(company_id, store, emit)
 
