@@ -47,12 +47,13 @@ format: venv
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-## Benchmarks: figures printed, recorded in the README.
+## Benchmarks: figures printed, recorded in docs/ (see docs/development.md).
 bench: venv
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/pool_recovery.py
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
+	$(BIN)/python bench/takeover.py
 
 ## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
 ## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves
