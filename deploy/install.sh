@@ -12,7 +12,7 @@
 #                                    three newest releases are kept, older ones deleted
 #   /opt/wapool/venv                 symlink to the new release's venv, switched atomically once
 #                                    the release is complete (a running daemon is not disturbed)
-#   /opt/wapool/README.md            this README
+#   /opt/wapool/README.md, docs/     the README and docs/ pages it links to
 #   /etc/wapool/wapool.env           from .env.example, only if absent (0640 root:wapool)
 #   /etc/systemd/system/wapool.service  the unit (replaced), then daemon-reload + enable
 #   /var/lib/wapool                  state directory (0700 wapool:wapool), created if absent
@@ -92,6 +92,9 @@ touch "$opt/releases/$release/.complete"
 switch_to "$release"
 releases | head -n -3 | while read -r old; do rm -rf "${opt:?}/releases/$old"; done
 install -m 0644 "$src/README.md" "$opt/README.md"
+rm -rf "$opt/docs"  # this release's pages only
+install -d -m 0755 "$opt/docs"
+install -m 0644 "$src"/docs/*.md "$opt/docs/"
 say "virtualenv in $opt/releases/$release/venv, linked from $opt/venv"
 
 install -d -m 0750 "$root/etc/wapool"

@@ -46,6 +46,8 @@ def test_install_into_a_temporary_root(tmp_path: Path) -> None:
     assert (tmp_path / "opt/wapool/venv/bin/python").exists()
     assert _releases(tmp_path) == [_current(tmp_path)]
     assert (tmp_path / "opt/wapool/README.md").read_text() == (ROOT / "README.md").read_text()
+    pages = sorted(p.name for p in (ROOT / "docs").glob("*.md"))
+    assert sorted(p.name for p in (tmp_path / "opt/wapool/docs").iterdir()) == pages
     env_file = tmp_path / "etc/wapool/wapool.env"
     assert env_file.read_text() == (ROOT / ".env.example").read_text()
     assert _mode(env_file) == 0o640

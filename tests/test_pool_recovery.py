@@ -2,7 +2,7 @@
 
 Bounds asserted here are the configured ones (defaults): a failing query gives up within the
 pool timeout plus the connection check, and the first query after the server returns is served
-within about a second. Figures for the README come from ``make bench`` (bench/pool_recovery.py).
+within about a second. Figures in docs/postgresql.md come from ``make bench`` (bench/pool_recovery.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(90)
 
-#: How long after the server's return the first query may take (README: "about 1 s").
+#: How long after the server's return the first query may take (the bound docs/postgresql.md states).
 RECOVERY_BOUND = 1.6
 OUTAGE = 5.0  # longer than the reconnect timeout, so the pool has given up its attempts
 

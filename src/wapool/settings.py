@@ -26,7 +26,7 @@ _HOSTNAME = re.compile(
 
 
 class Settings(BaseSettings):
-    """Every setting wapool reads; see ``.env.example`` and the README for each one."""
+    """Every setting wapool reads; see ``.env.example`` and docs/configuration.md for each one."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,7 +1,7 @@
 """The retention policy: which whatsmeow tables lose rows, after how long, and why.
 
 Only tables listed in ``PRUNABLE`` may ever be pruned; everything else (including any table a
-future whatsmeow adds) is kept forever. Each entry says why; the README repeats the table.
+future whatsmeow adds) is kept forever. Each entry says why; docs/cleanup.md repeats the table.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The one PostgreSQL pool, and ``Database``: every query bounded, every failure classified.
 
 Defaults are chosen so that the first query after an outage is served within about a second of
-the server's return, and a blackholed link fails fast instead of hanging (figures in the README):
+the server's return, and a blackholed link fails fast instead of hanging (figures in
+docs/postgresql.md):
 
 * a short ``reconnect_timeout`` makes the pool give up a failing reconnection attempt quickly and
   free its slot; with ``max_size > min_size`` the next request then starts a fresh attempt with
