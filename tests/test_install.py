@@ -165,7 +165,6 @@ def test_the_suite_runs_against_the_locked_versions() -> None:
         assert version(name) == spec.version, f"{name}: stale virtualenv, run `make venv`"
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("WAPOOL_SLOW"), reason="downloads packages: WAPOOL_SLOW=1")
 @pytest.mark.timeout(600)
 def test_a_real_install_from_the_lock(tmp_path: Path) -> None:

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.conftest import run_cli
+from tests.daemon import Daemon, Daemons
 from wapool.whatsapp import media_tools
 
 pytestmark = pytest.mark.timeout(120)
@@ -50,6 +47,7 @@ def test_the_daemon_reports_missing_tools_once_at_info(
     assert caplog.records == []
 
 
+@pytest.mark.process  # importing neonize looks for libmagic with ldconfig
 @pytest.mark.usefixtures("quiet_neonize")
 def test_neonize_own_check_is_dropped_other_neonize_warnings_are_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -64,55 +62,48 @@ def test_neonize_own_check_is_dropped_other_neonize_warnings_are_not(
 
 
 def test_an_offline_neonize_daemon_mentions_ffmpeg_once_and_pair_names_its_error(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, daemons: Daemons
 ) -> None:
     """Two companies on two worker processes, each making a real (failing: no internet) connect,
     which is when neonize checks for ffmpeg: one line in the whole log, at INFO. Meanwhile
     ``wapool pair`` reports the connect failure the daemon recorded."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES ('a'), ('b')")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+    env = {
         "PATH": str(_tools_dir(tmp_path / "bin")),  # no ffmpeg, whatever this machine has
         "WAPOOL_DATABASE_URL": database_url,
         "WAPOOL_STATE_DIR": str(tmp_path / "state"),
         "WAPOOL_WHATSAPP_BACKEND": "neonize",
         "WAPOOL_COMPANIES_PER_WORKER": "1",
-        "WAPOOL_HTTP_ADDR": "127.0.0.1:0",
     }
-    log = tmp_path / "daemon.log"
-    with log.open("wb") as out:
-        daemon = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env, cwd=tmp_path,
-                                  stdout=subprocess.DEVNULL, stderr=out)  # fmt: skip
-    try:
-        _until_both_failed_to_connect(database_url, daemon, log)
-        pair = run_cli("pair", "a", "--timeout", "2", env=env, cwd=tmp_path)
-        assert pair.returncode == 1
-        assert "last error: " in pair.stderr
-        assert "web.whatsapp.com" in pair.stderr  # neonize's own words: the DNS lookup failed
-        doctor = run_cli("doctor", env=env, cwd=tmp_path).stdout.splitlines()
-        assert [line for line in doctor if "ffmpeg" in line] == [
-            "OK    ffmpeg (optional): ffmpeg and ffprobe not installed; needed for media "
-            "conversions only (stickers, voice notes, video thumbnails)"
-        ]
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(45)
-    mentions = [line for line in log.read_text().splitlines() if "ffmpeg" in line]
+    daemon = daemons.start(env)
+    _until_both_failed_to_connect(database_url, daemon)
+    pair = run_cli("pair", "a", "--timeout", "2", env=env, cwd=tmp_path)
+    assert pair.returncode == 1
+    assert "last error: " in pair.stderr
+    assert "web.whatsapp.com" in pair.stderr  # neonize's own words: the DNS lookup failed
+    doctor = run_cli("doctor", env=env, cwd=tmp_path).stdout.splitlines()
+    assert [line for line in doctor if "ffmpeg" in line] == [
+        "OK    ffmpeg (optional): ffmpeg and ffprobe not installed; needed for media "
+        "conversions only (stickers, voice notes, video thumbnails)"
+    ]
+    assert daemon.stop() == 0
+    mentions = [line for line in daemon.text().splitlines() if "ffmpeg" in line]
     assert len(mentions) == 1, mentions
     assert (
         " level=info logger=wapool.whatsapp.media_tools event=media_tools_missing " in mentions[0]
     )
 
 
-def _until_both_failed_to_connect(url: str, daemon: subprocess.Popen[bytes], log: Path) -> None:
+def _until_both_failed_to_connect(url: str, daemon: Daemon) -> None:
     deadline = time.monotonic() + 60
     while True:
-        assert daemon.poll() is None, log.read_text()
+        assert daemon.returncode is None, daemon.text()
         with psycopg.connect(url) as conn:
             failed = conn.execute(
                 "SELECT count(*) FROM session_states WHERE last_error IS NOT NULL"
             ).fetchone()
         if failed == (2,):
             return
-        assert time.monotonic() < deadline, log.read_text()
+        assert time.monotonic() < deadline, daemon.text()
         time.sleep(0.2)
