@@ -2,9 +2,9 @@
 
 A throwaway cluster, COMPANIES companies (simulated backend) driven by daemon ``one``; daemon
 ``two`` stands by on its own state directory, as on a second host. ``one`` is killed with
-SIGKILL; the figures are the time until ``two`` holds every lease and until every company is
-connected again under ``two``. Lease length and reconcile interval are wapool's defaults unless
-given.
+SIGKILL; the figures are the time until ``two`` takes its first lease, holds every lease (it
+takes them in batches it can bring up) and until every company is connected again under it.
+Lease length and reconcile interval are wapool's defaults unless given.
 
     python bench/takeover.py [--companies 20] [--lease 30] [--sweep 60]
 """
@@ -81,11 +81,12 @@ def run(root: Path, companies: int, lease: float, sweep: float) -> None:
                 _until(lambda: _count(url, CONNECTED, "one") == companies, 120)
         time.sleep(lease / 3 + 1)  # `two` is up and has found nothing free
         daemons[0].send_signal(signal.SIGKILL)
-        leases = _until(lambda: _count(url, LEASES, "two") == companies, lease + sweep + 120)
+        first = _until(lambda: _count(url, LEASES, "two") > 0, lease + sweep + 120)
+        leases = first + _until(lambda: _count(url, LEASES, "two") == companies, 120)
         connected = leases + _until(lambda: _count(url, CONNECTED, "two") == companies, 120)
-        print(f"{companies} companies, lease {lease:g} s, reconcile every {sweep:g} s: "
-              f"all leases taken {leases:.1f} s after the SIGKILL, "
-              f"all connected again after {connected:.1f} s")  # fmt: skip
+        print(f"{companies} companies, lease {lease:g} s, reconcile every {sweep:g} s, "
+              f"after the SIGKILL: first lease taken {first:.1f} s, all {leases:.1f} s, "
+              f"all connected again {connected:.1f} s")  # fmt: skip
     finally:
         for daemon in daemons:
             daemon.kill()
