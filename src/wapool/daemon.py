@@ -64,21 +64,37 @@ class StopSignals:
         self.stop.set()
 
 
-async def _wait_for_schema(db: Database, stop: asyncio.Event, notify: Notifier) -> int | None:
-    """Wait (with backoff) until PostgreSQL answers, then check the schema version."""
+async def _wait_for_schema(
+    db: Database, stop: asyncio.Event, notify: Notifier, settings: Settings
+) -> int | None:
+    """Wait (with backoff) until PostgreSQL answers, then check the schema version.
+
+    The pool only ever says "timed out"; a direct connection attempt tells why. A refused
+    role or an impossible connection string ends the wait (exit 77 or 78): waiting cannot
+    fix them, and systemd must not restart the daemon in a loop."""
     backoff = Backoff(base=0.5, cap=10.0)
     while not stop.is_set():
         try:
             return await db.run(check_schema)
         except DatabaseUnavailable as exc:
+            reason = await _why_unavailable(db, settings) or str(exc)
             delay = max(0.2, backoff.next_delay())
             notify.status("waiting for PostgreSQL")
             notify.extend_timeout(delay + 30)  # systemd keeps waiting while we do
             log.warning(
-                "waiting_for_database", extra={"error": str(exc), "retry_in": round(delay, 2)}
+                "waiting_for_database", extra={"error": reason, "retry_in": round(delay, 2)}
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+    return None
+
+
+async def _why_unavailable(db: Database, settings: Settings) -> str | None:
+    """The real reason PostgreSQL cannot be used; raises when waiting cannot help."""
+    try:
+        await db.probe(timeout=settings.db_connect_timeout_seconds + 1.0)
+    except DatabaseUnavailable as exc:
+        return str(exc)
     return None
 
 
@@ -142,7 +158,7 @@ async def run_daemon(settings: Settings) -> int:
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
-        version = await _wait_for_schema(db, signals.stop, notify)
+        version = await _wait_for_schema(db, signals.stop, notify, settings)
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)

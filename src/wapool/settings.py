@@ -182,19 +182,45 @@ class Settings(BaseSettings):
         )
 
 
+#: libpq options whose value is one of a fixed set (libpq refuses anything else at connect).
+_CONNINFO_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+}  # fmt: skip
+
+
 def parse_conninfo(value: str) -> dict[str, Any]:
+    """The connection string's options; ValueError (without the value) when it cannot work."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     if value.startswith(("postgres://", "postgresql://")) or "=" in value:
         try:
-            return conninfo_to_dict(value)
+            parts = conninfo_to_dict(value)
         except ProgrammingError:
             pass
+        else:
+            _check_conninfo_values(parts)
+            return parts
     raise ValueError(
         "must be a PostgreSQL URL such as postgresql://wapool@db.example:5432/wapool "
         "(or a libpq key=value string)"
     )
+
+
+def _check_conninfo_values(parts: dict[str, Any]) -> None:
+    """Values that parse but cannot work are configuration errors, not an unreachable server."""
+    for port in str(parts.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError("its port must be a number from 1 to 65535")
+    for option, allowed in _CONNINFO_CHOICES.items():
+        if option in parts and str(parts[option]) not in allowed:
+            raise ValueError(f"its {option} must be one of {', '.join(allowed)}")
 
 
 def split_host_port(value: str) -> tuple[str, int]:
