@@ -19,7 +19,8 @@ from tests.test_mirror import add_companies, writer_for
 from wapool.db.pool import Database
 from wapool.leases import Leases
 from wapool.settings import Settings
-from wapool.store import devices, transfer
+from wapool.store import devices
+from wapool.store.export_file import read_export
 from wapool.store.import_lease import CompanyDriven, held_for_import
 from wapool.store.working_store import connect
 
@@ -116,7 +117,7 @@ def test_export_of_another_company_is_refused_unless_named(
     env = _env(database_url, settings)
     backup = tmp_path / "962302.wapool"
     assert run_cli("export", "962302", str(backup), env=env, cwd=tmp_path).returncode == 0
-    jid = devices.jids(transfer.read_export(backup).rows)[0]
+    jid = devices.jids(read_export(backup).rows)[0]
     add_companies(database_url, "third")
 
     mismatch = run_cli("import", "other", str(backup), env=env, cwd=tmp_path)
@@ -219,10 +220,25 @@ def test_import_refuses_while_a_daemon_drives_the_company(
     assert daemon.returncode == 0, err
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "tampered", "plain-sqlite", "missing"])
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("garbage", "not a wapool export (not an SQLite file)"),
+        ("truncated", "damaged export: "),
+        ("tampered", "damaged export: rows differ from what was exported in table "
+         "whatsmeow_sessions"),
+        ("row-text", "damaged export: table whatsmeow_device is unreadable (a text value is "
+         "not UTF-8)"),
+        ("plain-sqlite", "not a wapool export (format 1)"),
+        ("missing", "no such file"),
+        ("directory", "is a directory, not an export file"),
+        ("device", "is a device, not an export file"),
+    ],
+)  # fmt: skip
 def test_bad_files_are_refused_and_change_nothing(
-    mirrored: Path, database_url: str, settings: Settings, tmp_path: Path, damage: str
-) -> None:
+    mirrored: Path, database_url: str, settings: Settings, tmp_path: Path, damage: str,
+    expected: str,
+) -> None:  # fmt: skip
     env = _env(database_url, settings)
     backup = tmp_path / "backup.wapool"
     assert run_cli("export", "962302", str(backup), env=env, cwd=tmp_path).returncode == 0
@@ -237,11 +253,21 @@ def test_bad_files_are_refused_and_change_nothing(
             "UPDATE whatsmeow_sessions SET session = x'00' WHERE rowid = (SELECT min(rowid) FROM whatsmeow_sessions)"
         )
         conn.close()
+    elif damage == "row-text":
+        # One byte rots inside a row (the device's push name): no longer valid UTF-8.
+        assert data.count(b"Acme") == 1
+        at = data.index(b"Acme")
+        backup.write_bytes(data[:at] + b"\xff" + data[at + 1 :])
     elif damage == "plain-sqlite":
         backup.unlink()
         conn = connect(backup, wal=False)
         conn.execute("CREATE TABLE t (x)")
         conn.close()
+    elif damage == "directory":
+        backup.unlink()
+        backup.mkdir()
+    elif damage == "device":
+        backup = Path("/dev/null")
     else:
         backup.unlink()
     with psycopg.connect(database_url) as conn:
@@ -253,8 +279,11 @@ def test_bad_files_are_refused_and_change_nothing(
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, lines
-    assert lines[0].startswith("wapool: error: ")
+    assert lines[0].startswith(f"wapool: error: {backup}: ")
+    assert expected in lines[0]
+    assert len(lines[0]) < 200
     assert "Traceback" not in result.stderr
+    assert "json_array" not in result.stderr
     with psycopg.connect(database_url) as conn:
         after = conn.execute(
             "SELECT md5(string_agg(pk || image, ',' ORDER BY tbl, pk)) FROM store_rows"

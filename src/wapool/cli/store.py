@@ -12,6 +12,7 @@ from wapool.errors import ExitCode, WapoolError
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
 from wapool.store import pg_copy, restore, transfer
+from wapool.store.export_file import ExportFile, read_export
 from wapool.store.import_lease import held_for_import
 from wapool.store.verify import Verdict, verify, wait_drained
 from wapool.store.working_store import store_path
@@ -44,7 +45,7 @@ def register(commands: Any) -> None:
     imp.set_defaults(handler=_import)
 
 
-def _replace_local(path: Path, meta: pg_copy.CopyMeta, export: transfer.ExportFile) -> None:
+def _replace_local(path: Path, meta: pg_copy.CopyMeta, export: ExportFile) -> None:
     """A working store of the company on this host takes the imported content at once."""
     if path.parent.exists():
         restore.build_from_rows(path, meta, export.rows)
@@ -97,7 +98,7 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _import(settings: Settings, args: argparse.Namespace) -> int:
-    export = transfer.read_export(args.file)  # everything is checked before anything changes
+    export = read_export(args.file)  # everything is checked before anything changes
     transfer.check_origin(export, args.company_id, args.from_company)
     path = store_path(settings.state_dir, args.company_id)
     async with open_database(settings) as db:

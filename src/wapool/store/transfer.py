@@ -1,42 +1,28 @@
-"""``wapool export`` / ``wapool import``: a company's store as one self-contained file.
+"""``wapool export`` / ``wapool import``: a company's PostgreSQL copy to and from a file.
 
-The file is a valid whatsmeow SQLite store (rollback journal, not WAL, so it is one file) whose
-``wapool_meta`` table also records the company, row count and a digest of every row. Import
-checks all of it before changing anything, and refuses:
+The file itself (format, checks, damage reports) is ``export_file``. Import checks all of the
+file before changing anything, and refuses:
 
 * a file exported from another company, unless the operator names that company
   (``--from-company``): one company's device and keys must not end up in another by mistake;
 * a device that another (not removed) company holds, in its PostgreSQL copy or as its paired
   JID, whatever the flags: two companies on one WhatsApp device would replace each other's
-  connection forever. To move a device, remove the old company first;
+  connection forever (see ``devices``). To move a device, remove the old company first;
 * a company a daemon drives (see ``import_lease``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sqlite3
 import time
 import uuid
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
-from wapool import __version__
 from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
 from wapool.leases import Fence
-from wapool.store import devices, pg_copy, restore
-from wapool.store.dump import as_triples, dump_rows
-from wapool.store.schema import read_schema
-from wapool.store.working_store import get_meta, set_meta, transaction
-
-EXPORT_FORMAT = "1"
-
-
-class BadExportFile(WapoolError):
-    """The file is not a wapool export, is truncated, or fails its integrity check."""
+from wapool.store import devices, pg_copy
+from wapool.store.export_file import ExportFile, write_export
 
 
 class ImportRefused(WapoolError):
@@ -48,16 +34,6 @@ class ImportRefused(WapoolError):
 IMPORT_LOCK_ID = 0x7761706F6F6C696D & 0x7FFF_FFFF_FFFF_FFFF  # "wapoolim"
 
 
-@dataclass(frozen=True)
-class ExportFile:
-    company_id: str
-    rows: list[tuple[str, str, str]]
-    digest: str
-    schema_ddl: str
-    schema_version: int
-    schema_fingerprint: str
-
-
 async def export_company(db: Database, company_id: str, target: Path) -> int:
     """Write the PostgreSQL copy of ``company_id`` to ``target``; return the row count."""
     meta = await pg_copy.fetch_meta(db, company_id)
@@ -66,63 +42,6 @@ async def export_company(db: Database, company_id: str, target: Path) -> int:
     rows = await pg_copy.fetch_rows(db, company_id, timeout=db.query_timeout + 60)
     await asyncio.to_thread(write_export, target, company_id, meta, rows)
     return len(rows)
-
-
-def write_export(
-    target: Path, company_id: str, meta: pg_copy.CopyMeta, rows: list[tuple[str, str, str]]
-) -> None:
-    if target.exists():
-        raise WapoolError(f"{target} already exists; choose a new file name")
-    temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    restore.build_from_rows(temp, meta, rows)
-    with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
-        conn.execute("PRAGMA journal_mode = DELETE")
-        with transaction(conn):
-            for key, value in {
-                "export_format": EXPORT_FORMAT,
-                "export_company": company_id,
-                "export_rows": str(len(rows)),
-                "export_digest": pg_copy.digest(rows),
-                "export_created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "export_wapool_version": __version__,
-                "export_applied_seq": str(meta.applied_seq),
-            }.items():
-                set_meta(conn, key, value)
-    os.replace(temp, target)
-
-
-def read_export(source: Path) -> ExportFile:
-    """Open and fully check an export file; raise ``BadExportFile`` with the reason."""
-    if not source.is_file():
-        raise BadExportFile(f"{source}: no such file")
-    try:
-        conn = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error as exc:
-        raise BadExportFile(f"{source}: cannot open: {exc}") from None
-    try:
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise BadExportFile(f"{source}: damaged SQLite file ({check[0][0]})")
-        if get_meta(conn, "export_format") != EXPORT_FORMAT:
-            raise BadExportFile(f"{source}: not a wapool export (format {EXPORT_FORMAT})")
-        schema = read_schema(conn)
-        rows = as_triples(dump_rows(conn))
-        expected_rows = int(get_meta(conn, "export_rows") or -1)
-        expected_digest = get_meta(conn, "export_digest") or ""
-        company = get_meta(conn, "export_company") or ""
-    except sqlite3.DatabaseError as exc:
-        raise BadExportFile(f"{source}: not a usable wapool export: {exc}") from None
-    finally:
-        conn.close()
-    if len(rows) != expected_rows or pg_copy.digest(rows) != expected_digest:
-        raise BadExportFile(f"{source}: integrity check failed (rows or digest differ)")
-    if not any(t.name == devices.DEVICE_TABLE for t in schema.tables):
-        raise BadExportFile(f"{source}: holds no whatsmeow store")
-    return ExportFile(
-        company, rows, expected_digest, pg_copy.DDL_SEPARATOR.join(schema.ddl), schema.version,
-        schema.fingerprint,
-    )  # fmt: skip
 
 
 def check_origin(export: ExportFile, company_id: str, from_company: str | None) -> None:
