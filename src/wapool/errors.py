@@ -70,6 +70,10 @@ class InvalidCompanyId(WapoolError):
     """A company id that does not match the allowed shape."""
 
 
+class InvalidDisplayName(WapoolError):
+    """A company display name that is too long or holds control characters."""
+
+
 class CompanyNotFound(WapoolError):
     """A company id that is not in the registry."""
 
