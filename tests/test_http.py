@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import proxied
 from wapool.devdb import free_port
+from wapool.observability.http import is_loopback
 from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -95,3 +96,36 @@ async def test_endpoints_and_readiness_during_an_outage(
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.to_thread(proc.wait, 30)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("wapool.example", False)],
+)  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_binding_beyond_loopback_is_warned_about(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "state"),
+        "WAPOOL_WHATSAPP_BACKEND": "simulated",
+        "WAPOOL_HTTP_ADDR": f"0.0.0.0:{port}",
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while _get(port, "/healthz")[0] != 200:
+            assert time.monotonic() < deadline, "the endpoint did not come up"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    warning = next(line for line in err.splitlines() if "event=http_not_loopback" in line)
+    assert "level=warning" in warning
+    assert f"address=0.0.0.0:{port}" in warning
+    assert "phone numbers" in warning

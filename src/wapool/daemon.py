@@ -17,7 +17,7 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
-from wapool.observability.http import HttpServer
+from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
 from wapool.registry.company import Company
@@ -115,6 +115,15 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
+    if not is_loopback(host):
+        log.warning(
+            "http_not_loopback",
+            extra={
+                "address": settings.http_addr,
+                "risk": "/status shows phone numbers and state paths, without authentication, "
+                "to anyone who can reach this address",
+            },
+        )
     server = HttpServer(host, port, Views(runtime).endpoints())
     try:
         await server.start()
