@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import proxied
 from tests.daemon import Daemons
+from wapool.devdb import free_port
+from wapool.observability.http import is_loopback
 from wapool.testing.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(90)
@@ -77,3 +79,29 @@ async def test_endpoints_and_readiness_during_an_outage(
     finally:  # while this loop still runs the proxy the daemon drains through
         daemon.send_signal(signal.SIGTERM)
         await asyncio.to_thread(daemon.wait, 30)
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True), ("localhost", True),
+     ("0.0.0.0", False), ("::", False), ("10.1.2.3", False), ("wapool.example", False)],
+)  # fmt: skip
+def test_loopback_hosts(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_binding_beyond_loopback_is_warned_about(
+    database_url: str, tmp_path: Path, daemons: Daemons
+) -> None:
+    port = free_port()
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "state"),
+        "WAPOOL_WHATSAPP_BACKEND": "simulated",
+        "WAPOOL_HTTP_ADDR": f"0.0.0.0:{port}",
+    }
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=http_not_loopback")
+    warning = lines[-1]
+    assert "level=warning" in warning
+    assert f"address=0.0.0.0:{port}" in warning

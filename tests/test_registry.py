@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import make_settings, proxied, run_cli, wait_until_up
@@ -102,6 +103,30 @@ def test_cli_company_commands(database_url: str, tmp_path: Path) -> None:
     assert [c["id"] for c in json.loads(out)] == ["962302"]
     assert json.loads(out)[0]["removed_at"] is not None
     assert run_cli("company", env=env, cwd=tmp_path).returncode == ExitCode.USAGE
+
+
+def test_display_names_with_control_characters_are_refused(
+    database_url: str, tmp_path: Path
+) -> None:
+    env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(tmp_path)}
+    for name, code in (
+        ("Acme\x1b[2J\x1b[31mPWNED", "U+001B"),
+        ("Acme\nfake-co  Fake  enabled", "U+000A"),
+        ("Acme\u202eyrekab", "U+202E"),
+    ):
+        result = run_cli("company", "add", "acme", "--name", name, env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.strip().startswith(
+            f"wapool: error: display name holds control characters ({code}"
+        )
+    kept = run_cli("company", "add", "acme", "--name", "Ácme 🍞 Café", env=env, cwd=tmp_path)
+    assert kept.returncode == 0, kept.stderr
+    # A name written straight into the table is shown escaped, never sent raw.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE companies SET display_name = 'x\x1b[2Jy' WHERE id = 'acme'")
+    listed = run_cli("company", "list", env=env, cwd=tmp_path)
+    assert "\x1b" not in listed.stdout
+    assert "x\\u001b[2Jy" in listed.stdout
 
 
 async def test_registry_served_from_cache_during_outage_then_expires(

@@ -123,3 +123,49 @@ def test_unreachable_database_is_one_line_without_password(tmp_path: Path) -> No
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert result.stderr.startswith("wapool: error: PostgreSQL unreachable")
     assert SECRET not in result.stderr
+
+
+def test_env_file_that_is_not_utf8_is_refused_with_its_line(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_bytes(
+        b"# settings\nWAPOOL_LOG_LEVEL=INFO\nWAPOOL_NODE_NAME=caf\xe9-\xff\n"
+    )
+    result = run_cli("company", "list", env={"WAPOOL_STATE_DIR": str(tmp_path)}, cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert result.stderr.strip() == (
+        f"wapool: bad configuration: {tmp_path / '.env'} line 3: not UTF-8 text; "
+        "save the file as UTF-8"
+    )
+
+
+def test_env_file_named_on_the_command_line_must_exist(tmp_path: Path) -> None:
+    env = {"WAPOOL_STATE_DIR": str(tmp_path)}
+    missing = tmp_path / "missing.env"
+    result = run_cli("--env-file", str(missing), "company", "list", env=env, cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG, result.stderr
+    assert result.stderr.strip() == f"wapool: bad configuration: --env-file {missing}: no such file"
+    directory = run_cli("--env-file", str(tmp_path), "company", "list", env=env, cwd=tmp_path)
+    assert directory.returncode == ExitCode.CONFIG
+    assert "not a regular file" in directory.stderr
+    # The default ./.env stays optional: without it the next problem is the missing URL.
+    default = run_cli("company", "list", env=env, cwd=tmp_path)
+    assert default.stderr.startswith("wapool: bad configuration: WAPOOL_DATABASE_URL: required")
+
+
+def test_unknown_variable_is_refused_in_the_environment_as_in_env_file(tmp_path: Path) -> None:
+    typo = "wapool: bad configuration: WAPOOL_KEY_RETENTION_DAY: unknown setting"
+    env = {"WAPOOL_STATE_DIR": str(tmp_path), "WAPOOL_KEY_RETENTION_DAY": "90"}
+    from_env = run_cli("company", "list", env=env, cwd=tmp_path)
+    (tmp_path / ".env").write_text("WAPOOL_KEY_RETENTION_DAY=90\n")
+    from_file = run_cli("company", "list", env={"WAPOOL_STATE_DIR": str(tmp_path)}, cwd=tmp_path)
+    both = run_cli("company", "list", env=env, cwd=tmp_path)
+    for result in (from_env, from_file, both):
+        assert result.returncode == ExitCode.CONFIG, result.stderr
+        assert result.stderr.splitlines()[0].startswith(typo)
+        assert result.stderr.count("WAPOOL_KEY_RETENTION_DAY") == 1
+        assert "90" not in result.stderr
+
+
+def test_variables_of_wapools_own_tools_are_not_settings(tmp_path: Path) -> None:
+    env = {"WAPOOL_STATE_DIR": str(tmp_path), "WAPOOL_DEVDB_DIR": str(tmp_path)}
+    result = run_cli("company", "list", env=env, cwd=tmp_path)
+    assert result.stderr.startswith("wapool: bad configuration: WAPOOL_DATABASE_URL: required")

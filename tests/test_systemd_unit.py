@@ -50,6 +50,6 @@ def test_security_exposure_is_two_or_less(tmp_path: Path) -> None:
 def test_unit_matches_the_daemon() -> None:
     text = UNIT.read_text()
     assert "Type=notify" in text
-    assert "RestartPreventExitStatus=78 65 66" in text
+    assert "RestartPreventExitStatus=78 65 66 77" in text
     stop = int(re.search(r"TimeoutStopSec=(\d+)", text).group(1))  # type: ignore[union-attr]
     assert stop >= 15 + 10 + 5  # clients (15 s) + last drain (10 s) + slack

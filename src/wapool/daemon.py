@@ -17,7 +17,7 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
-from wapool.observability.http import HttpServer
+from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
 from wapool.registry.company import Company
@@ -65,21 +65,37 @@ class StopSignals:
         self.stop.set()
 
 
-async def _wait_for_schema(db: Database, stop: asyncio.Event, notify: Notifier) -> int | None:
-    """Wait (with backoff) until PostgreSQL answers, then check the schema version."""
+async def _wait_for_schema(
+    db: Database, stop: asyncio.Event, notify: Notifier, settings: Settings
+) -> int | None:
+    """Wait (with backoff) until PostgreSQL answers, then check the schema version.
+
+    The pool only ever says "timed out"; a direct connection attempt tells why. A refused
+    role or an impossible connection string ends the wait (exit 77 or 78): waiting cannot
+    fix them, and systemd must not restart the daemon in a loop."""
     backoff = Backoff(base=0.5, cap=10.0)
     while not stop.is_set():
         try:
             return await db.run(check_schema)
         except DatabaseUnavailable as exc:
+            reason = await _why_unavailable(db, settings) or str(exc)
             delay = max(0.2, backoff.next_delay())
             notify.status("waiting for PostgreSQL")
             notify.extend_timeout(delay + 30)  # systemd keeps waiting while we do
             log.warning(
-                "waiting_for_database", extra={"error": str(exc), "retry_in": round(delay, 2)}
+                "waiting_for_database", extra={"error": reason, "retry_in": round(delay, 2)}
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
+    return None
+
+
+async def _why_unavailable(db: Database, settings: Settings) -> str | None:
+    """The real reason PostgreSQL cannot be used; raises when waiting cannot help."""
+    try:
+        await db.probe(timeout=settings.db_connect_timeout_seconds + 1.0)
+    except DatabaseUnavailable as exc:
+        return str(exc)
     return None
 
 
@@ -100,6 +116,15 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
+    if not is_loopback(host):
+        log.warning(
+            "http_not_loopback",
+            extra={
+                "address": settings.http_addr,
+                "risk": "/status shows phone numbers and state paths, without authentication, "
+                "to anyone who can reach this address",
+            },
+        )
     server = HttpServer(host, port, Views(runtime).endpoints())
     try:
         await server.start()
@@ -147,7 +172,7 @@ async def run_daemon(settings: Settings) -> int:
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
-        version = await _wait_for_schema(db, signals.stop, notify)
+        version = await _wait_for_schema(db, signals.stop, notify, settings)
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)

@@ -18,6 +18,7 @@ class ExitCode(IntEnum):
     SCHEMA_TOO_NEW = 65  # the database was migrated by a newer wapool
     SCHEMA_NOT_MIGRATED = 66  # the database needs `wapool migrate` first
     DATABASE_UNAVAILABLE = 69  # PostgreSQL unreachable when it is required
+    NO_PERMISSION = 77  # EX_NOPERM: PostgreSQL refuses the role (missing, or lacks a grant)
     CONFIG = 78  # EX_CONFIG: bad configuration
     INTERRUPTED = 130  # forced stop (second SIGINT)
 
@@ -44,6 +45,15 @@ class DatabaseUnavailable(WapoolError):
     exit_code = ExitCode.DATABASE_UNAVAILABLE
 
 
+class AccessDenied(WapoolError):
+    """PostgreSQL refuses wapool's role: it does not exist, may not log in, or lacks a grant.
+
+    Retrying cannot help until an administrator acts, so it has its own exit code, which the
+    systemd unit lists in ``RestartPreventExitStatus=``."""
+
+    exit_code = ExitCode.NO_PERMISSION
+
+
 class SchemaTooNew(WapoolError):
     """The database schema was migrated by a newer wapool than this one."""
 
@@ -58,6 +68,10 @@ class SchemaNotMigrated(WapoolError):
 
 class InvalidCompanyId(WapoolError):
     """A company id that does not match the allowed shape."""
+
+
+class InvalidDisplayName(WapoolError):
+    """A company display name that is too long or holds control characters."""
 
 
 class CompanyNotFound(WapoolError):

@@ -95,8 +95,9 @@ class Runtime:
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
         latest = LatestSizes(db)
         scheduler = CleanupScheduler(
-            settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take
-        )
+            settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
+            resume=cleanup.resume_interrupted,
+        )  # fmt: skip
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper,
             build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,

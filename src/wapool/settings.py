@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wapool.errors import ConfigError
+from wapool.setting_sources import UNKNOWN, env_file_problems, unknown_variables
 
 ENV_PREFIX = "WAPOOL_"
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -187,19 +188,45 @@ class Settings(BaseSettings):
         )
 
 
+#: libpq options whose value is one of a fixed set (libpq refuses anything else at connect).
+_CONNINFO_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+}  # fmt: skip
+
+
 def parse_conninfo(value: str) -> dict[str, Any]:
+    """The connection string's options; ValueError (without the value) when it cannot work."""
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     if value.startswith(("postgres://", "postgresql://")) or "=" in value:
         try:
-            return conninfo_to_dict(value)
+            parts = conninfo_to_dict(value)
         except ProgrammingError:
             pass
+        else:
+            _check_conninfo_values(parts)
+            return parts
     raise ValueError(
         "must be a PostgreSQL URL such as postgresql://wapool@db.example:5432/wapool "
         "(or a libpq key=value string)"
     )
+
+
+def _check_conninfo_values(parts: dict[str, Any]) -> None:
+    """Values that parse but cannot work are configuration errors, not an unreachable server."""
+    for port in str(parts.get("port") or "").split(","):
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ValueError("its port must be a number from 1 to 65535")
+    for option, allowed in _CONNINFO_CHOICES.items():
+        if option in parts and str(parts[option]) not in allowed:
+            raise ValueError(f"its {option} must be one of {', '.join(allowed)}")
 
 
 def split_host_port(value: str) -> tuple[str, int]:
@@ -220,12 +247,26 @@ def split_host_port(value: str) -> tuple[str, int]:
     return host, port
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read and validate settings, or raise ``ConfigError`` with one line per bad setting."""
+def load_settings(
+    env_file: str | Path | None = ".env", *, env_file_required: bool = False, **overrides: Any
+) -> Settings:
+    """Read and validate settings, or raise ``ConfigError`` with one line per bad setting.
+
+    ``env_file_required``: the file was named by the operator (``--env-file``), so its absence
+    is an error; the default ``.env`` is optional. See ``setting_sources`` for the checks."""
+    unreadable = env_file_problems(env_file, required=env_file_required)
+    if unreadable:
+        raise ConfigError(unreadable)
+    known = [ENV_PREFIX + name for name in Settings.model_fields]
+    problems = unknown_variables(os.environ, ENV_PREFIX, known)
     try:
-        return Settings(_env_file=env_file, **overrides)
+        settings = Settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from None
+        # A name misspelt in both sources is reported once.
+        raise ConfigError(list(dict.fromkeys(problems + _describe(exc)))) from None
+    if problems:
+        raise ConfigError(problems)
+    return settings
 
 
 def _describe(exc: ValidationError) -> list[str]:
@@ -233,7 +274,7 @@ def _describe(exc: ValidationError) -> list[str]:
     for error in exc.errors(include_input=False, include_url=False):
         message = str(error["msg"]).removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
-            message = "unknown setting (check the spelling against .env.example)"
+            message = UNKNOWN
         elif error["type"] == "missing":
             message = "required"
         field = ".".join(str(part) for part in error["loc"] if not isinstance(part, int))

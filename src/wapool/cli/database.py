@@ -7,6 +7,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
+
+from wapool.db import diagnosis
 from wapool.db.migrations import latest_version, migrate
 from wapool.db.pool import Database
 from wapool.settings import Settings
@@ -33,7 +36,10 @@ async def open_database(settings: Settings) -> AsyncIterator[Database]:
 
 async def _migrate(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as db, db.pool.connection() as conn:
-        applied = await migrate(conn)
+        try:
+            applied = await migrate(conn)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise diagnosis.privilege_failure(exc, conn.info.user) from None
     if applied:
         names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
         print(f"migrated to version {latest_version()} (applied {names})")

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"wapool {__version__}")
     parser.add_argument(
-        "--env-file", default=".env", help="settings file read besides the environment (.env)"
+        "--env-file",
+        help="settings file read besides the environment (default: ./.env when it exists)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run.register(commands)
@@ -47,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.env_file)
+        settings = load_settings(
+            args.env_file or ".env", env_file_required=args.env_file is not None
+        )
     except ConfigError as exc:
         for line in exc.problems:
             print(f"wapool: bad configuration: {line}", file=sys.stderr)

@@ -12,6 +12,8 @@ from wapool.errors import ExitCode, WapoolError
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
 from wapool.store import pg_copy, restore, transfer
+from wapool.store.export_file import ExportFile, read_export
+from wapool.store.import_lease import held_for_import
 from wapool.store.verify import Verdict, verify, wait_drained
 from wapool.store.working_store import store_path
 
@@ -35,10 +37,15 @@ def register(commands: Any) -> None:
     imp.add_argument("company_id", metavar="COMPANY")
     imp.add_argument("file", metavar="FILE", type=Path)
     imp.add_argument("--force", action="store_true", help="overwrite a paired company")
+    imp.add_argument(
+        "--from-company",
+        metavar="ID",
+        help="the file is an export of company ID (needed when ID is not COMPANY)",
+    )
     imp.set_defaults(handler=_import)
 
 
-def _replace_local(path: Path, meta: pg_copy.CopyMeta, export: transfer.ExportFile) -> None:
+def _replace_local(path: Path, meta: pg_copy.CopyMeta, export: ExportFile) -> None:
     """A working store of the company on this host takes the imported content at once."""
     if path.parent.exists():
         restore.build_from_rows(path, meta, export.rows)
@@ -91,14 +98,17 @@ async def _export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _import(settings: Settings, args: argparse.Namespace) -> int:
-    export = transfer.read_export(args.file)  # everything is checked before anything changes
+    export = read_export(args.file)  # everything is checked before anything changes
+    transfer.check_origin(export, args.company_id, args.from_company)
+    path = store_path(settings.state_dir, args.company_id)
     async with open_database(settings) as db:
-        meta = await transfer.import_company(
-            db, args.company_id, export, force=args.force, source=str(args.file)
-        )
-    await asyncio.to_thread(
-        _replace_local, store_path(settings.state_dir, args.company_id), meta, export
-    )
+        await CompanyRepository(db).get(args.company_id)  # unknown: said before any lease
+        async with held_for_import(db, args.company_id, settings.lease_seconds) as fence:
+            meta = await transfer.import_company(
+                db, args.company_id, export, force=args.force, source=str(args.file), fence=fence
+            )
+            # Still under the lease: no daemon starts the company on the old file meanwhile.
+            await asyncio.to_thread(_replace_local, path, meta, export)
     print(
         f"imported {len(export.rows)} rows into {args.company_id} (store {meta.store_uuid}"
         f"{', forced' if args.force else ''})"

@@ -23,6 +23,7 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from wapool.db import diagnosis
 from wapool.db.bounded import bounded
 from wapool.db.health import DatabaseHealth
 from wapool.errors import DatabaseUnavailable
@@ -149,7 +150,10 @@ class Database:
             raise DatabaseUnavailable(f"PostgreSQL unreachable: {describe_error(exc)}") from None
 
     async def probe(self, timeout: float) -> None:
-        """Connect once outside the pool, to report the real reason PostgreSQL is unreachable."""
+        """Connect once outside the pool, to report the real reason PostgreSQL is unreachable.
+
+        Raises ``DatabaseUnavailable``, or ``AccessDenied`` / ``ConfigError`` when waiting
+        cannot help (see ``diagnosis``)."""
         try:
             conn = await bounded(
                 AsyncConnection.connect(self._conninfo, **self._connect_kwargs),
@@ -158,7 +162,7 @@ class Database:
             )
         except (psycopg.Error, PoolTimeout, TimeoutError, OSError) as exc:
             self.health.mark_down(exc)
-            raise DatabaseUnavailable(f"PostgreSQL unreachable: {describe_error(exc)}") from None
+            raise diagnosis.connect_failure(exc) from None
         await conn.close()
 
     async def close(self) -> None:
@@ -168,12 +172,17 @@ class Database:
         """Run ``work`` in one transaction on a pooled connection, within the deadline.
 
         Raises ``DatabaseUnavailable`` when PostgreSQL cannot be reached or does not answer in
-        time; other database errors (constraint violations, ...) pass through unchanged.
+        time, ``AccessDenied`` when the role lacks a grant; other database errors (constraint
+        violations, ...) pass through unchanged.
         """
 
         async def in_transaction() -> T:
-            async with self.pool.connection() as conn, conn.transaction():
-                return await work(conn)
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction():
+                        return await work(conn)
+                except psycopg.errors.InsufficientPrivilege as exc:
+                    raise diagnosis.privilege_failure(exc, conn.info.user) from None
 
         try:
             result = await bounded(in_transaction(), timeout or self.query_timeout, "query")

@@ -91,13 +91,15 @@ CREATE TABLE company_leases (
 
 -- The expired-key cleanup: one row per run (scheduled runs carry their cron slot, so a slot runs
 -- once in a cluster), and the daily size samples behind the growth figures and metrics.
+-- 'interrupted': the daemon running it died; its slot runs again within the misfire grace.
 CREATE TABLE cleanup_runs (
     id           bigserial PRIMARY KEY,
     slot         timestamptz UNIQUE,
     started_at   timestamptz NOT NULL DEFAULT now(),
     finished_at  timestamptz,
     status       text NOT NULL DEFAULT 'running'
-                 CONSTRAINT cleanup_runs_status CHECK (status IN ('running', 'done', 'failed', 'cancelled')),
+                 CONSTRAINT cleanup_runs_status
+                 CHECK (status IN ('running', 'done', 'failed', 'cancelled', 'interrupted')),
     deleted_rows bigint NOT NULL DEFAULT 0,
     deleted_bytes bigint NOT NULL DEFAULT 0,
     host         text NOT NULL DEFAULT '',

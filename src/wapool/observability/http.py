@@ -2,13 +2,16 @@
 
 A deliberately small HTTP/1.1 server on asyncio (GET only, bounded request size and time,
 one response per connection): it must answer even when everything else is struggling.
-Nothing it serves contains a secret: it renders the daemon's own counters and states.
+Nothing it serves contains a secret: it renders the daemon's own counters and states. It does
+show paired phone numbers and state paths and has no authentication, so binding it to anything
+but loopback (``WAPOOL_HTTP_ADDR``) is logged as a warning at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 from collections.abc import Callable
@@ -19,6 +22,14 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach ``host``: a loopback address or ``localhost``."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower().rstrip(".") == "localhost"
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from wapool.errors import InvalidCompanyId
+from wapool.errors import InvalidCompanyId, InvalidDisplayName
+from wapool.terminal import unsafe_characters
 
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_DISPLAY_NAME = 200
@@ -23,6 +24,21 @@ def validate_company_id(value: str) -> str:
         raise InvalidCompanyId(
             f"invalid company id {shown!r}: use 1-63 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit (e.g. 962302 or acme-bakery)"
+        )
+    return value
+
+
+def validate_display_name(value: str) -> str:
+    """Return the name if it is fit to print, else raise ``InvalidDisplayName``.
+
+    ``company list`` prints names on operators' terminals: no control characters (escape
+    sequences, newlines), line separators or bidirectional overrides (see ``terminal``)."""
+    if len(value) > MAX_DISPLAY_NAME:
+        raise InvalidDisplayName(f"display name is longer than {MAX_DISPLAY_NAME} characters")
+    if bad := unsafe_characters(value):
+        raise InvalidDisplayName(
+            f"display name holds control characters ({', '.join(bad)}): they would rewrite "
+            "the terminal of whoever lists companies; use plain text"
         )
     return value
 

@@ -8,8 +8,8 @@ from psycopg import errors as pg_errors
 from psycopg.rows import class_row
 
 from wapool.db.pool import Conn, Database
-from wapool.errors import CompanyExists, CompanyNotFound, WapoolError
-from wapool.registry.company import MAX_DISPLAY_NAME, Company, validate_company_id
+from wapool.errors import CompanyExists, CompanyNotFound
+from wapool.registry.company import Company, validate_company_id, validate_display_name
 
 _COLUMNS: LiteralString = (
     "id, display_name, enabled, paired_jid, created_at, updated_at, removed_at"
@@ -50,8 +50,7 @@ class CompanyRepository:
         self, company_id: str, display_name: str = "", *, restore: bool = False
     ) -> Company:
         validate_company_id(company_id)
-        if len(display_name) > MAX_DISPLAY_NAME:
-            raise WapoolError(f"display name is longer than {MAX_DISPLAY_NAME} characters")
+        validate_display_name(display_name)
 
         async def work(conn: Conn) -> Company:
             cur = conn.cursor(row_factory=class_row(Company))

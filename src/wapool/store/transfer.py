@@ -1,48 +1,37 @@
-"""``wapool export`` / ``wapool import``: a company's store as one self-contained file.
+"""``wapool export`` / ``wapool import``: a company's PostgreSQL copy to and from a file.
 
-The file is a valid whatsmeow SQLite store (rollback journal, not WAL, so it is one file) whose
-``wapool_meta`` table also records the company, row count and a digest of every row. Import
-checks all of it before changing anything.
+The file itself (format, checks, damage reports) is ``export_file``. Import checks all of the
+file before changing anything, and refuses:
+
+* a file exported from another company, unless the operator names that company
+  (``--from-company``): one company's device and keys must not end up in another by mistake;
+* a device that another (not removed) company holds, in its PostgreSQL copy or as its paired
+  JID, whatever the flags: two companies on one WhatsApp device would replace each other's
+  connection forever (see ``devices``). To move a device, remove the old company first;
+* a company a daemon drives (see ``import_lease``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sqlite3
 import time
 import uuid
-from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
-from wapool import __version__
 from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
-from wapool.store import pg_copy, restore
-from wapool.store.dump import as_triples, dump_rows
-from wapool.store.schema import read_schema
-from wapool.store.working_store import get_meta, set_meta, transaction
-
-EXPORT_FORMAT = "1"
-
-
-class BadExportFile(WapoolError):
-    """The file is not a wapool export, is truncated, or fails its integrity check."""
+from wapool.leases import Fence
+from wapool.store import devices, pg_copy
+from wapool.store.export_file import ExportFile, write_export
 
 
 class ImportRefused(WapoolError):
-    """The company is paired; importing would replace its session (use --force)."""
+    """Importing would replace a paired session (use --force), move a device between
+    companies, or write without the company's lease."""
 
 
-@dataclass(frozen=True)
-class ExportFile:
-    company_id: str
-    rows: list[tuple[str, str, str]]
-    digest: str
-    schema_ddl: str
-    schema_version: int
-    schema_fingerprint: str
+#: Serialises imports cluster-wide, so two cannot give one device to two companies at once.
+IMPORT_LOCK_ID = 0x7761706F6F6C696D & 0x7FFF_FFFF_FFFF_FFFF  # "wapoolim"
 
 
 async def export_company(db: Database, company_id: str, target: Path) -> int:
@@ -55,70 +44,43 @@ async def export_company(db: Database, company_id: str, target: Path) -> int:
     return len(rows)
 
 
-def write_export(
-    target: Path, company_id: str, meta: pg_copy.CopyMeta, rows: list[tuple[str, str, str]]
-) -> None:
-    if target.exists():
-        raise WapoolError(f"{target} already exists; choose a new file name")
-    temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
-    temp.unlink(missing_ok=True)
-    restore.build_from_rows(temp, meta, rows)
-    with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
-        conn.execute("PRAGMA journal_mode = DELETE")
-        with transaction(conn):
-            for key, value in {
-                "export_format": EXPORT_FORMAT,
-                "export_company": company_id,
-                "export_rows": str(len(rows)),
-                "export_digest": pg_copy.digest(rows),
-                "export_created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "export_wapool_version": __version__,
-                "export_applied_seq": str(meta.applied_seq),
-            }.items():
-                set_meta(conn, key, value)
-    os.replace(temp, target)
-
-
-def read_export(source: Path) -> ExportFile:
-    """Open and fully check an export file; raise ``BadExportFile`` with the reason."""
-    if not source.is_file():
-        raise BadExportFile(f"{source}: no such file")
-    try:
-        conn = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
-    except sqlite3.Error as exc:
-        raise BadExportFile(f"{source}: cannot open: {exc}") from None
-    try:
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise BadExportFile(f"{source}: damaged SQLite file ({check[0][0]})")
-        if get_meta(conn, "export_format") != EXPORT_FORMAT:
-            raise BadExportFile(f"{source}: not a wapool export (format {EXPORT_FORMAT})")
-        schema = read_schema(conn)
-        rows = as_triples(dump_rows(conn))
-        expected_rows = int(get_meta(conn, "export_rows") or -1)
-        expected_digest = get_meta(conn, "export_digest") or ""
-        company = get_meta(conn, "export_company") or ""
-    except sqlite3.DatabaseError as exc:
-        raise BadExportFile(f"{source}: not a usable wapool export: {exc}") from None
-    finally:
-        conn.close()
-    if len(rows) != expected_rows or pg_copy.digest(rows) != expected_digest:
-        raise BadExportFile(f"{source}: integrity check failed (rows or digest differ)")
-    if not any(t.name == "whatsmeow_device" for t in schema.tables):
-        raise BadExportFile(f"{source}: holds no whatsmeow store")
-    return ExportFile(
-        company, rows, expected_digest, pg_copy.DDL_SEPARATOR.join(schema.ddl), schema.version,
-        schema.fingerprint,
-    )  # fmt: skip
+def check_origin(export: ExportFile, company_id: str, from_company: str | None) -> None:
+    """Refuse a file exported from another company unless the operator named that company."""
+    if from_company is not None and from_company != export.company_id:
+        raise ImportRefused(
+            f"the file is an export of company {export.company_id!r}, not {from_company!r}"
+        )
+    if export.company_id != company_id and from_company is None:
+        raise ImportRefused(
+            f"the file is an export of company {export.company_id!r}, not {company_id!r}: its "
+            f"device and keys would move to {company_id!r}; to mean it, add "
+            f"--from-company {export.company_id}"
+        )
 
 
 async def import_company(
-    db: Database, company_id: str, export: ExportFile, *, force: bool, source: str
+    db: Database,
+    company_id: str,
+    export: ExportFile,
+    *,
+    force: bool,
+    source: str,
+    fence: Fence,
 ) -> pg_copy.CopyMeta:
-    """Replace the company's PostgreSQL copy with the export; returns the new copy's metadata."""
+    """Replace the company's PostgreSQL copy with the export, under ``fence`` (the import's
+    lease, see ``import_lease``); returns the new copy's metadata."""
     new_uuid = str(uuid.uuid4())
 
     async def work(conn: Conn) -> pg_copy.CopyMeta:
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK_ID,))
+        if refused := await fence.refused(conn, [company_id]):
+            raise ImportRefused(f"company {company_id!r}: lost the import's lease ({refused})")
+        if taken := await devices.holders(conn, company_id, devices.jids(export.rows)):
+            raise ImportRefused(
+                f"the export's device is already held by company {', '.join(taken)}: one "
+                "WhatsApp device cannot serve two companies; remove that company first "
+                "(wapool company remove ID)"
+            )
         cur = await conn.execute(
             "SELECT paired_jid FROM companies WHERE id = %s AND removed_at IS NULL FOR UPDATE",
             (company_id,),
@@ -127,11 +89,11 @@ async def import_company(
         if company is None:
             raise CompanyNotFound(f"unknown company {company_id!r}")
         cur = await conn.execute(
-            "SELECT count(*) FROM store_rows WHERE company_id = %s AND tbl = 'whatsmeow_device'",
-            (company_id,),
+            "SELECT count(*) FROM store_rows WHERE company_id = %s AND tbl = %s",
+            (company_id, devices.DEVICE_TABLE),
         )
-        devices = (await cur.fetchone() or (0,))[0]
-        if (company[0] or devices) and not force:
+        paired = company[0] or (await cur.fetchone() or (0,))[0]
+        if paired and not force:
             raise ImportRefused(
                 f"company {company_id!r} is paired; importing replaces its session: "
                 "use --force to overwrite it"
