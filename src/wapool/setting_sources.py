@@ -30,6 +30,7 @@ TOOL_VARIABLES = frozenset(
         "WAPOOL_INSTALL_SKIP_PIP",
         "WAPOOL_CONVERGENCE_CASES",
         "WAPOOL_SLOW",
+        "WAPOOL_WORKER_PARENT",  # set by the daemon for its worker processes
     }
 )
 
