@@ -103,6 +103,10 @@ class Runtime:
             bringup,
         )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        # A client whose store failed restarts only once the keeper has repaired the store.
+        self.supervisor.repair = self.keeper.recover
+
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
         active = {c.id for c in companies}

@@ -26,7 +26,7 @@ from wapool.db.pool import Database
 from wapool.errors import WapoolError
 from wapool.observability import alerts
 from wapool.observability.redact import describe_error
-from wapool.store.faults import StoreFault
+from wapool.store.faults import Fault, StoreFault
 from wapool.store.mirror import Mirror
 from wapool.store.provision import Provisioned, StoreUnreadable, provision
 from wapool.store.snapshot import Snapshot
@@ -59,6 +59,8 @@ class StoreKeeper:
         self._retry: dict[str, tuple[Backoff, float]] = {}
         #: Company -> why its store is not ready (cleared when it is).
         self.failing: dict[str, str] = {}
+        #: Those of them that failed for want of disk space.
+        self.disk_full: set[str] = set()
         self._alerted: set[str] = set()
 
     @property
@@ -124,6 +126,8 @@ class StoreKeeper:
     def _failed(self, company_id: str, exc: BaseException, retry_in: float | None) -> None:
         error = describe_error(exc)
         self.failing[company_id] = error
+        if isinstance(exc, StoreUnreadable) and exc.fault.fault is Fault.FULL:
+            self.disk_full.add(company_id)
         if isinstance(exc, StoreUnreadable) and company_id not in self._alerted:
             self._alerted.add(company_id)
             alerts.store_unreadable(company_id, str(exc))
@@ -134,4 +138,5 @@ class StoreKeeper:
 
     def _forget(self, company_id: str) -> None:
         self.failing.pop(company_id, None)
+        self.disk_full.discard(company_id)
         self._alerted.discard(company_id)
