@@ -71,9 +71,15 @@ def replaced_copies(state_dir: Path) -> list[Replaced]:
     return sorted(found, key=lambda r: (r.replaced_at, r.company_id))
 
 
-def prune_replaced(state_dir: Path, older_than: datetime) -> list[Replaced]:
+def prune_replaced(
+    state_dir: Path, older_than: datetime, company_id: str | None = None
+) -> list[Replaced]:
     """Remove the replaced stores kept since before ``older_than``; return them."""
-    pruned = [r for r in replaced_copies(state_dir) if r.replaced_at < older_than]
+    pruned = [
+        r
+        for r in replaced_copies(state_dir)
+        if r.replaced_at < older_than and company_id in (None, r.company_id)
+    ]
     for replaced in pruned:
         for file in replaced.files:
             file.unlink(missing_ok=True)

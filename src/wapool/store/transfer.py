@@ -21,6 +21,7 @@ from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
 from wapool.store import pg_copy, restore
 from wapool.store.dump import as_triples, dump_rows
+from wapool.store.leftovers import remove_file_set
 from wapool.store.schema import read_schema
 from wapool.store.working_store import get_meta, set_meta, transaction
 
@@ -58,9 +59,24 @@ async def export_company(db: Database, company_id: str, target: Path) -> int:
 def write_export(
     target: Path, company_id: str, meta: pg_copy.CopyMeta, rows: list[tuple[str, str, str]]
 ) -> None:
+    """Write the export through a hidden temporary file, removed whatever happens (it holds
+    private keys)."""
+    temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        _write_export(target, temp, company_id, meta, rows)
+    finally:
+        remove_file_set(temp)
+
+
+def _write_export(
+    target: Path,
+    temp: Path,
+    company_id: str,
+    meta: pg_copy.CopyMeta,
+    rows: list[tuple[str, str, str]],
+) -> None:
     if target.exists():
         raise WapoolError(f"{target} already exists; choose a new file name")
-    temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     temp.unlink(missing_ok=True)
     restore.build_from_rows(temp, meta, rows)
     with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
