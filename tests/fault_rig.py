@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -39,8 +40,11 @@ class RigDaemon:
         cwd: Path,
         log: Path,
         nonroot: NonRoot | None = None,
-        preexec: Callable[[], None] | None = None,
+        *,
+        pipe_log: bool = False,
     ) -> None:
+        """``pipe_log``: the log goes through a pipe this process copies to ``log`` (the daemon
+        then never writes a file of its own for it: see ``diskfull``)."""
         self.port = free_port()
         self.log = log
         self.start = log.stat().st_size if log.exists() else 0
@@ -53,9 +57,17 @@ class RigDaemon:
         full = base | dict(env) | {"WAPOOL_HTTP_ADDR": f"127.0.0.1:{self.port}"}
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(
-                command, env=full, cwd=cwd, stdout=subprocess.DEVNULL, stderr=err,
-                start_new_session=True, preexec_fn=preexec,
+                command, env=full, cwd=cwd, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE if pipe_log else err, start_new_session=True,
             )  # fmt: skip
+        if pipe_log:
+            threading.Thread(target=self._copy_log, daemon=True).start()
+
+    def _copy_log(self) -> None:
+        assert self.proc.stderr is not None
+        with open(self.log, "ab", buffering=0) as out:
+            for line in self.proc.stderr:
+                out.write(line)
 
     def text(self) -> str:
         with open(self.log, "rb") as file:

@@ -43,4 +43,4 @@ def inspect_local(path: Path) -> LocalState:
             return LocalState(None, get_meta(conn, "store_uuid"), changelog.last_seq(conn))
     except (StoreFault, *SQLITE_ERRORS, OSError) as exc:
         fault = as_fault(exc, path)
-        return LocalState(fault.fault, detail=str(fault))
+        return LocalState(fault.fault, detail=fault.detail)

@@ -6,9 +6,10 @@ that cannot be read or written) is retried with backoff, and a store that cannot
 alerted once per episode. ``failing`` says why each such store is not ready (``/readyz``).
 Companies that leave stop being mirrored; their files stay.
 
-``recover`` is how a running client's store failure comes back here: the store is inspected
-and provisioned again (restored if it is proven broken, see ``provision``) while its client
-waits, and the supervisor restarts the client once it answers True.
+``recover`` is how a running client's store failure comes back here: once a real write succeeds
+in its folder (``disk_watch.can_write``: after a full disk), the store is inspected and
+provisioned again (restored if it is proven broken, see ``provision``) while its client waits,
+and the supervisor restarts the client once it answers True.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from wapool.db.pool import Database
 from wapool.errors import WapoolError
 from wapool.observability import alerts
 from wapool.observability.redact import describe_error
-from wapool.store.faults import Fault, StoreFault
+from wapool.store.disk_watch import can_write
+from wapool.store.faults import Fault, StoreFault, as_fault
 from wapool.store.mirror import Mirror
 from wapool.store.provision import Provisioned, StoreUnreadable, provision
 from wapool.store.snapshot import Snapshot
+from wapool.store.working_store import store_dir
 from wapool.whatsapp.neonize_store import SchemaCreationFailed
 
 log = logging.getLogger(__name__)
@@ -89,7 +92,7 @@ class StoreKeeper:
         except RETRIED as exc:
             delay = max(1.0, backoff.next_delay())
             self._retry[company_id] = (backoff, self._clock.monotonic() + delay)
-            self._failed(company_id, exc, retry_in=delay)
+            self._failed(company_id, exc, retry_in=delay, alert=True)
             return
         self._retry.pop(company_id, None)
         self._ready.add(company_id)
@@ -100,11 +103,16 @@ class StoreKeeper:
         broken). True when it is usable again and its client may restart."""
         if company_id not in self._ready:
             return False
+        directory = store_dir(self._state_dir, company_id)
+        full = await asyncio.to_thread(can_write, directory)
+        if full is not None:  # writes would fail again at once
+            self._failed(company_id, StoreUnreadable(company_id, as_fault(full, directory)))
+            return False
         self._mirror.remove(company_id)  # a restore replaces the file under its connection
         try:
             result = await self._run(company_id)
         except RETRIED as exc:
-            self._failed(company_id, exc, retry_in=None)
+            self._failed(company_id, exc)  # the session's store_failed alert covers it
             return False
         if company_id in self._ready:  # it may have left meanwhile
             self._mirror.add(company_id, result.path)
@@ -123,12 +131,18 @@ class StoreKeeper:
         )
         return result
 
-    def _failed(self, company_id: str, exc: BaseException, retry_in: float | None) -> None:
+    def _failed(
+        self,
+        company_id: str,
+        exc: BaseException,
+        retry_in: float | None = None,
+        alert: bool = False,
+    ) -> None:
         error = describe_error(exc)
         self.failing[company_id] = error
         if isinstance(exc, StoreUnreadable) and exc.fault.fault is Fault.FULL:
             self.disk_full.add(company_id)
-        if isinstance(exc, StoreUnreadable) and company_id not in self._alerted:
+        if alert and isinstance(exc, StoreUnreadable) and company_id not in self._alerted:
             self._alerted.add(company_id)
             alerts.store_unreadable(company_id, str(exc))
         extra: dict[str, object] = {"company": company_id, "error": error}
