@@ -42,7 +42,7 @@ PG_STOP_EVERY = 3  # one case in this many also stops the real server
 STEPS = ["write", "sleep", "kill", "stop", "start", "chmod", "truncate", "outage", "heal", "full"]
 WEIGHTS = [30, 10, 10, 5, 10, 6, 5, 8, 8, 6]
 
-pytestmark = pytest.mark.timeout(240 * CASES + 120)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240 * CASES + 120)]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import pytest
 from tests.diskfull import SmallDisk
 from tests.fault_rig import RigDaemon, run_as
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 
 
 def _env(database_url: str, state: Path) -> dict[str, str]:

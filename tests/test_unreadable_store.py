@@ -16,7 +16,7 @@ from tests.fault_rig import RigDaemon, missing_from, pending_changes, postgres_r
 from tests.nonroot import nonroot_python, workdir
 from wapool.testing.fault_proxy import FaultProxy
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.process, pytest.mark.timeout(240)]
 OWED = 225
 
 

@@ -26,10 +26,10 @@ class LocalState:
 
     @property
     def problem(self) -> str | None:
-        """ "missing", "corrupt: ..." or "unreadable: ..." (None when sound)."""
-        if self.fault is Fault.MISSING:
-            return "missing"
-        return self.detail
+        """``missing``, ``corrupt: ...``, ``unreadable: ...`` or ``full: ...`` (None: sound)."""
+        if self.fault is None or self.fault is Fault.MISSING:
+            return None if self.fault is None else "missing"
+        return f"{self.fault.value}: {self.detail}"
 
 
 def inspect_local(path: Path) -> LocalState:
