@@ -48,7 +48,7 @@ async def test_a_store_broken_under_its_client_is_restored_and_the_client_restar
     daemon = RigDaemon(env, tmp_path, tmp_path / "daemon.log")
     try:
         await daemon.wait_for("state=connected", count=2, timeout=60)
-        await daemon.wait_for("event=daemon_ready")
+        await daemon.wait_for("event=http_listening")
         os.truncate(store, 8192)  # header intact, tables gone
         text = await daemon.wait_for("company=acme state=store_failed", timeout=30)
         assert "Traceback" not in text
@@ -93,7 +93,7 @@ async def test_a_full_disk_stops_clients_until_writes_succeed_again(
     daemon = RigDaemon(env, tmp_path, tmp_path / "daemon.log", pipe_log=not disk.mounted)
     try:
         await daemon.wait_for("state=connected", count=2, timeout=60)
-        await daemon.wait_for("event=daemon_ready")
+        await daemon.wait_for("event=http_listening")
         disk.fill(daemon.pids())
         await daemon.wait_for("company=acme state=store_failed", timeout=30)
         await daemon.wait_for("company=beta state=store_failed", timeout=30)

@@ -55,7 +55,7 @@ async def test_an_unreadable_store_is_waited_for_never_replaced(
     try:
         text = await second.wait_for("event=store_unreadable", timeout=60)
         assert "Permission denied" in text or "unable to open" in text
-        await second.wait_for("event=daemon_ready")
+        await second.wait_for("event=http_listening")
         code, body = await second.get("/readyz")
         assert code == 503
         assert "acme" in body
