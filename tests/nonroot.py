@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import tomllib
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -33,6 +34,7 @@ CACHE = Path("/var/tmp/wapool-nonroot")
 SYSTEM_PYTHON = "/usr/bin/python3"
 UID = GID = 65534  # nobody / nogroup
 BUILD_TIMEOUT = 900
+STALE_SECONDS = 86_400
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,9 @@ def nonroot_python() -> NonRoot:
     with _locked(CACHE / ".lock"):
         venv = _deps_venv(_digest([PROJECT / "pyproject.toml"]))
         site = _project_copy(venv, _digest([PROJECT / "pyproject.toml", *_sources()]))
+        for used in (venv, site.parent):
+            os.utime(used)  # in use: not stale
+        _prune({venv, site.parent})
     return NonRoot(venv / "bin" / "python", site)
 
 
@@ -112,6 +117,13 @@ def _project_copy(venv: Path, key: str) -> Path:
         path.chmod(0o755 if path.is_dir() else 0o644)
     (target / ".ready").touch()
     return target / "site"
+
+
+def _prune(current: set[Path]) -> None:
+    """Builds for other versions of the project, not used for a day, go."""
+    for old in [*CACHE.glob("deps-*"), *CACHE.glob("project-*")]:
+        if old not in current and time.time() - old.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _pip(venv: Path, *args: str) -> None:

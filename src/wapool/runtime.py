@@ -145,11 +145,13 @@ class Runtime:
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
 
-        While companies wait for a lease this daemon will take (a backlog), much more often."""
+        While companies wait for a lease this daemon will take (a backlog), much more often; and
+        when a store's provisioning is due for a retry (its backoff), then."""
         every = self.settings.cache_sweep_seconds
         while not stop.is_set():
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
             timeout = min(every, BACKLOG_POLL_SECONDS) if self.backlog else every
+            timeout = min(timeout, self.keeper.retry_in(timeout))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()

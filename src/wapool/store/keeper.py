@@ -70,14 +70,22 @@ class StoreKeeper:
     def ready(self) -> frozenset[str]:
         return frozenset(self._ready)
 
+    def retry_in(self, default: float) -> float:
+        """Seconds until the next provisioning retry is due (``default`` when none waits; at
+        least a second, whatever keeps the retry from running)."""
+        now = self._clock.monotonic()
+        due = min((due for _, due in self._retry.values()), default=now + default)
+        return max(1.0, due - now)
+
     async def reconcile(self, active: Iterable[str]) -> None:
         wanted = set(active)
         for company_id in sorted(self._ready - wanted):
             self._mirror.remove(company_id)
             self._ready.discard(company_id)
             log.info("store_released", extra={"company": company_id})
-        for company_id in set(self.failing) - wanted:
+        for company_id in (set(self.failing) | set(self._retry)) - wanted:
             self._forget(company_id)
+            self._retry.pop(company_id, None)
         for company_id in sorted(wanted - self._ready):
             await self._provision(company_id)
 
