@@ -13,6 +13,7 @@ from tests.conftest import dump_store, make_settings, mirror_once, new_store, pr
 from tests.test_mirror import add_companies, writer_for
 from wapool.clock import ManualClock
 from wapool.db.pool import Database
+from wapool.store.leftovers import replaced_copies
 from wapool.store.mirror import Mirror
 from wapool.store.provision import StoreUnavailable, provision
 from wapool.store.snapshot import snapshot_cache
@@ -75,11 +76,8 @@ async def test_corrupt_store_is_detected_restored_and_kept_aside(
     assert result.action == "restored-postgres"
     assert result.reason.startswith("working store corrupt")
     assert dump_store(path) == before
-    kept = [
-        p for p in path.parent.glob("store.db.replaced-*") if p.name[-4:] not in ("-wal", "-shm")
-    ]
-    assert kept
-    assert kept[0].read_bytes() == bytes(data)
+    [kept] = replaced_copies(tmp_path)  # with its -wal/-shm and salvage report, if any
+    assert kept.path.read_bytes() == bytes(data)
 
 
 async def test_stale_store_is_restored(

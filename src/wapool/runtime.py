@@ -104,6 +104,10 @@ class Runtime:
             bringup,
         )  # fmt: skip
 
+    def __post_init__(self) -> None:
+        # A client whose store failed restarts only once the keeper has repaired the store.
+        self.supervisor.repair = self.keeper.recover
+
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
         active = {c.id for c in companies}
@@ -142,11 +146,13 @@ class Runtime:
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
 
-        While companies wait for a lease this daemon will take (a backlog), much more often."""
+        While companies wait for a lease this daemon will take (a backlog), much more often; and
+        when a store's provisioning is due for a retry (its backoff), then."""
         every = self.settings.cache_sweep_seconds
         while not stop.is_set():
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
             timeout = min(every, BACKLOG_POLL_SECONDS) if self.backlog else every
+            timeout = min(timeout, self.keeper.retry_in(timeout))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()

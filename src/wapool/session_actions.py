@@ -65,6 +65,8 @@ def session_actions(
                 alerts.session_banned(company, code, seconds)
             case ev.ClientOutdated():
                 alerts.client_outdated(company)
+            case ev.StoreFailed(reason=reason, fault=fault):
+                alerts.store_failed(company, f"{fault}: {reason}")
             case _:
                 pass
 

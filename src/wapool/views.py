@@ -3,10 +3,15 @@
 Each view is rendered at its request from the daemon's live parts (sessions, worker pool, mirror
 statistics, outage caches, PostgreSQL health, the last cleanup and size sample). Nothing here
 holds a secret: the views show the daemon's own counters and states.
+
+Readiness also covers the working stores: a client stopped by its store (``store_failed``) or a
+store that cannot be provisioned makes the daemon unready, saying which and why; when the
+cause is a full disk, the state directory's free space is part of the answer.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from typing import Any
 
@@ -37,7 +42,37 @@ class Views:
         failed = sorted(c for c, s in rt.supervisor.sessions.items() if s.state is State.FAILED)
         if failed:
             return False, f"worker down for {', '.join(failed)}"
+        stores = self._store_problems()
+        if stores:
+            return False, stores
         return True, "ready"
+
+    def _store_problems(self) -> str:
+        """Stores that keep a client from running, and the disk when it is full."""
+        rt = self._rt
+        problems = {
+            c: s.last_error or "store failed"
+            for c, s in rt.supervisor.sessions.items()
+            if s.state is State.STORE_FAILED
+        }
+        problems.update(rt.keeper.failing)
+        if not problems:
+            return ""
+        text = "working store unusable: " + "; ".join(
+            f"{c}: {e}" for c, e in sorted(problems.items())
+        )
+        sessions = rt.supervisor.sessions.values()
+        if rt.keeper.disk_full or any(s.store_fault == "full" for s in sessions):
+            free = self._disk().get("free_bytes")
+            text += f"; state directory {rt.settings.state_dir} full ({free} bytes free)"
+        return text
+
+    def _disk(self) -> dict[str, Any]:
+        try:
+            usage = shutil.disk_usage(self._rt.settings.state_dir)
+        except OSError as exc:
+            return {"error": str(exc)}
+        return {"free_bytes": usage.free, "total_bytes": usage.total}
 
     def metrics(self) -> str:
         out = Exposition()
@@ -68,6 +103,7 @@ class Views:
         return {
             "node": rt.leases.holder,
             "database": {"up": health.up, "last_error": health.last_error},
+            "state_dir": self._disk(),
             "companies": companies,
         }
 

@@ -6,6 +6,9 @@ PostgreSQL directly if there is none. A company driven by another daemon is left
 (``own_only`` runs). Work is batched, checked for a stop request between batches, and
 idempotent: a run that was stopped is simply resumed by the next one, which finds what is still
 expired. Up to ``concurrency`` companies are pruned at once.
+
+Every run, cluster-wide or ``own_only``, also removes the replaced working stores this host kept
+for longer than the key retention period (``store.leftovers``): they hold private keys too.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from wapool.cleanup.pruner import BatchResult, Pruner, StalePage
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import current_holders
+from wapool.store.leftovers import prune_replaced
 from wapool.store.working_store import store_path
 
 log = logging.getLogger(__name__)
@@ -56,6 +60,8 @@ class RunResult:
     slow_rechecks: int = 0
     status: str = "running"
     error: str | None = None
+    #: Replaced working stores removed from this host (company/file names).
+    replaced_pruned: list[str] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
@@ -117,6 +123,11 @@ class CleanupRun:
         await self._companies([c for c in companies if company_id in (None, c)], now)
         if not own_only and (company_id is None or company_id not in companies):
             await self._removed(removed_cutoff, company_id)
+        # Kept as long as key material is: the retention period of removed companies.
+        pruned = await asyncio.to_thread(
+            prune_replaced, self._state_dir, removed_cutoff, company_id
+        )
+        self.result.replaced_pruned = [f"{r.company_id}/{r.path.name}" for r in pruned]
         self.result.finished_at = datetime.now(UTC)
         self.result.status = "done"
         return self.result

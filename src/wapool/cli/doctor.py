@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from wapool.db.migrations import check_schema
@@ -17,6 +18,8 @@ from wapool.db.pool import Conn, Database
 from wapool.errors import WapoolError
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
+from wapool.store.leftovers import replaced_copies, stale_temporaries
+from wapool.store.rescue import read_report
 from wapool.whatsapp import media_tools
 
 TABLES = (
@@ -42,6 +45,7 @@ async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
         ("postgresql migrated", lambda: _migrated(db)),
         ("role privileges", lambda: _privileges(db)),
         ("state directory", lambda: _state_dir(settings)),
+        ("store leftovers", lambda: _leftovers(settings)),
         ("neonize library", _neonize),
         ("libmagic", _libmagic),
         ("ffmpeg (optional)", _media_tools),
@@ -123,6 +127,41 @@ async def _state_dir(settings: Settings) -> str:
     if free < 0.10 or usage.free < 1 << 30:
         raise Failed(f"only {usage.free >> 20} MiB ({free:.0%}) free on {path}")
     return f"{path}: 0700, {usage.free >> 30} GiB ({free:.0%}) free"
+
+
+async def _leftovers(settings: Settings) -> str:
+    """Replaced stores kept (listed; a failure when their salvage could not save everything)
+    and temporaries of restores that died: they all hold private keys."""
+    kept, stale, unsaved = await asyncio.to_thread(_scan_leftovers, settings.state_dir)
+    problems = [f"{name}: NOT SAVED: {why}" for name, why in unsaved]
+    if stale:
+        problems.append(f"temporaries of a dead restore: {', '.join(stale)}")
+    if problems:
+        raise Failed(
+            "; ".join(problems) + " (see docs: a replaced store can be inspected with sqlite3; "
+            "delete it once dealt with)"
+        )
+    if not kept:
+        return "no replaced stores kept"
+    days = settings.key_retention_days
+    return f"{len(kept)} replaced store(s) kept, removed after {days} days: {', '.join(kept)}"
+
+
+def _scan_leftovers(state_dir: Path) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    copies = replaced_copies(state_dir)
+    kept = [f"{c.company_id}/{c.path.name} ({c.size >> 10} KiB)" for c in copies]
+    unsaved = []
+    for copy in copies:
+        if copy.report is not None:
+            report = read_report(copy.report)
+            if not report.complete:
+                unsaved.append((f"{copy.company_id}/{copy.path.name}", report.describe()))
+    stale = [
+        f"{directory.name}/{path.name}"
+        for directory in sorted(p for p in state_dir.iterdir() if p.is_dir())
+        for path in stale_temporaries(directory)
+    ] if state_dir.is_dir() else []  # fmt: skip
+    return kept, stale, unsaved
 
 
 async def _neonize() -> str:

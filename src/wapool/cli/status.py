@@ -1,7 +1,10 @@
 """``wapool status [--json]``: every company's session and mirror state, from any host.
 
 Session states come from what the driving daemon last recorded in PostgreSQL; the mirror lag
-and pending rows are read from the working stores on this host (``-`` when it has none).
+and pending rows are read from the working stores on this host (``-`` when it has none). Stores
+are opened read-only, one at a time: a store that cannot be read is one row saying why
+(``store_error``), never a failed command. Replaced stores kept on this host (``leftovers``)
+are listed after the table, with what their salvage could not save.
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ import argparse
 import asyncio
 import json
 import time
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from wapool.cli.database import open_database
 from wapool.cli.table import render
+from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog
-from wapool.store.working_store import connection, store_path
+from wapool.store.faults import SQLITE_ERRORS, StoreFault
+from wapool.store.leftovers import Replaced, replaced_copies
+from wapool.store.rescue import read_report
+from wapool.store.working_store import read_only, store_path
 
 
 def register(commands: Any) -> None:
@@ -27,14 +35,33 @@ def register(commands: Any) -> None:
     parser.set_defaults(handler=_status)
 
 
-def _local(path: Path) -> tuple[int, float] | None:
-    """(pending rows, lag seconds) of a working store on this host."""
-    if not path.exists():
-        return None
-    with connection(path) as conn:
-        pending = changelog.pending(conn)
+def _local(path: Path) -> dict[str, Any]:
+    """Pending rows and lag of a working store on this host, or why they cannot be read."""
+    try:
+        if not path.exists():
+            return {"pending_rows": None, "mirror_lag_seconds": None, "store_error": None}
+        with closing(read_only(path)) as conn:
+            pending = changelog.pending(conn)
+    except (StoreFault, *SQLITE_ERRORS, OSError) as exc:
+        return {
+            "pending_rows": None,
+            "mirror_lag_seconds": None,
+            "store_error": describe_error(exc),
+        }
     lag = max(0.0, time.time() - pending.oldest_at) if pending.oldest_at else 0.0
-    return pending.rows, lag
+    return {"pending_rows": pending.rows, "mirror_lag_seconds": round(lag, 3), "store_error": None}
+
+
+def _replaced(copy: Replaced) -> dict[str, Any]:
+    unsaved = None
+    if copy.report is not None:
+        try:
+            report = read_report(copy.report)
+            unsaved = None if report.complete else report.describe()
+        except (OSError, ValueError, KeyError) as exc:
+            unsaved = f"salvage report unreadable: {describe_error(exc)}"
+    return {"file": copy.path.name, "replaced_at": copy.replaced_at.isoformat(),
+            "bytes": copy.size, "unsaved": unsaved}  # fmt: skip
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
@@ -44,6 +71,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
             "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
             "WHERE c.removed_at IS NULL ORDER BY c.id"
         )
+    kept = await asyncio.to_thread(replaced_copies, settings.state_dir)
     report = []
     for company, enabled, jid, state, since, error, holder in rows:
         local = await asyncio.to_thread(_local, store_path(settings.state_dir, company))
@@ -54,15 +82,18 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
                 "since": since.isoformat() if isinstance(since, datetime) else None,
                 "paired_jid": jid,
                 "node": holder,
-                "pending_rows": local[0] if local else None,
-                "mirror_lag_seconds": round(local[1], 3) if local else None,
+                **local,
                 "last_error": error,
+                "replaced_stores": [_replaced(c) for c in kept if c.company_id == company],
             }
         )
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(_table(report))
+        kept_text = _kept(report, settings.key_retention_days)
+        if kept_text:
+            print(kept_text)
     return 0
 
 
@@ -74,9 +105,24 @@ def _table(report: list[dict[str, Any]]) -> str:
             r["state"],
             (r["since"] or "-")[:19].replace("T", " "),
             "-" if r["mirror_lag_seconds"] is None else f"{r['mirror_lag_seconds']:.1f}s",
-            "-" if r["pending_rows"] is None else str(r["pending_rows"]),
-            (r["last_error"] or "-")[:60],
+            "unreadable" if r["store_error"] else "-" if r["pending_rows"] is None
+            else str(r["pending_rows"]),
+            (f"store: {r['store_error']}" if r["store_error"] else r["last_error"] or "-")[:60],
         )
         for r in report
-    ]
+    ]  # fmt: skip
     return render(header, rows, "(no companies)")
+
+
+def _kept(report: list[dict[str, Any]], days: int) -> str:
+    lines = [
+        f"  {r['company']}/{c['file']} ({c['bytes'] >> 10} KiB)"
+        + (f": NOT SAVED: {c['unsaved']}" if c["unsaved"] else "")
+        for r in report
+        for c in r["replaced_stores"]
+    ]
+    if not lines:
+        return ""
+    return f"\nreplaced stores kept on this host (removed by the cleanup after {days} days):\n" + (
+        "\n".join(lines)
+    )

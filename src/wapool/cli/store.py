@@ -9,10 +9,12 @@ from typing import Any
 
 from wapool.cli.database import open_database
 from wapool.errors import ExitCode, WapoolError
+from wapool.observability.redact import describe_error
 from wapool.registry.repository import CompanyRepository
 from wapool.settings import Settings
 from wapool.store import pg_copy, restore, transfer
 from wapool.store.export_file import ExportFile, read_export
+from wapool.store.faults import SQLITE_ERRORS, StoreFault
 from wapool.store.import_lease import held_for_import
 from wapool.store.verify import Verdict, verify, wait_drained
 from wapool.store.working_store import store_path
@@ -57,20 +59,32 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
             companies = [(await CompanyRepository(db).get(args.company_id)).id]
         else:
             companies = [c.id for c in await CompanyRepository(db).list() if c.active]
-        verdicts: list[Verdict] = []
+        verdicts: list[Verdict | str] = []
         for company_id in companies:
             path = store_path(settings.state_dir, company_id)
-            if not path.exists():
+            if not await asyncio.to_thread(_exists, path):
                 if args.company_id:
                     raise WapoolError(f"no working store for {company_id!r} on this host ({path})")
                 continue
-            await wait_drained(path, args.timeout)
-            verdicts.append(await verify(db, path, company_id))
+            try:
+                await wait_drained(path, args.timeout)
+                verdicts.append(await verify(db, path, company_id))
+            except (StoreFault, *SQLITE_ERRORS, OSError) as exc:  # one bad store, one bad row
+                verdicts.append(f"{company_id}: UNREADABLE ({describe_error(exc)})")
     for verdict in verdicts:
-        print(_report(verdict))
+        print(verdict if isinstance(verdict, str) else _report(verdict))
     if not verdicts:
         print("no working stores on this host to verify")
-    return ExitCode.OK if all(v.equal for v in verdicts) else ExitCode.FAILURE
+    equal = all(not isinstance(v, str) and v.equal for v in verdicts)
+    return ExitCode.OK if equal else ExitCode.FAILURE
+
+
+def _exists(path: Path) -> bool:
+    """Is there a store to verify? One that cannot even be looked at counts (and fails)."""
+    try:
+        return path.exists()
+    except OSError:
+        return True
 
 
 def _report(verdict: Verdict) -> str:

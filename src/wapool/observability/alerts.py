@@ -69,6 +69,27 @@ def store_restored(company_id: str, source: str, reason: str) -> None:
     _send("store_restored", "warning", company_id, "restore", source=source, reason=reason)
 
 
+def store_unreadable(company_id: str, reason: str) -> None:
+    """Once per episode: the store cannot be read or written now (permissions, locks, I/O, a
+    full disk); it is retried, never replaced."""
+    _send("store_unreadable", "error", company_id, "store", reason=reason)
+
+
+def store_failed(company_id: str, reason: str) -> None:
+    """Once per failure: a running client's store failed; the client waits for it."""
+    _send("store_failed", "error", company_id, "store", reason=reason)
+
+
+def store_salvaged(company_id: str, detail: str) -> None:
+    """A broken store's pending changes were all saved to PostgreSQL before it was replaced."""
+    _send("store_salvaged", "warning", company_id, "restore", detail=detail)
+
+
+def changes_lost(company_id: str, detail: str) -> None:
+    """A broken store held changes that could not be read: named here, never silently gone."""
+    _send("store_changes_unsaved", "error", company_id, "restore", detail=detail)
+
+
 def disk_low(state_dir: str, free_bytes: int, free_fraction: float) -> None:
     _send(
         "state_dir_low_on_space",

@@ -3,6 +3,10 @@
 Use ``log.info("event_name", extra={"company": "962302", ...})``; the formatter renders the
 message followed by every extra field as logfmt. Under systemd (``JOURNAL_STREAM`` set) each
 line starts with the ``<N>`` syslog priority prefix so the journal records the right level.
+
+A line logged with an exception (``log.exception``, ``exc_info=``) carries it as
+``error="Type: message"`` (see ``redact.describe_error``): never just the type, never empty.
+Every value is scrubbed of secrets (``redact``) on its way out, whoever logged it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import logging
 import os
 import sys
 from typing import Any, TextIO
+
+from wapool.observability.redact import describe_error, redact
 
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
@@ -26,7 +32,7 @@ _SYSLOG_PRIORITY = {
 
 
 def _quote(value: Any) -> str:
-    text = str(value)
+    text = redact(str(value))
     if text == "" or any(ch in text for ch in ' "=\n\t'):
         escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
         return f'"{escaped}"'
@@ -47,12 +53,15 @@ class LogfmtFormatter(logging.Formatter):
         fields.append(f"level={record.levelname.lower()}")
         fields.append(f"logger={record.name}")
         fields.append(f"event={_quote(record.getMessage())}")
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                fields.append(f"{key}={_quote(value)}")
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            fields.append(f"error={_quote(type(exc).__name__)}")
+        extra = {
+            key: value
+            for key, value in record.__dict__.items()
+            if key not in _STANDARD_ATTRS and not key.startswith("_")
+        }
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not str(extra.get("error", "")).strip():
+            extra["error"] = describe_error(exc)
+        fields.extend(f"{key}={_quote(value)}" for key, value in extra.items())
         return prefix + " ".join(fields)
 
 

@@ -92,7 +92,7 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
             for table, key, op, image, at, _ in rows:
                 if op == "R":
                     schema = schema or read_schema(conn)
-                    image = _current_image(conn, schema, table, key)
+                    image = current_image(conn, schema, table, key)
                 changes.append(Change(table, key, image if op != "D" else None, at, step))
         return Prefix(
             store_uuid=get_meta(conn, "store_uuid") or "",
@@ -105,9 +105,10 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
         )
 
 
-def _current_image(
+def current_image(
     conn: sqlite3.Connection, schema: StoreSchema, table: str, key: str
 ) -> str | None:
+    """The mirror's image of the row ``key`` of ``table`` as it is now (None: no such row)."""
     spec = schema.table(table)
     values = [decode_value(v) for v in json.loads(key)]
     where = " AND ".join(f"{quote(c)} IS ?" for c in spec.key_columns)

@@ -24,6 +24,7 @@ from wapool import __version__
 from wapool.errors import WapoolError
 from wapool.store import devices, pg_copy, restore
 from wapool.store.dump import table_rows
+from wapool.store.leftovers import remove_file_set
 from wapool.store.schema import StoreSchema, read_schema
 from wapool.store.working_store import get_meta, set_meta, transaction
 
@@ -46,11 +47,22 @@ class ExportFile:
 
 
 def write_export(target: Path, company_id: str, meta: pg_copy.CopyMeta, rows: Rows) -> None:
+    """Write the export through a hidden temporary file, removed whatever happens (it holds
+    private keys)."""
     if target.is_dir():
         raise WapoolError(f"{target} is a directory; give the export a file name")
     if target.exists():
         raise WapoolError(f"{target} already exists; choose a new file name")
     temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    try:
+        _write_export(target, temp, company_id, meta, rows)
+    finally:
+        remove_file_set(temp)
+
+
+def _write_export(
+    target: Path, temp: Path, company_id: str, meta: pg_copy.CopyMeta, rows: Rows
+) -> None:
     temp.unlink(missing_ok=True)
     restore.build_from_rows(temp, meta, rows)
     with closing(sqlite3.connect(temp, isolation_level=None)) as conn:

@@ -26,8 +26,10 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Fence
 from wapool.observability import alerts
+from wapool.observability.redact import describe_error
 from wapool.store import changelog, pg_copy
 from wapool.store.disk_watch import DiskWatch
+from wapool.store.faults import StoreFault
 from wapool.store.schema import StoreSchema, read_schema
 from wapool.store.snapshot import Snapshot, SnapshotTaker
 from wapool.store.working_store import connect
@@ -49,6 +51,8 @@ class _Target:
     oldest_pending_at: float | None = None
     outage_started: float | None = None
     rejected: str | None = None
+    #: The last error reading the store (logged when it changes, not at every tick).
+    read_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -240,10 +244,18 @@ class Mirror:
             conn = self._conn(target)
             prefix = changelog.read_prefix(conn)
             pending = changelog.pending(conn) if prefix else changelog.Pending(0, None)
-        except (sqlite3.Error, OSError) as exc:
-            log.error("mirror_read_failed", extra={"company": target.company_id, "error": str(exc)})
+        except (sqlite3.Error, OSError, StoreFault) as exc:
+            error = describe_error(exc)
+            if error != target.read_error:
+                log.error(
+                    "mirror_read_failed", extra={"company": target.company_id, "error": error}
+                )
+            target.read_error = error
             self._drop_conn(target)
             return None
+        if target.read_error is not None:
+            log.warning("mirror_read_recovered", extra={"company": target.company_id})
+            target.read_error = None
         target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
         if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
             target.schema = None
@@ -266,20 +278,29 @@ class Mirror:
                 alerts.device_deleted(target.company_id)
             self.stats.rows_applied += len(batch.prefix.changes)
             self.stats.entries_applied += batch.prefix.entries
-            conn = self._conn(target)
-            self.fault("trimming")
-            changelog.trim(conn, batch.prefix.high_seq)
-            remaining = changelog.pending(conn)
-            target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
             if target.outage_started is not None:
                 duration = self._clock.monotonic() - target.outage_started
                 target.outage_started = None
                 alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
-            if remaining.rows == 0 and self._snapshots is not None:
-                prefix = batch.prefix
-                self._snapshots.after_drain(
-                    target.company_id, conn, prefix.store_uuid, prefix.high_seq
+            try:
+                self._trim(target, batch.prefix)
+            except (sqlite3.Error, OSError, StoreFault) as exc:
+                # In PostgreSQL already: the next tick applies the prefix again (idempotent)
+                # and tries the trim again; other companies are not held up.
+                log.error(
+                    "mirror_trim_failed",
+                    extra={"company": target.company_id, "error": describe_error(exc)},
                 )
+                self._drop_conn(target)
+
+    def _trim(self, target: _Target, prefix: changelog.Prefix) -> None:
+        conn = self._conn(target)
+        self.fault("trimming")
+        changelog.trim(conn, prefix.high_seq)
+        remaining = changelog.pending(conn)
+        target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
+        if remaining.rows == 0 and self._snapshots is not None:
+            self._snapshots.after_drain(target.company_id, conn, prefix.store_uuid, prefix.high_seq)
 
     def _on_outage(self, batches: list[pg_copy.Batch], error: str) -> None:
         for batch in batches:

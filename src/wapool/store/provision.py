@@ -2,36 +2,46 @@
 
 The decision, in order (PostgreSQL is the system of record):
 
-* PostgreSQL has a copy, and the local store is missing, corrupt, belongs to another store
-  identity, or is behind the copy  ->  restore from PostgreSQL;
-* PostgreSQL has no copy and there is no local store  ->  create one through neonize;
+* the local store cannot be read *now* (permissions, locks, descriptors, I/O, a full disk)
+  ->  ``StoreUnreadable``: retried with backoff and alerted, never replaced (see ``faults``);
+* PostgreSQL has a copy, and the local store is missing, proven corrupt, belongs to another
+  store identity, or is behind the copy  ->  restore from PostgreSQL, after saving to it what
+  the old store still owes (``rescue``: a corrupt store's readable change log; what cannot be
+  saved is named in a report beside the kept copy and alerted);
+* PostgreSQL has no copy and there is no local store  ->  create one through neonize; a corrupt
+  one whose change log can be read becomes the copy (``rescue``), else it is left alone;
 * PostgreSQL is down and the local store is missing or corrupt  ->  restore from the cached
-  snapshot if it is younger than the TTL, else ``StoreUnavailable`` (retry with backoff);
+  snapshot if it is younger than the TTL and the old store owes nothing beyond it, else
+  ``StoreUnavailable`` (retry with backoff, until PostgreSQL can take what it owes);
 * otherwise the local store is used as it is (neonize upgrades its schema if needed).
+
+Temporaries a killed restore left behind are removed first (``leftovers``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 from wapool.cache import FallbackCache
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, WapoolError
+from wapool.leases import Fence
 from wapool.observability import alerts
-from wapool.store import changelog, pg_copy, restore
+from wapool.store import pg_copy, restore
 from wapool.store.capture import drop_capture, install_capture
+from wapool.store.faults import Fault, StoreFault, as_fault
+from wapool.store.inspection import LocalState, inspect_local
+from wapool.store.leftovers import remove_stale_temporaries
+from wapool.store.rescue import Report, read, rescue
+from wapool.store.salvage import read_salvage
 from wapool.store.snapshot import Snapshot
-from wapool.store.working_store import (
-    CorruptStore,
-    connection,
-    get_meta,
-    prepare_dir,
-    quick_check,
-)
+from wapool.store.working_store import connection, prepare_dir
 from wapool.whatsapp.neonize_store import create_schema
 
 log = logging.getLogger(__name__)
@@ -43,12 +53,13 @@ class StoreUnavailable(WapoolError):
     """No usable working store and nothing to restore it from right now."""
 
 
-@dataclass(frozen=True)
-class LocalState:
-    usable: bool
-    store_uuid: str | None
-    last_seq: int
-    problem: str | None
+class StoreUnreadable(StoreUnavailable):
+    """The working store cannot be used now (``fault`` says why); provisioning is retried, and
+    the store is only ever replaced once an inspection proves it broken."""
+
+    def __init__(self, company_id: str, fault: StoreFault) -> None:
+        super().__init__(f"working store of {company_id} is {fault}")
+        self.fault = fault
 
 
 @dataclass(frozen=True)
@@ -56,22 +67,8 @@ class Provisioned:
     path: Path
     action: str  # "kept", "created", "restored-postgres", "restored-cache"
     reason: str
-
-
-def inspect_local(path: Path) -> LocalState:
-    if not path.exists():
-        return LocalState(False, None, 0, "missing")
-    try:
-        quick_check(path)
-        with connection(path) as conn:
-            has_log = conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE name = 'wapool_meta'"
-            ).fetchone()
-            if not has_log:
-                return LocalState(True, None, 0, None)
-            return LocalState(True, get_meta(conn, "store_uuid"), changelog.last_seq(conn), None)
-    except (CorruptStore, Exception) as exc:
-        return LocalState(False, None, 0, f"corrupt: {exc}")
+    #: What a replaced store owed PostgreSQL: saved, or named as lost.
+    report: Report | None = None
 
 
 async def provision(
@@ -80,42 +77,36 @@ async def provision(
     company_id: str,
     snapshots: FallbackCache[str, Snapshot] | None = None,
     make_schema: SchemaMaker = create_schema,
+    fence: Fence | None = None,
 ) -> Provisioned:
     path = prepare_dir(state_dir, company_id)
+    await asyncio.to_thread(remove_stale_temporaries, path.parent)
     local = await asyncio.to_thread(inspect_local, path)
+    if local.fault is not None and not local.fault.proven:
+        raise StoreUnreadable(company_id, StoreFault(local.fault, local.detail or ""))
     try:
         meta = await pg_copy.fetch_meta(db, company_id)
     except DatabaseUnavailable as exc:
         if local.usable:
-            await asyncio.to_thread(_prepare_existing, path, make_schema)
+            await _prepare_existing(company_id, path, make_schema)
             return Provisioned(path, "kept", "PostgreSQL unavailable; local store is sound")
         return await _from_snapshot(path, company_id, snapshots, local, str(exc))
 
     reason = _restore_reason(local, meta)
-    if meta is not None and reason is not None:
-        rows = await pg_copy.fetch_rows(db, company_id, timeout=db.query_timeout + 30)
-        await asyncio.to_thread(restore.build_from_rows, path, meta, rows)
-        alerts.store_restored(company_id, "postgres", reason)
-        await asyncio.to_thread(_prepare_existing, path, make_schema)
-        return Provisioned(path, "restored-postgres", reason)
+    if reason is not None and (meta is not None or local.fault is Fault.CORRUPT):
+        return await _restore(db, path, company_id, meta, local, reason, make_schema, fence)
     if meta is None and not local.usable:
-        if local.problem != "missing":
-            alerts.restore_failed(company_id, f"working store {local.problem}; no PostgreSQL copy")
-            raise StoreUnavailable(
-                f"working store of {company_id} is {local.problem} and PostgreSQL holds no copy: "
-                "restore it with `wapool import` or pair the company again"
-            )
         await asyncio.to_thread(_create, path, make_schema)
         return Provisioned(path, "created", "new company")
-    await asyncio.to_thread(_prepare_existing, path, make_schema)
+    await _prepare_existing(company_id, path, make_schema)
     return Provisioned(path, "kept", "local store matches the PostgreSQL copy")
 
 
 def _restore_reason(local: LocalState, meta: pg_copy.CopyMeta | None) -> str | None:
-    if meta is None:
-        return None
     if not local.usable:
         return f"working store {local.problem}"
+    if meta is None:
+        return None
     if local.store_uuid is not None and local.store_uuid != meta.store_uuid:
         return "working store is not the one PostgreSQL holds (different store identity)"
     if local.store_uuid is None:
@@ -125,6 +116,42 @@ def _restore_reason(local: LocalState, meta: pg_copy.CopyMeta | None) -> str | N
             f"working store is behind the PostgreSQL copy ({local.last_seq} < {meta.applied_seq})"
         )
     return None
+
+
+async def _restore(
+    db: Database,
+    path: Path,
+    company_id: str,
+    meta: pg_copy.CopyMeta | None,
+    local: LocalState,
+    reason: str,
+    make_schema: SchemaMaker,
+    fence: Fence | None,
+) -> Provisioned:
+    keep_as = restore.replaced_name(path)
+    report = None
+    if local.fault is not Fault.MISSING:
+        salvage = await read(path, meta)
+        if meta is None and not (salvage.entries and salvage.schema):
+            _refuse(company_id, local)
+        report = await rescue(db, company_id, salvage, meta, keep_as, reason, fence)
+        if report is not None:
+            meta = await pg_copy.fetch_meta(db, company_id)  # saved: the copy moved on
+    if meta is None:
+        _refuse(company_id, local)
+    rows = await pg_copy.fetch_rows(db, company_id, timeout=db.query_timeout + 30)
+    await asyncio.to_thread(restore.build_from_rows, path, meta, rows, keep_as)
+    alerts.store_restored(company_id, "postgres", reason)
+    await _prepare_existing(company_id, path, make_schema)
+    return Provisioned(path, "restored-postgres", reason, report)
+
+
+def _refuse(company_id: str, local: LocalState) -> NoReturn:
+    alerts.restore_failed(company_id, f"working store {local.problem}; no PostgreSQL copy")
+    raise StoreUnavailable(
+        f"working store of {company_id} is {local.problem} and PostgreSQL holds no copy: "
+        "restore it with `wapool import` or pair the company again"
+    )
 
 
 async def _from_snapshot(
@@ -142,6 +169,15 @@ async def _from_snapshot(
         )
         alerts.restore_failed(company_id, message)
         raise StoreUnavailable(message)
+    if local.fault is not Fault.MISSING:
+        salvage = await asyncio.to_thread(read_salvage, path, recalled.value.applied_seq)
+        if salvage.owed:
+            raise StoreUnavailable(
+                f"working store of {company_id} is {local.problem} and holds changes the cached "
+                f"snapshot may lack ({len(salvage.entries)} readable change-log entries"
+                f"{'' if salvage.complete else ', and some unreadable'}); PostgreSQL is "
+                f"unavailable ({error}): waiting for it, to save them before replacing the store"
+            )
     await asyncio.to_thread(restore.build_from_snapshot, path, recalled.value)
     alerts.store_restored(company_id, "cache", f"working store {local.problem}")
     log.warning(
@@ -157,7 +193,15 @@ def _create(path: Path, make_schema: SchemaMaker) -> None:
         install_capture(conn)
 
 
-def _prepare_existing(path: Path, make_schema: SchemaMaker) -> None:
+async def _prepare_existing(company_id: str, path: Path, make_schema: SchemaMaker) -> None:
+    try:
+        await asyncio.to_thread(_upgrade, path, make_schema)
+    except (sqlite3.Error, OSError, StoreFault) as exc:
+        # Proven damage shows in the next inspection, which restores; anything else is retried.
+        raise StoreUnreadable(company_id, as_fault(exc, path)) from None
+
+
+def _upgrade(path: Path, make_schema: SchemaMaker) -> None:
     """Let neonize upgrade the schema with our triggers out of the way, then reinstall them."""
     with connection(path) as conn:
         drop_capture(conn)

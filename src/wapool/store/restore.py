@@ -1,9 +1,14 @@
 """Rebuild a working store from the PostgreSQL copy, or from a cached snapshot.
 
-The new file is built beside the old one, checked (``quick_check``), synced, and renamed over
-it; whatever was there before is kept as ``store.db.replaced-<UTC time>`` (never deleted: it
-may be an operator's last resort). The restored store keeps the copy's store identity and
-continues its change-log sequence after ``applied_seq``, so the mirror carries on from there.
+The new file is built beside the old one (``store.db.restoring-<pid>``, in rollback-journal
+mode so that checking it creates no ``-wal``/``-shm``), checked (``quick_check``), synced, and
+renamed over it; whatever was there before is kept as ``store.db.replaced-<UTC time>`` (see
+``leftovers``: kept for the retention period, then pruned by the cleanup). The temporary file
+is removed on every path, failures included. The restored store keeps the copy's store identity
+and continues its change-log sequence after ``applied_seq``, so the mirror carries on from there.
+
+Before provisioning replaces a store that may owe PostgreSQL changes, ``rescue`` saves them (or
+names them); it is given the replaced copy's name in advance (``replaced_name``).
 """
 
 from __future__ import annotations
@@ -11,35 +16,46 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections import defaultdict
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from wapool.store import changelog
 from wapool.store.capture import install_capture
 from wapool.store.codec import decode_row, decode_value
+from wapool.store.leftovers import remove_file_set
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
 from wapool.store.schema import quote, read_schema
 from wapool.store.snapshot import Snapshot
 from wapool.store.working_store import connect, quick_check, secure_files, transaction
 
 
-def build_from_rows(path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]]) -> None:
-    """Write a complete store for ``meta``'s copy at ``path`` (replacing what is there)."""
-    temp = _temp_path(path)
-    # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
-    with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("PRAGMA synchronous = OFF")
-        with transaction(conn):
-            for statement in meta.schema_ddl.split(DDL_SEPARATOR):
-                conn.execute(statement)
-            _insert_rows(conn, rows)
-        install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
-        changelog.continue_after(conn, meta.applied_seq)
-        conn.execute("PRAGMA journal_mode = WAL")
-    _install(temp, path)
+def replaced_name(path: Path) -> Path:
+    """Where the store at ``path`` goes if it is replaced now (unique to the microsecond)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    return path.with_name(f"{path.name}.replaced-{stamp}")
+
+
+def build_from_rows(
+    path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]], keep_as: Path | None = None
+) -> Path | None:
+    """Write a complete store for ``meta``'s copy at ``path``; the store it replaces (if any)
+    is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned."""
+    with _temporary(path) as temp:
+        # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
+        with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("PRAGMA synchronous = OFF")
+            with transaction(conn):
+                for statement in meta.schema_ddl.split(DDL_SEPARATOR):
+                    conn.execute(statement)
+                _insert_rows(conn, rows)
+            install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
+            changelog.continue_after(conn, meta.applied_seq)
+            conn.execute("PRAGMA journal_mode = DELETE")
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -63,35 +79,42 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> 
             )
 
 
-def build_from_snapshot(path: Path, snapshot: Snapshot) -> None:
-    temp = _temp_path(path)
-    with open(temp, "wb") as out:
-        out.write(snapshot.image)
-    _install(temp, path)
+def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = None) -> Path | None:
+    with _temporary(path) as temp:
+        with open(temp, "wb") as out:
+            out.write(snapshot.image)
+        with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
-def _temp_path(path: Path) -> Path:
+@contextmanager
+def _temporary(path: Path) -> Iterator[Path]:
+    """A private file beside ``path``; whatever is left of it is removed when the block ends."""
     temp = path.with_name(f"{path.name}.restoring-{os.getpid()}")
-    for leftover in (temp, temp.with_name(temp.name + "-journal")):
-        leftover.unlink(missing_ok=True)
-    fd = os.open(temp, os.O_CREAT | os.O_WRONLY, 0o600)
-    os.close(fd)
-    return temp
+    remove_file_set(temp)
+    os.close(os.open(temp, os.O_CREAT | os.O_WRONLY, 0o600))
+    try:
+        yield temp
+    finally:
+        remove_file_set(temp)
 
 
-def _install(temp: Path, path: Path) -> None:
+def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
     _fsync(temp)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    kept = None
     for suffix in ("", "-wal", "-shm"):
         old = path.with_name(path.name + suffix)
         if old.exists():
-            os.replace(old, path.with_name(f"{path.name}.replaced-{stamp}{suffix}"))
+            os.replace(old, keep_as.with_name(keep_as.name + suffix))
+            kept = keep_as
     os.replace(temp, path)
     _fsync(path.parent)
     connect(path).close()  # WAL mode, permissions
     secure_files(path)
+    return kept
 
 
 def _fsync(path: Path) -> None:

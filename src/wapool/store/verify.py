@@ -1,16 +1,20 @@
-"""Compare a working store with its PostgreSQL copy, table by table."""
+"""Compare a working store with its PostgreSQL copy, table by table.
+
+The store is opened read-only (``working_store.read_only``): verifying never changes it, and a
+store that cannot be read raises ``StoreFault`` for that company alone."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from wapool.db.pool import Conn, Database
 from wapool.store import changelog, pg_copy
 from wapool.store.dump import Rows, dump_rows
-from wapool.store.working_store import connection, get_meta, transaction
+from wapool.store.working_store import get_meta, read_only, transaction
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,7 @@ class _Local:
 
 
 def _read_local(path: Path) -> _Local:
-    with connection(path) as conn, transaction(conn):
+    with closing(read_only(path)) as conn, transaction(conn):
         return _Local(
             dump_rows(conn, own_transaction=False),
             changelog.pending(conn).rows,
@@ -75,7 +79,7 @@ async def wait_drained(path: Path, timeout: float) -> int:
 
 
 def _pending(path: Path) -> int:
-    with connection(path) as conn:
+    with closing(read_only(path)) as conn:
         return changelog.pending(conn).rows
 
 

@@ -9,6 +9,11 @@ Every wapool transaction on a SQLite file goes through ``transaction`` (autocomm
 explicit ``BEGIN``): ``immediate=True`` for writes to a live store, which take the write lock up
 front (waiting in the busy handler) instead of failing when a read turns into a write; plain
 ``BEGIN`` for a consistent read snapshot, and for writes to a file nobody else has open yet.
+
+Whatever only looks (``quick_check``, ``wapool status`` and ``verify``) opens the file with
+``read_only``: it never creates, converts or re-permissions anything, so an operator running
+the CLI as another user leaves no files behind that the daemon could not open. Errors leave
+this module as ``StoreFault`` (see ``faults``): only a proven fault may lead to a rebuild.
 """
 
 from __future__ import annotations
@@ -21,14 +26,12 @@ from pathlib import Path
 
 from wapool.registry.company import validate_company_id
 from wapool.store.codec import sql_encode
+from wapool.store.faults import SQLITE_ERRORS, Fault, StoreFault, as_fault
 from wapool.store.schema import quote
 
 STORE_FILE = "store.db"
 BUSY_TIMEOUT_MS = 10_000
-
-
-class CorruptStore(Exception):
-    """The file is not a usable SQLite database (``quick_check`` failed or it does not open)."""
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def store_dir(state_dir: Path, company_id: str) -> Path:
@@ -59,10 +62,27 @@ def connect(path: Path, *, wal: bool = True) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL" if wal else "PRAGMA synchronous = FULL")
-    except sqlite3.DatabaseError as exc:
+    except sqlite3.Error as exc:
         conn.close()
-        raise CorruptStore(f"{path}: {exc}") from None
+        raise as_fault(exc, path) from None
     secure_files(path)
+    return conn
+
+
+def read_only(path: Path) -> sqlite3.Connection:
+    """A connection that can only read, and creates nothing beside the file.
+
+    A store nobody has open (no ``-wal``) is opened ``immutable``: SQLite then needs no
+    ``-shm`` file, which a read-only connection would otherwise create and leave behind."""
+    idle = not path.with_name(path.name + "-wal").exists()
+    uri = path.absolute().as_uri() + "?mode=ro" + ("&immutable=1" if idle else "")
+    try:
+        conn = sqlite3.connect(
+            uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+            check_same_thread=False,
+        )  # fmt: skip
+    except sqlite3.Error as exc:
+        raise as_fault(exc, path) from None
     return conn
 
 
@@ -118,15 +138,28 @@ def secure_files(path: Path) -> None:
             os.chmod(candidate, 0o600)
 
 
-def quick_check(path: Path) -> None:
-    """Raise ``CorruptStore`` unless the file opens and passes ``PRAGMA quick_check``."""
-    if not path.exists():
-        raise CorruptStore(f"{path}: missing")
-    read_only = f"file:{path}?mode=ro"
+def check_header(path: Path) -> None:
+    """Raise ``StoreFault`` unless the file can be read and starts as an SQLite database does
+    (an empty file is an empty database to SQLite)."""
     try:
-        with closing(sqlite3.connect(read_only, uri=True, timeout=BUSY_TIMEOUT_MS / 1000)) as conn:
+        with open(path, "rb") as file:
+            head = file.read(len(SQLITE_MAGIC))
+    except OSError as exc:
+        raise as_fault(exc, path) from None
+    if head and head != SQLITE_MAGIC:
+        raise StoreFault(Fault.CORRUPT, f"{path}: not an SQLite database (header)")
+
+
+def quick_check(path: Path) -> None:
+    """Raise ``StoreFault`` unless the file opens and passes ``PRAGMA quick_check``; only a
+    ``missing`` or ``corrupt`` fault proves the file unusable."""
+    check_header(path)
+    try:
+        with closing(read_only(path)) as conn:
+            conn.text_factory = lambda raw: raw.decode(errors="replace")  # damage is not UTF-8
             rows = conn.execute("PRAGMA quick_check").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise CorruptStore(f"{path}: {exc}") from None
+    except SQLITE_ERRORS as exc:
+        raise as_fault(exc, path) from None
     if rows != [("ok",)]:
-        raise CorruptStore(f"{path}: quick_check: {'; '.join(str(r[0]) for r in rows[:3])}")
+        detail = "; ".join(str(r[0]) for r in rows[:3])
+        raise StoreFault(Fault.CORRUPT, f"{path}: quick_check: {detail}")

@@ -45,7 +45,7 @@ EVENT_TYPES: dict[str, type[Any]] = {
     for cls in (
         ev.QrCode, ev.PairCode, ev.Paired, ev.Connected, ev.Disconnected, ev.ConnectFailed,
         ev.LoggedOut, ev.StreamReplaced, ev.TemporaryBan, ev.ClientOutdated,
-        ev.KeepAliveTimeout, ev.KeepAliveRestored, ev.MessageReceived,
+        ev.KeepAliveTimeout, ev.KeepAliveRestored, ev.MessageReceived, ev.StoreFailed,
     )
 }  # fmt: skip
 

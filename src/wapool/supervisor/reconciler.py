@@ -3,7 +3,9 @@
 It starts sessions for companies whose store is ready, restarts them when their worker dies,
 reconnects them with backoff (through a global connect gate), and stops the ones that leave.
 Every start, restarts included, first asks the start guard (``bringup``: is the company's lease
-live right now?); a refused start waits for a later tick.
+live right now?); a refused start waits for a later tick. A session whose store failed
+(``store_failed``) is restarted only after ``repair`` (the keeper's ``recover``) says the store
+is usable again; repairs are retried with backoff.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +26,8 @@ from wapool.whatsapp import events as ev
 log = logging.getLogger(__name__)
 
 OnTransition = Callable[[str, State, ev.WhatsAppEvent], Coroutine[Any, Any, None]]
+#: Make a failed store usable again (inspect, restore if proven broken); True when it is.
+StoreRepair = Callable[[str], Awaitable[bool]]
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:
@@ -34,7 +38,7 @@ def _log_failure(task: asyncio.Task[None]) -> None:
 #: Events that end a connect attempt (whatever its outcome): the gate slot is freed.
 _SETTLING = (
     ev.Connected, ev.ConnectFailed, ev.Disconnected, ev.LoggedOut, ev.StreamReplaced,
-    ev.TemporaryBan, ev.ClientOutdated, ev.QrCode,
+    ev.TemporaryBan, ev.ClientOutdated, ev.QrCode, ev.StoreFailed,
 )  # fmt: skip
 
 
@@ -83,6 +87,9 @@ class Supervisor:
         self._on_transition = on_transition
         self._transitions: asyncio.Queue[tuple[str, State, ev.WhatsAppEvent]] = asyncio.Queue()
         self._reporter: asyncio.Task[None] | None = None
+        #: Set by the runtime (the keeper's ``recover``); without it a failed store is retried
+        #: as it is.
+        self.repair: StoreRepair | None = None
 
     def want(self, companies: Iterable[str]) -> list[str]:
         """Make these the running companies; return those to stop (the caller awaits stop)."""
@@ -107,6 +114,9 @@ class Supervisor:
         now = self._clock.monotonic()
         for session in list(self.sessions.values()):
             company = session.company_id
+            if session.repair_due(now):
+                session.repairing()
+                self._spawn(self._repair(company))
             if not session.due(now) or not self._allowed(company):
                 continue
             if self.gate.try_acquire(company):
@@ -174,6 +184,16 @@ class Supervisor:
                 await self._on_transition(company, state, event)
             except Exception:
                 log.exception("supervisor_action_failed")
+
+    async def _repair(self, company: str) -> None:
+        ok = False
+        try:
+            ok = await self.repair(company) if self.repair is not None else True
+        finally:
+            session = self.sessions.get(company)
+            if session is not None:
+                session.repaired(self._clock.monotonic(), ok)
+                self._wake.set()
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)

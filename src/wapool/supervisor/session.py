@@ -6,6 +6,11 @@
     any -> banned           (wait until the ban ends, then reconnect)
     any -> client_outdated  (alert once, no loop)
     starting/connected -> failed -> reconnecting (backoff)
+    any -> store_failed -> starting  (the client's working store failed: it is repaired first)
+
+A failed store is never reconnected to as it is: the session asks for a repair (the keeper
+inspects the store, restores it if it is proven broken, or finds it writable again after a full
+disk), retried with backoff, and only a successful repair makes the client due to start again.
 
 Reconnecting uses exponential backoff with full jitter and a cap. The machine never sleeps or
 calls anything itself: it answers "what now" and "when next", so the supervisor (and the tests,
@@ -32,10 +37,13 @@ class State(StrEnum):
     BANNED = "banned"
     CLIENT_OUTDATED = "client_outdated"
     FAILED = "failed"
+    STORE_FAILED = "store_failed"
 
 
 #: States in which no automatic (re)connect happens until an operator acts.
 TERMINAL = frozenset({State.LOGGED_OUT, State.STREAM_REPLACED, State.CLIENT_OUTDATED})
+#: States a lost connection does not change: nothing runs, or the store must be repaired first.
+_WAITING = frozenset({State.STOPPED, State.STORE_FAILED})
 
 
 @dataclass
@@ -50,6 +58,11 @@ class Session:
     reconnects: int = 0
     messages: int = 0
     paired_jid: str | None = None
+    #: When the next store repair is due (store_failed), if one is scheduled.
+    repair_at: float | None = None
+    repair_backoff: Backoff = field(default_factory=lambda: Backoff(base=1.0, cap=60.0))
+    #: The store fault that stopped the client (a ``store.faults.Fault`` value), if any.
+    store_fault: str | None = None
 
     def _go(self, state: State, now: float, error: str | None = None) -> None:
         if state is not self.state:
@@ -68,7 +81,7 @@ class Session:
 
     def crashed(self, now: float, reason: str) -> None:
         """The worker hosting the client died or hung."""
-        if self.state in TERMINAL or self.state is State.STOPPED:
+        if self.state in TERMINAL or self.state in _WAITING:
             return
         self._go(State.FAILED, now, reason)
         self._schedule(now)
@@ -84,7 +97,7 @@ class Session:
                 self.next_attempt = None
                 self._go(State.CONNECTED, now)
             case ev.Disconnected(reason=reason) | ev.ConnectFailed(reason=reason):
-                if self.state not in TERMINAL and self.state is not State.STOPPED:
+                if self.state not in TERMINAL and self.state not in _WAITING:
                     self._go(State.RECONNECTING, now, reason)
                     self._schedule(now)
             case ev.KeepAliveTimeout():
@@ -103,8 +116,33 @@ class Session:
             case ev.ClientOutdated():
                 self.next_attempt = None
                 self._go(State.CLIENT_OUTDATED, now, "WhatsApp says this client is outdated")
+            case ev.StoreFailed(reason=reason, fault=fault):
+                if self.state not in TERMINAL and self.state is not State.STORE_FAILED:
+                    self.next_attempt = None
+                    self.repair_at = now
+                    self.store_fault = fault
+                    self._go(State.STORE_FAILED, now, f"working store {fault}: {reason}")
             case _:
                 pass
+
+    def repair_due(self, now: float) -> bool:
+        """Should the supervisor ask for the store to be repaired now?"""
+        return self.repair_at is not None and now >= self.repair_at
+
+    def repairing(self) -> None:
+        """A repair is under way: none other until it answers."""
+        self.repair_at = None
+
+    def repaired(self, now: float, ok: bool) -> None:
+        """The repair answered: start the client again, or try again after a while."""
+        if self.state is not State.STORE_FAILED:
+            return
+        if ok:
+            self.repair_backoff.reset()
+            self.store_fault = None
+            self.next_attempt = now
+        else:
+            self.repair_at = now + self.repair_backoff.next_delay()
 
     def _schedule(self, now: float) -> None:
         self.reconnects += 1

@@ -11,6 +11,9 @@ only put events on a queue; one writer thread sends them. A neonize Go panic kil
 and only this process: the main process restarts its shard. A worker dies with the daemon that
 started it (``PR_SET_PDEATHSIG``): a daemon killed with SIGKILL leaves no client connected
 behind it while its successor takes over.
+
+A client whose store failed (``StoreFailed``) is not reused: the next ``start`` builds a new one,
+so it opens the store afresh (a restore replaces the file; neonize keeps its own handle).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wapool.supervisor import protocol
-from wapool.whatsapp.events import WhatsAppEvent
+from wapool.whatsapp.events import StoreFailed, WhatsAppEvent
 from wapool.whatsapp.port import Backend, WhatsAppClient
 
 log = logging.getLogger("wapool.worker")
@@ -49,6 +52,8 @@ class Worker:
         self._outbox: queue.Queue[bytes | None] = queue.Queue()
         self._clients: dict[str, WhatsAppClient] = {}
         self._done = threading.Event()
+        #: Companies whose client reported a failed store (written from client threads).
+        self._store_failed: set[str] = set()
 
     def send(self, message: bytes) -> None:
         self._outbox.put(message)
@@ -66,9 +71,15 @@ class Worker:
         company = fields.get("company", "")
         client = self._clients.get(company)
         if kind == "start":
+            if client is not None and company in self._store_failed:
+                self._store_failed.discard(company)
+                client.stop(STOP_TIMEOUT)
+                client = None
             if client is None:
 
                 def emit(event: WhatsAppEvent, company: str = company) -> None:
+                    if isinstance(event, StoreFailed):
+                        self._store_failed.add(company)
                     self.send(protocol.encode_event(company, event))
 
                 client = self._backend.client(company, Path(fields["store"]), emit)

@@ -74,6 +74,18 @@ class KeepAliveRestored:
 
 
 @dataclass(frozen=True)
+class StoreFailed:
+    """The client's working store failed under it; the client has stopped and waits for wapool
+    to check the store (and restore it if it is proven broken) before it is started again.
+
+    ``fault`` is a ``store.faults.Fault`` value: ``corrupt``, ``missing``, ``unreadable`` or
+    ``full``."""
+
+    reason: str
+    fault: str
+
+
+@dataclass(frozen=True)
 class MessageReceived:
     count: int = 1
 
@@ -81,5 +93,5 @@ class MessageReceived:
 WhatsAppEvent = (
     QrCode | PairCode | Paired | Connected | Disconnected | ConnectFailed | LoggedOut
     | StreamReplaced | TemporaryBan | ClientOutdated | KeepAliveTimeout | KeepAliveRestored
-    | MessageReceived
+    | MessageReceived | StoreFailed
 )  # fmt: skip

@@ -11,6 +11,13 @@ Rules it enforces, from what neonize 0.5.2 really does:
   ``ConnectFailed`` and reconnecting is the supervisor's job;
 * ``stop()`` can hang up to a minute: it is bounded, and a False answer means "recycle the
   worker process".
+
+Store failures: whatsmeow reports a failing SQLite store only as an error, so what is
+detectable is a ``connect()`` that fails with one of SQLite's own messages (corrupt, not a
+database, unable to open, disk full, I/O error; see ``store.faults.classify_text``): that
+becomes ``StoreFailed`` instead of ``ConnectFailed``, and the store is repaired before the
+next connect. A store that breaks while the session is up goes unnoticed by whatsmeow (its
+writes fail inside Go) until the session drops and reconnects.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from wapool.observability.redact import describe_error
+from wapool.store.faults import classify_text
 from wapool.whatsapp import events as ev
 from wapool.whatsapp import media_tools
 from wapool.whatsapp.port import Emit
@@ -73,7 +81,11 @@ class NeonizeClient:
         try:
             self._client.connect()
         except Exception as exc:  # neonize raises its own errors; all mean "not connected"
-            self._emit(ev.ConnectFailed(describe_error(exc)))
+            fault = classify_text(str(exc))
+            if fault is not None:
+                self._emit(ev.StoreFailed(describe_error(exc), fault.value))
+            else:
+                self._emit(ev.ConnectFailed(describe_error(exc)))
         finally:
             self._connecting.clear()
 

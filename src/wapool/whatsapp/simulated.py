@@ -9,6 +9,9 @@ With a simulated WhatsApp server (``sim_server``; ``WAPOOL_SIMULATED_SERVER``), 
 its device there once the JID is known and lets it go when it stops; the server's ``replaced``
 ends the client's run with ``StreamReplaced``, as WhatsApp's ``conflict: replaced`` does.
 Without one, each client works alone (nothing notices two clients on one device).
+
+A store that fails under a client (corrupt, unreadable, full) ends its run with ``StoreFailed``
+naming the fault, as a failing store would stop whatsmeow; wapool then repairs and restarts it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wapool.observability.redact import describe_error
+from wapool.store.faults import SQLITE_ERRORS, StoreFault, classify
 from wapool.store.working_store import connect
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp import events as ev
@@ -69,9 +74,17 @@ class SimulatedClient:
             return
         self._stop.clear()
         self._thread = threading.Thread(
-            target=self._run, name=f"sim-{self.company_id}", daemon=True
+            target=self._guarded, name=f"sim-{self.company_id}", daemon=True
         )
         self._thread.start()
+
+    def _guarded(self) -> None:
+        try:
+            self._run()
+        except ConnectionError as exc:  # the simulated server, not the store
+            self._emit(ev.Disconnected(describe_error(exc)))
+        except (*SQLITE_ERRORS, StoreFault, OSError) as exc:
+            self._emit(ev.StoreFailed(describe_error(exc), classify(exc).value))
 
     def _run(self) -> None:
         conn = connect(self._store)
