@@ -98,7 +98,8 @@ def _daemon(
 
 def _holders(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return dict(conn.execute("SELECT company_id, holder FROM company_leases").fetchall())
+        rows = conn.execute("SELECT company_id, holder FROM company_leases WHERE holder <> ''")
+        return dict(rows.fetchall())
 
 
 def _run(scenario: Scenario, url: str, template: Path, tmp_path: Path) -> None:

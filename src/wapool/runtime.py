@@ -11,6 +11,12 @@ Leases are renewed by their own loop, started before the first lease is taken, s
 (provisioning, a long reconcile) can let them lapse; they are taken in batches no larger than
 this daemon can bring up within half a lease (``bringup``), the next batch as soon as there is
 room.
+
+Several daemons share the companies (``balance``): at each reconcile this one reads the live
+nodes (``nodes``), takes free leases only up to its fair share, and hands its excess over
+gracefully (``handoff``), a batch at a time. A heartbeat loop keeps its ``nodes`` row fresh and
+wakes the reconcile when the set of nodes changes. One module over 250 lines: it is the
+composition root, and the loops share its parts.
 """
 
 from __future__ import annotations
@@ -18,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass
 
+from wapool import balance
 from wapool.bringup import BringUp
 from wapool.cache import FallbackCache
 from wapool.cleanup.scheduler import CleanupScheduler
@@ -28,7 +36,9 @@ from wapool.cleanup.sizes import LatestSizes
 from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
+from wapool.handoff import FleetStats, Handoffs
 from wapool.leases import Leases
+from wapool.nodes import ClusterView, Nodes
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -41,6 +51,7 @@ from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.store.working_store import store_path
 from wapool.supervisor.reconciler import OnTransition, StartGuard, Supervisor
 from wapool.supervisor.session import State
+from wapool.whatsapp import events as ev
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +75,15 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
-    #: Companies wait for a lease this daemon will take as soon as it has room.
+    nodes: Nodes
+    handoffs: Handoffs
+    #: Companies wait for a lease this daemon will take as soon as it has room, or more are
+    #: to be handed over.
     backlog: bool = False
+    #: This node's fair share at the last reconcile (None: not computed yet).
+    share: int | None = None
+    #: The cluster as last read (nodes, draining, moves).
+    view: ClusterView | None = None
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -86,7 +104,8 @@ class Runtime:
             snapshot_every=settings.cache_sweep_seconds,
             fence=leases.fence(),
         )
-        actions = session_actions(registry.repository, pairing, db, leases.holder)
+        fleet = FleetStats()
+        actions = _timed(session_actions(registry.repository, pairing, db, leases.holder), fleet)
         delay = settings.simulated_store_delay_seconds
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
@@ -98,10 +117,12 @@ class Runtime:
             settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
             resume=cleanup.resume_interrupted,
         )  # fmt: skip
+        supervisor = build_supervisor(settings, actions, bringup)
+        nodes = Nodes(db, leases.holder, settings.lease_seconds, _address(settings))
+        handoffs = Handoffs(leases, supervisor, mirror, settings.state_dir, fleet)
         return cls(
-            db, settings, registry, snapshots, leases, mirror, keeper,
-            build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
-            bringup,
+            db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
+            cleanup, scheduler, latest, bringup, nodes, handoffs,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -109,36 +130,71 @@ class Runtime:
         self.supervisor.repair = self.keeper.recover
 
     async def follow(self, companies: list[Company]) -> None:
-        """Take the next batch of leases, provision their stores, run what we hold and want."""
+        """Take the next batch of leases up to our share, hand the excess over, provision the
+        stores, run what we hold and want."""
         active = {c.id for c in companies}
-        await self._take_batch(active)
-        wanted = active & self.leases.held.keys()
-        leaving = self.supervisor.want(wanted & self.keeper.ready)
+        plan = await self._plan(active)
+        await self._take_batch(active, plan)
+        handed: list[str] = []
+        if (plan is not None and plan.hand_over) or self.handoffs.pending:
+            handed = await self.handoffs.run(plan.hand_over if plan else {})
+        if plan is not None and (plan.more or self.handoffs.pending):
+            self.backlog = True
+        wanted = active & self.leases.held.keys() - self.handoffs.pending.keys()
+        leaving = self.supervisor.want(await self._startable(wanted & self.keeper.ready))
         for company in leaving:
             await self.supervisor.stop(company)
         if leaving:
             await self.mirror.drain(timeout=5.0)
-        await self.keeper.reconcile(wanted)
-        wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
-        for company in self.supervisor.want(wanted & self.keeper.ready):
+        await self.keeper.reconcile(wanted | self.handoffs.pending.keys())
+        await self.handoffs.discard_stores(handed)
+        # A lease may have been lost meanwhile.
+        wanted = active & self.leases.held.keys() - self.handoffs.pending.keys()
+        for company in self.supervisor.want(await self._startable(wanted & self.keeper.ready)):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
 
-    async def _take_batch(self, active: set[str]) -> None:
+    async def _plan(self, active: set[str]) -> balance.Plan | None:
+        """Our share and what to hand over now; None while PostgreSQL cannot say."""
+        try:
+            self.view = await self.nodes.view()
+        except DatabaseUnavailable:
+            return None
+        connected = {c for c, s in self.supervisor.sessions.items() if s.state is State.CONNECTED}
+        held = self.leases.held.keys() - self.handoffs.pending.keys()
+        plan = balance.plan(
+            self.leases.holder, len(active), held, self.view,
+            slack=self.settings.balance_slack, batch=self.settings.max_concurrent_connects,
+            not_connected=held - connected,
+        )  # fmt: skip
+        self.share = plan.share
+        return plan
+
+    async def _startable(self, companies: set[str]) -> set[str]:
+        """Those whose store is at or beyond the sequence they were handed over at."""
+        return {c for c in companies if await self.handoffs.reached(c)}
+
+    async def _take_batch(self, active: set[str], plan: balance.Plan | None) -> None:
         waiting = active - self.leases.held.keys()
         room = self.bringup.room()
-        self.backlog = bool(waiting) and room == 0
+        self.backlog = bool(waiting) and room == 0 and (plan is None or plan.take > 0)
         if not waiting or not room:
             return
         try:
-            taken = await self.leases.acquire(waiting, limit=room)
+            # Leases handed to this node (``wapool move``) first, whatever the share.
+            taken = await self.leases.acquire(waiting, limit=room, reserved_only=True)
+            limit = room - len(taken) if plan is None else min(room - len(taken), plan.take)
+            free = await self.leases.acquire(waiting - taken.keys(), limit=max(0, limit))
         except DatabaseUnavailable:
             self.backlog = False  # no hurry while PostgreSQL is away
             return
+        taken |= free
+        for company in taken:
+            self.handoffs.stats.lease_taken(company)
         self.bringup.taken(taken)
         # A full batch: more may be free. Fewer: the rest is held by other daemons.
-        self.backlog = len(taken) >= room and len(waiting) > len(taken)
+        self.backlog = limit > 0 and len(free) >= limit and len(waiting) > len(taken)
         if taken:
             log.info("leases_taken", extra={"count": len(taken), "budget": self.bringup.budget,
                                             "waiting": len(waiting) - len(taken)})  # fmt: skip
@@ -205,6 +261,22 @@ class Runtime:
             if lost:
                 await self.keeper.reconcile(self.leases.held.keys() & self.keeper.ready)
 
+    async def heartbeat_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
+        """Keep this node's row fresh (every third of a lease, like the renewals); wake the
+        reconcile when the live nodes change, this node is told to drain, or a move waits."""
+        seen: tuple[frozenset[str], bool] | None = None
+        while not stop.is_set():
+            try:
+                await self.nodes.beat(len(self.leases.held))
+                view = await self.nodes.view()
+            except DatabaseUnavailable:
+                view = None
+            if view is not None and ((view.sharing, view.draining) != seen or view.moves):
+                seen = (view.sharing, view.draining)
+                changed.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.leases.renew_every)
+
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
         await self.scheduler.stop(timeout=drain_seconds)
@@ -215,7 +287,25 @@ class Runtime:
         self.mirror.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
-                await self.leases.release()
+                await self.leases.hand_over(dict.fromkeys(self.leases.held))
+        with contextlib.suppress(DatabaseUnavailable):
+            await self.nodes.deregister()
+
+
+def _timed(actions: OnTransition, fleet: FleetStats) -> OnTransition:
+    """The session actions, timing each company from its lease to its client connected."""
+
+    async def on_transition(company: str, state: State, event: ev.WhatsAppEvent) -> None:
+        if state is State.CONNECTED:
+            fleet.connected(company)
+        await actions(company, state, event)
+
+    return on_transition
+
+
+def _address(settings: Settings) -> str:
+    """How operators reach this node: its host name and HTTP address."""
+    return f"{socket.gethostname()} http={settings.http_addr}"
 
 
 def build_supervisor(

@@ -23,7 +23,7 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import cleanup, company, database, doctor, pair, run, status, store
+    from wapool.cli import cleanup, company, database, doctor, nodes, pair, run, status, store
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair.register(commands)
     status.register(commands)
     doctor.register(commands)
+    nodes.register(commands)
     return parser
 
 

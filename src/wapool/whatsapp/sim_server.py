@@ -20,7 +20,8 @@ server -> client
     error {message}   the line was not understood; the connection carries on
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
-(one object per record, field ``kind``) that a test can read after the server stopped. Lines
+(one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
+test can measure each device's downtime) that a test can read after the server stopped. Lines
 are bounded (``MAX_LINE``); bad input is answered with ``error`` and never stops the server.
 Receipts, the echo contact and the offline queue (messaging) plug in as further ops.
 """
@@ -172,7 +173,7 @@ class SimServer:
             self._overlap(older, conn)
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
-        self._journal_write("connect", device=conn.device, **conn.describe())
+        self._journal_write("connect", device=conn.device, at=conn.since, **conn.describe())
         return encode("connected", conn=conn.id)
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
@@ -211,7 +212,9 @@ class SimServer:
         device = conn.device
         if device is not None and self.live.get(device) is conn:
             del self.live[device]
-            self._journal_write("disconnect", device=device, how=how, **conn.describe())
+            self._journal_write(
+                "disconnect", device=device, how=how, at=self._clock(), **conn.describe()
+            )
         conn.device = None
 
     def _journal_write(self, kind: str, **fields: Any) -> None:
