@@ -2,9 +2,11 @@
 
 Each daemon aims for ``ceil(companies / sharing nodes)`` (the sharing nodes are the live ones
 not draining, this one included unless it drains). It takes free leases only up to that share;
-it hands companies over only when it holds more than its share plus ``slack``, and then down to
-the share, a batch at a time: at most ``batch`` leases in transit (handed over, not yet taken)
-in the whole cluster, so the takers never face more than they can bring up at once. A draining
+it hands companies over when it holds more than its share plus ``slack``, or more than its share
+while another sharing node holds less than its share minus ``slack`` (a node that joined or came
+back), and then down to the share, a batch at a time: at most ``batch`` leases in transit
+(handed over, not yet taken) in the whole cluster, so a taker, which prepares stores one after
+the other, never leaves a handed-over company waiting long. A draining
 node's share is zero, but it hands nothing over while no other node takes a share. Companies a
 ``wapool move`` asked for go first, whatever the shares. Which companies go: those whose client
 is not connected yet, then the rest, last names first (deterministic).
@@ -54,7 +56,8 @@ def plan(
     }
     excess = 0
     others = sharing - {me}
-    if others and (view.draining or len(held) > share + slack):
+    starving = any(view.holding.get(n, 0) < share - slack for n in others)
+    if others and (view.draining or len(held) > share + slack or starving):
         excess = len(held) - share - len(moves)
     room = max(0, batch - view.in_transit - len(moves))
     ordered = sorted(

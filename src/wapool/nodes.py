@@ -27,11 +27,13 @@ class ClusterView:
     #: Live nodes that take a share (not draining), this one included when it is live.
     sharing: frozenset[str]
     #: This node was asked to hand everything over.
-    draining: bool
+    draining: bool = False
     #: Company -> node its holder is asked to hand it to (``wapool move``), for our leases.
     moves: dict[str, str] = field(default_factory=dict)
     #: Leases handed over less than a lease ago and not taken yet (anyone's).
     in_transit: int = 0
+    #: Sharing node -> companies whose unexpired lease it holds.
+    holding: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,19 @@ class Nodes:
                 (self.lease_seconds,),
             )
             row = await cur.fetchone()
+            cur = await conn.execute(
+                "SELECT holder, count(*) FROM company_leases WHERE expires_at > now() "
+                "AND holder = ANY(%s) GROUP BY holder",
+                (sorted(live),),
+            )
+            holding = {str(h): int(c) for h, c in await cur.fetchall()}
+            sharing = frozenset(n for n, d in live.items() if not d)
             return ClusterView(
-                sharing=frozenset(n for n, d in live.items() if not d),
+                sharing=sharing,
                 draining=live.get(self.name, False),
                 moves=moves,
                 in_transit=int(row[0]) if row else 0,
+                holding={n: holding.get(n, 0) for n in sharing},
             )
 
         return await self._db.run(work)

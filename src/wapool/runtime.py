@@ -165,7 +165,7 @@ class Runtime:
         held = self.leases.held.keys() - self.handoffs.pending.keys()
         plan = balance.plan(
             self.leases.holder, len(active), held, self.view,
-            slack=self.settings.balance_slack, batch=self.settings.max_concurrent_connects,
+            slack=self.settings.balance_slack, batch=self.settings.handoff_batch,
             not_connected=held - connected,
         )  # fmt: skip
         self.share = plan.share
