@@ -47,7 +47,12 @@ class CompanyRepository:
         return company
 
     async def add(
-        self, company_id: str, display_name: str = "", *, restore: bool = False, enabled: bool = True
+        self,
+        company_id: str,
+        display_name: str = "",
+        *,
+        restore: bool = False,
+        enabled: bool = True,
     ) -> Company:
         validate_company_id(company_id)
         validate_display_name(display_name)
