@@ -64,8 +64,11 @@ def _take(conn: psycopg.Connection[Any], jid: str, where: str) -> Taken:
     tables = [
         str(r[0])
         for r in conn.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema() "
-            "AND table_name LIKE 'whatsmeow\\_%' ORDER BY table_name"
+            # pg_class, not information_schema: a role without privileges must see the tables
+            # (and be told it may not read them), not be told there are none.
+            "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p') "
+            "AND c.relname LIKE 'whatsmeow\\_%' ORDER BY c.relname"
         )
     ]
     if DEVICE_TABLE not in tables or "whatsmeow_version" not in tables:
