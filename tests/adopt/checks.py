@@ -20,16 +20,15 @@ from wapool.whatsapp.neonize_store import create_schema
 
 
 def fingerprint(*paths: Path) -> dict[str, str]:
-    """Content digests of the files at ``paths`` and beside them (-wal, -shm, ...)."""
+    """Content digests of each file (and its companions: -wal, -shm, ...) or folder given."""
     found: dict[str, str] = {}
     for path in paths:
-        for item in sorted(path.parent.iterdir()):
-            if item.is_file() and item.name.startswith(path.name):
-                found[item.name] = hashlib.sha256(item.read_bytes()).hexdigest()
-            elif item.is_dir():
-                for sub in sorted(item.rglob("*")):
-                    if sub.is_file():
-                        found[str(sub)] = hashlib.sha256(sub.read_bytes()).hexdigest()
+        if path.is_dir():
+            items = sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            items = sorted(p for p in path.parent.glob(path.name + "*") if p.is_file())
+        for item in items:
+            found[str(item)] = hashlib.sha256(item.read_bytes()).hexdigest()
     return found
 
 
