@@ -26,12 +26,16 @@ the companies whose lease was lost, and a PostgreSQL outage alone stops none.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wapool.clock import Clock, SystemClock
+from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+
+log = logging.getLogger(__name__)
 
 #: Fraction of a lease that whatever is pending must be able to come up in.
 LEASE_SHARE = 0.5
@@ -54,6 +58,8 @@ class BringUp:
         self._batches: list[_Batch] = []
         #: Measured companies brought up per second (None until a batch was measured).
         self.rate: float | None = None
+        #: Companies wait for a lease this daemon will take as soon as it has room.
+        self.backlog = False
 
     @property
     def budget(self) -> int:
@@ -70,6 +76,30 @@ class BringUp:
     def room(self) -> int:
         """How many more leases to take now."""
         return max(0, self.budget - self.pending())
+
+    async def take(self, waiting: set[str], share: int | None = None) -> dict[str, int]:
+        """Take the next batch of leases among ``waiting``: those handed to this daemon
+        (``wapool move``) first, then free ones up to ``share`` more (``balance``; None: no
+        cap). Sets ``backlog``: more companies this daemon will take as soon as it has room."""
+        room = self.room()
+        self.backlog = bool(waiting) and room == 0 and share != 0
+        if not waiting or not room:
+            return {}
+        try:
+            taken = await self._leases.acquire(waiting, limit=room, reserved_only=True)
+            limit = room - len(taken) if share is None else min(room - len(taken), share)
+            free = await self._leases.acquire(waiting - taken.keys(), limit=max(0, limit))
+        except DatabaseUnavailable:
+            self.backlog = False  # no hurry while PostgreSQL is away
+            return {}
+        taken |= free
+        self.taken(taken)
+        if taken:
+            extra = {"count": len(taken), "budget": self.budget}
+            log.info("leases_taken", extra=extra | {"waiting": len(waiting) - len(taken)})
+        # A full batch: more may be free. Fewer: the rest is held by other daemons.
+        self.backlog = limit > 0 and len(free) >= limit and len(waiting) > len(taken)
+        return taken
 
     def taken(self, companies: Iterable[str]) -> None:
         now = self._clock.monotonic()

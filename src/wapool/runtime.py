@@ -1,6 +1,7 @@
 """The daemon's composition root: it builds the working parts and runs the loops that follow
 the registry and keep the leases. What operators see is rendered by ``views``; what a session's
-transitions cause is in ``session_actions``.
+transitions cause (and phone pairing requests) is in ``session_actions``; how the supervisor is
+built from the settings, in ``supervisor.factory``.
 
 Order for each company: lease (single writer) -> store (provisioned, restored) -> mirror ->
 client (in a worker), started only while the lease is live (``bringup``). A company that leaves
@@ -43,13 +44,13 @@ from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
 from wapool.registry.repository import CompanyRepository
-from wapool.session_actions import session_actions
+from wapool.session_actions import pair_by_phone, session_actions
 from wapool.settings import Settings
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
-from wapool.store.working_store import store_path
-from wapool.supervisor.reconciler import OnTransition, StartGuard, Supervisor
+from wapool.supervisor.factory import build_supervisor
+from wapool.supervisor.reconciler import OnTransition, Supervisor
 from wapool.supervisor.session import State
 from wapool.whatsapp import events as ev
 
@@ -134,7 +135,12 @@ class Runtime:
         stores, run what we hold and want."""
         active = {c.id for c in companies}
         plan = await self._plan(active)
-        await self._take_batch(active, plan)
+        taken = await self.bringup.take(
+            active - self.leases.held.keys(), None if plan is None else plan.take
+        )
+        self.backlog = self.bringup.backlog
+        for company in taken:
+            self.handoffs.stats.lease_taken(company)
         handed: list[str] = []
         if (plan is not None and plan.hand_over) or self.handoffs.pending:
             handed = await self.handoffs.run(plan.hand_over if plan else {})
@@ -175,30 +181,6 @@ class Runtime:
         """Those whose store is at or beyond the sequence they were handed over at."""
         return {c for c in companies if await self.handoffs.reached(c)}
 
-    async def _take_batch(self, active: set[str], plan: balance.Plan | None) -> None:
-        waiting = active - self.leases.held.keys()
-        room = self.bringup.room()
-        self.backlog = bool(waiting) and room == 0 and (plan is None or plan.take > 0)
-        if not waiting or not room:
-            return
-        try:
-            # Leases handed to this node (``wapool move``) first, whatever the share.
-            taken = await self.leases.acquire(waiting, limit=room, reserved_only=True)
-            limit = room - len(taken) if plan is None else min(room - len(taken), plan.take)
-            free = await self.leases.acquire(waiting - taken.keys(), limit=max(0, limit))
-        except DatabaseUnavailable:
-            self.backlog = False  # no hurry while PostgreSQL is away
-            return
-        taken |= free
-        for company in taken:
-            self.handoffs.stats.lease_taken(company)
-        self.bringup.taken(taken)
-        # A full batch: more may be free. Fewer: the rest is held by other daemons.
-        self.backlog = limit > 0 and len(free) >= limit and len(waiting) > len(taken)
-        if taken:
-            log.info("leases_taken", extra={"count": len(taken), "budget": self.bringup.budget,
-                                            "waiting": len(waiting) - len(taken)})  # fmt: skip
-
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
 
@@ -223,25 +205,7 @@ class Runtime:
                 self.backlog = False
                 continue  # keep what runs
             await self.follow(companies)
-            await self.pair_by_phone()
-
-    async def pair_by_phone(self) -> None:
-        """Pass pending phone-number pairing requests to their clients once they show a QR."""
-        try:
-            requests = await self.pairing.open_requests()
-        except DatabaseUnavailable:
-            return
-        for request in requests:
-            company = request.company_id
-            session = self.supervisor.sessions.get(company)
-            ready = (
-                session is not None
-                and session.state is State.PAIRING  # connected to WhatsApp, showing QR codes
-                and self.supervisor.pool.worker_of(company) is not None
-            )
-            if request.phone and not request.phone_sent and ready:
-                await self.supervisor.pool.command(company, "pair_phone", phone=request.phone)
-                await self.pairing.mark_phone_sent(company)
+            await pair_by_phone(self.pairing, self.supervisor)
 
     async def renew_loop(self, stop: asyncio.Event) -> None:
         """Keep our leases; a company whose lease another daemon took is stopped at once.
@@ -306,27 +270,3 @@ def _timed(actions: OnTransition, fleet: FleetStats) -> OnTransition:
 def _address(settings: Settings) -> str:
     """How operators reach this node: its host name and HTTP address."""
     return f"{socket.gethostname()} http={settings.http_addr}"
-
-
-def build_supervisor(
-    settings: Settings, on_transition: OnTransition, guard: StartGuard | None = None
-) -> Supervisor:
-    return Supervisor(
-        settings.whatsapp_backend,
-        settings.companies_per_worker,
-        lambda company: store_path(settings.state_dir, company),
-        connect_limit=settings.max_concurrent_connects,
-        heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
-        backend_args=simulated_args(settings) if settings.whatsapp_backend == "simulated" else (),
-        on_transition=on_transition,
-        guard=guard,
-    )
-
-
-def simulated_args(settings: Settings) -> tuple[str, ...]:
-    """The simulated backend's worker arguments (``worker_main``)."""
-    server = str(settings.simulated_server) if settings.simulated_server else "-"
-    return (
-        str(settings.simulated_churn_per_second), settings.simulated_pairing,
-        server, settings.lease_holder,
-    )  # fmt: skip

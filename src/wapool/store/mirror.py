@@ -7,7 +7,8 @@ full jitter and the logs keep growing on disk; nothing is ever dropped. Per outa
 one warning goes to Sentry; when the backlog is applied, one recovery event follows.
 ``drain_companies`` is a handoff's last step before the lease is given up.
 
-One module over 250 lines: the loop, its steps and the drains share the targets and the locks.
+It is one module because a tick is one invariant (a consistent prefix per company, applied
+in one fenced transaction, trimmed only after commit); splitting the tick would split it.
 """
 
 from __future__ import annotations
