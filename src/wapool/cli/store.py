@@ -84,7 +84,7 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
         print(verdict if isinstance(verdict, str) else _report(verdict))
     if not verdicts:
         print("no working stores on this host to verify")
-    equal = all(not isinstance(v, str) and v.equal for v in verdicts)
+    equal = all(not isinstance(v, str) and (v.equal or v.stale) for v in verdicts)
     return ExitCode.OK if equal else ExitCode.FAILURE
 
 
@@ -97,7 +97,7 @@ def _exists(path: Path) -> bool:
 
 
 def _report(verdict: Verdict) -> str:
-    state = "EQUAL" if verdict.equal else "DIFFERENT"
+    state = "EQUAL" if verdict.equal else "STALE" if verdict.stale else "DIFFERENT"
     lines = [
         f"{verdict.company_id}: {state} (local seq {verdict.local_seq}, PostgreSQL seq "
         f"{verdict.postgres_seq if verdict.postgres_seq is not None else 'none'}, "
