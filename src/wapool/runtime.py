@@ -29,6 +29,7 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+from wapool.messaging.service import InboundMessaging
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -64,6 +65,8 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
+    #: Inbound messages: inboxes -> inbound_messages (through the mirror) and the webhook.
+    messaging: InboundMessaging
     #: Companies wait for a lease this daemon will take as soon as it has room.
     backlog: bool = False
 
@@ -98,15 +101,17 @@ class Runtime:
             settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
             resume=cleanup.resume_interrupted,
         )  # fmt: skip
+        messaging = InboundMessaging(settings, db, mirror, mirror.fence)
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper,
             build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
-            bringup,
+            bringup, messaging,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
         # A client whose store failed restarts only once the keeper has repaired the store.
         self.supervisor.repair = self.keeper.recover
+        self.supervisor.inbox_listeners.append(self.messaging.on_inbox)
 
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
@@ -120,6 +125,7 @@ class Runtime:
             await self.mirror.drain(timeout=5.0)
         await self.keeper.reconcile(wanted)
         wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
+        self.messaging.serve(wanted & self.keeper.ready)
         for company in self.supervisor.want(wanted & self.keeper.ready):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
@@ -213,6 +219,7 @@ class Runtime:
         drained = await self.mirror.drain(timeout=drain_seconds)
         log.info("mirror_final_drain", extra={"drained": drained})
         self.mirror.close()
+        self.messaging.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.release()
@@ -238,5 +245,5 @@ def simulated_args(settings: Settings) -> tuple[str, ...]:
     server = str(settings.simulated_server) if settings.simulated_server else "-"
     return (
         str(settings.simulated_churn_per_second), settings.simulated_pairing,
-        server, settings.lease_holder,
+        server, settings.lease_holder, str(settings.simulated_inbound_per_second),
     )  # fmt: skip

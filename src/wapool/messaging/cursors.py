@@ -113,18 +113,6 @@ class Cursors:
     def save(self, progress: Progress) -> None:
         """Write it all in one transaction (durable on return)."""
         with self._lock, transaction(self._conn, immediate=True):
-            for (company, consumer), (inbox, seq) in progress.cursors.items():
-                self._conn.execute(
-                    "INSERT INTO cursors (company, consumer, inbox, seq) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (company, consumer) DO UPDATE SET inbox = excluded.inbox, "
-                    "seq = excluded.seq",
-                    (company, consumer, inbox, seq),
-                )
-                if consumer == "webhook":
-                    self._conn.execute(
-                        "DELETE FROM delivered WHERE company = ? AND (inbox != ? OR seq <= ?)",
-                        (company, inbox, seq),
-                    )
             self._conn.executemany(
                 "INSERT OR IGNORE INTO delivered (company, inbox, seq) VALUES (?, ?, ?)",
                 progress.delivered,
@@ -136,6 +124,18 @@ class Cursors:
                     for _company, inbox, d in progress.dead
                 ],
             )
+            for (company, consumer), (inbox, seq) in progress.cursors.items():
+                self._conn.execute(
+                    "INSERT INTO cursors (company, consumer, inbox, seq) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (company, consumer) DO UPDATE SET inbox = excluded.inbox, "
+                    "seq = excluded.seq",
+                    (company, consumer, inbox, seq),
+                )
+                if consumer == "webhook":  # what the cursor covers needs no record any more
+                    self._conn.execute(
+                        "DELETE FROM delivered WHERE company = ? AND (inbox != ? OR seq <= ?)",
+                        (company, inbox, seq),
+                    )
 
     def lowest(self, company: str, inbox: str, consumers: Iterable[str]) -> int:
         """The seq every one of ``consumers`` has passed (what an inbox may trim)."""
