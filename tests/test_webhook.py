@@ -92,7 +92,8 @@ async def test_delivers_signed_in_chat_order_and_resumes_after_restart(tmp_path:
         assert len(receiver.ids()) == 202
         body = receiver.accepted[0][1]
         assert model.from_json(body) == text(0, chats[0])
-        assert body["id"] == model.event_id(text(0, chats[0])) and body["received_at"] > 0
+        assert body["id"] == model.event_id(text(0, chats[0]))
+        assert body["received_at"] > 0
 
 
 async def test_a_bad_chat_delays_only_itself_then_retries_succeed(tmp_path: Path) -> None:
