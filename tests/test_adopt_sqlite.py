@@ -78,6 +78,8 @@ async def test_old_neonize_store_is_adopted_as_the_same_device(
     assert_same_device(path, device, tmp_path / "loaded")
     assert_verify_equal("acme", env, tmp_path)
     await assert_restores_elsewhere(db, "acme", settings.state_dir, tmp_path / "host2", device)
+    if version != toolchains.OLD_NEONIZE[0]:
+        return  # the refusals below do not depend on the source's version: checked once
 
     again = run_cli("adopt", "acme", "--from-sqlite", str(source), env=env, cwd=tmp_path)
     assert again.returncode == 1
