@@ -67,7 +67,7 @@ async def adopt(
             )  # fmt: skip
             path = prepare_dir(state_dir, company_id)
             await asyncio.to_thread(restore.build_from_rows, path, meta, built.store.rows)
-            await CompanyRepository(db).set_paired_jid(company_id, taken.jid)
+            await CompanyRepository(db).set_paired_jid(company_id, built.jid)
         finally:
             shutil.rmtree(work, ignore_errors=True)
     return Adopted(taken, built, meta.store_uuid, paired)
