@@ -1,0 +1,1 @@
+"""Messaging: carrying messages both ways through a company's session (docs/messaging.md)."""
