@@ -5,6 +5,9 @@ Each tick reads a consistent, coalesced prefix of each company's log (round-robi
 PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it backs off with
 full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
 one warning goes to Sentry; when the backlog is applied, one recovery event follows.
+
+It is one module because a tick is one invariant (a consistent prefix per company, applied
+in one fenced transaction, trimmed only after commit); splitting the tick would split it.
 """
 
 from __future__ import annotations
