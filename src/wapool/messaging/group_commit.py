@@ -11,6 +11,7 @@ commit. SQLite releases the GIL while it works, so the event loop keeps serving 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -96,10 +97,8 @@ class GroupCommitWriter:
         for item, outcome in zip(batch, outcomes, strict=True):
             by_loop.setdefault(item.loop, []).append((item, outcome))
         for loop, answers in by_loop.items():
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
                 loop.call_soon_threadsafe(_answer, answers)
-            except RuntimeError:  # that loop is closed: nobody waits any more
-                pass
 
     def _apply(self, change: Change) -> tuple[bool, Any]:
         self._conn.execute("SAVEPOINT change")

@@ -30,9 +30,7 @@ PROGRESS = {Status.SENT: 1, Status.DELIVERED: 2, Status.READ: 3}
 FINAL = frozenset({Status.SENT, Status.DELIVERED, Status.READ, Status.FAILED, Status.UNCERTAIN})
 
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,24}$")
-_JID = re.compile(
-    r"^[0-9A-Za-z._:-]{1,64}@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$"
-)
+_JID = re.compile(r"^[0-9A-Za-z._:-]{1,64}@(s\.whatsapp\.net|g\.us|lid|newsletter|broadcast)$")
 
 
 def recipient_jid(to: str) -> str:
@@ -41,8 +39,7 @@ def recipient_jid(to: str) -> str:
     if "@" in value:
         if not _JID.match(value):
             raise ValueError(
-                "must be a phone number or a JID like 491701234567@s.whatsapp.net or "
-                "1203630@g.us"
+                "must be a phone number or a JID like 491701234567@s.whatsapp.net or 1203630@g.us"
             )
         return value
     if not _PHONE.match(value):

@@ -128,13 +128,21 @@ class Outbox:
 
     # -- changes (durable when the await returns) -----------------------------------------------
 
-    async def accept(self, message: Outbound, *, status: Status = Status.QUEUED,
-                     synced: bool = False) -> tuple[Record, bool]:  # fmt: skip
+    async def accept(
+        self,
+        message: Outbound,
+        *,
+        status: Status = Status.QUEUED,
+        synced: bool = False,
+        reason: str | None = None,
+        whatsapp_id: str | None = None,
+    ) -> tuple[Record, bool]:
         """Store ``message`` unless its idempotency key (or id) is known: then the first one.
 
         Returns (the stored message, whether it is new). ``synced``: it came from PostgreSQL
         as it is (nothing to mirror back)."""
-        return await self._writer.write(lambda conn: _accept(conn, message, status, synced))
+        extra = (reason, whatsapp_id)
+        return await self._writer.write(lambda c: _accept(c, message, status, synced, extra))
 
     async def transition(
         self,
@@ -187,6 +195,14 @@ class Outbox:
             )
 
         await self._writer.write(change)
+
+    async def forget(self, ids: list[str]) -> None:
+        """These messages were handed to another daemon: they leave this outbox."""
+        await self._writer.write(
+            lambda conn: conn.executemany(
+                "DELETE FROM outbox WHERE id = ? AND status = 'queued'", [(i,) for i in ids]
+            )
+        )
 
     async def set_receipts_cursor(self, company: str, seq: int) -> None:
         await self._writer.write(
@@ -263,7 +279,11 @@ def _get(conn: sqlite3.Connection, message_id: str) -> Record | None:
 
 
 def _accept(
-    conn: sqlite3.Connection, m: Outbound, status: Status, synced: bool
+    conn: sqlite3.Connection,
+    m: Outbound,
+    status: Status,
+    synced: bool,
+    extra: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Record, bool]:
     if m.idempotency_key is not None:
         row = conn.execute(
@@ -280,12 +300,12 @@ def _accept(
     conn.execute(
         "INSERT INTO outbox (id, company, idem_key, to_jid, body, reply_to, media, "
         "media_mimetype, media_filename, expires_at, status, origin, created_at, updated_at, "
-        "pg_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "pg_version, reason, wa_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             m.id, m.company, m.idempotency_key, m.to, m.text, m.reply_to,
             media.data if media else None, media.mimetype if media else None,
             media.filename if media else None, m.expires_at, status.value, m.origin, now, now,
-            1 if synced else 0,
+            1 if synced else 0, *extra,
         ),
     )  # fmt: skip
     record = _get(conn, m.id)

@@ -48,9 +48,7 @@ class Pacer:
 
     def _buckets(self, company: str) -> tuple[TokenBucket, TokenBucket]:
         if self._global is None:
-            self._global = TokenBucket(
-                self.global_per_second, max(1.0, self.global_per_second)
-            )
+            self._global = TokenBucket(self.global_per_second, max(1.0, self.global_per_second))
         bucket = self._companies.get(company)
         if bucket is None:
             bucket = self._companies[company] = TokenBucket(self.per_minute / 60.0, self.burst)

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from wapool.supervisor import protocol
+from wapool.supervisor.worker_sends import SendQueues
 from wapool.whatsapp.events import StoreFailed, WhatsAppEvent
 from wapool.whatsapp.port import Backend, WhatsAppClient
+from wapool.whatsapp.sending import Outcome, SendResult
 
 log = logging.getLogger("wapool.worker")
 HEARTBEAT_SECONDS = 1.0
@@ -54,6 +56,7 @@ class Worker:
         self._done = threading.Event()
         #: Companies whose client reported a failed store (written from client threads).
         self._store_failed: set[str] = set()
+        self._sends = SendQueues(self.send)
 
     def send(self, message: bytes) -> None:
         self._outbox.put(message)
@@ -85,7 +88,10 @@ class Worker:
                 client = self._backend.client(company, Path(fields["store"]), emit)
                 self._clients[company] = client
             client.start()
+        elif kind == "send":
+            self._submit(company, client, fields)
         elif kind == "stop" and client is not None:
+            self._sends.close(company)
             clean = client.stop(STOP_TIMEOUT)
             del self._clients[company]
             self.send(protocol.encode("stopped", company=company, clean=clean))
@@ -100,6 +106,14 @@ class Worker:
         elif client is None:
             self.send(protocol.encode("error", company=company, message=f"{kind}: no such client"))
 
+    def _submit(self, company: str, client: WhatsAppClient | None, fields: dict[str, Any]) -> None:
+        command = protocol.decode_send(fields)
+        if client is None:  # nothing was sent: the main process keeps the message queued
+            result = SendResult(command.id, Outcome.NOT_SENT, reason="not_connected: no client")
+            self.send(protocol.encode_send_result(company, result))
+            return
+        self._sends.submit(company, client, command)
+
     def serve(self, commands: BinaryIO) -> None:
         writer = threading.Thread(target=self._writer, daemon=True)
         writer.start()
@@ -107,7 +121,7 @@ class Worker:
         self.send(protocol.encode("hello", pid=os.getpid()))
         for line in commands:
             try:
-                kind, fields = protocol.decode(line)
+                kind, fields = protocol.decode(line, protocol.MAX_COMMAND_LINE)
                 self.handle(kind, fields)
             except protocol.ProtocolError as exc:
                 log.warning("bad_command", extra={"error": str(exc)})

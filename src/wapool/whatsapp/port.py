@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from wapool.whatsapp.events import WhatsAppEvent
+from wapool.whatsapp.sending import SendCommand, SendResult
 
 Emit = Callable[[WhatsAppEvent], None]
 
@@ -31,6 +32,9 @@ class WhatsAppClient(Protocol):
 
     def pair_phone(self, phone: str) -> str:
         """Ask for a pair code for ``phone``; only while connecting/connected."""
+
+    def send(self, command: SendCommand) -> SendResult:
+        """Send one message (blocking; never raises: failures are a ``SendResult``)."""
 
 
 class Backend(Protocol):

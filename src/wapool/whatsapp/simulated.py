@@ -29,7 +29,9 @@ from wapool.store.working_store import connect
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp import events as ev
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sending import Outcome, SendCommand, SendFailure, SendResult
 from wapool.whatsapp.sim_link import SimLink, SimLinkError
+from wapool.whatsapp.sim_messages import whatsapp_id
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class SimulatedClient:
         self._writer: WhatsmeowWriter | None = None
         self._lock = threading.Lock()
         self._phone_pairing = threading.Event()
+        #: Set while the session is connected (and, with a server, holds its link).
+        self._connected = threading.Event()
+        self._link: SimLink | None = None
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -115,18 +120,41 @@ class SimulatedClient:
         """Hold the device on the server (if any) while the session plays."""
         link = None
         if self._server is not None:
-            link = SimLink(self._server.socket, self._replaced, self._server_lost)
+            link = SimLink(self._server.socket, self._replaced, self._server_lost, self._pushed)
             try:
                 link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
             except SimLinkError as exc:
                 self._emit(ev.ConnectFailed(str(exc)))
                 return
         try:
+            self._link = link
+            self._connected.set()
             self._emit(ev.Connected())
             self._play(writer)
         finally:
+            self._connected.clear()
+            self._link = None
             if link is not None:
                 link.close()
+
+    def send(self, command: SendCommand) -> SendResult:
+        """Through the simulated server when there is one (it records every send, so a repeat
+        is counted); alone, any send while connected succeeds with a generated id."""
+        link = self._link
+        if not self._connected.is_set() or (self._server is not None and link is None):
+            return SendResult(command.id, Outcome.NOT_SENT, reason="not_connected: simulated")
+        if link is None:
+            return SendResult(command.id, Outcome.SENT, whatsapp_id=whatsapp_id())
+        try:
+            wa_id = link.send(command.id, command.to, command.text)
+        except SendFailure as exc:
+            return SendResult(command.id, exc.outcome, reason=exc.reason)
+        except SimLinkError as exc:  # the request may have reached the server
+            return SendResult(command.id, Outcome.UNCERTAIN, reason=str(exc))
+        return SendResult(command.id, Outcome.SENT, whatsapp_id=wa_id)
+
+    def _pushed(self, message: dict[str, object]) -> None:
+        """A receipt or an inbound message from the simulated server (messaging inbound)."""
 
     def _replaced(self) -> None:
         self._stop.set()
