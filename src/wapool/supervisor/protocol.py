@@ -12,6 +12,9 @@ worker -> main:  hello {pid} | heartbeat {fds} | event {company, event, fields}
                  | stopped {company, clean} | error {company, message}
                  | send_result {company, id, outcome, [whatsapp_id, reason]}
                    (``outcome``: sent, not_sent, failed, uncertain; see ``whatsapp.sending``)
+                 | inbox {company, seq, messages}   (the company's inbox holds events up to
+                   ``seq``; ``messages`` of them new messages since the last notice: the main
+                   process wakes its readers instead of polling)
 
 Only ``send`` may be longer than ``MAX_LINE`` (media): a worker reads commands up to
 ``MAX_COMMAND_LINE``.
@@ -51,6 +54,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "error": {"company": str, "message": str},
     "send": {"company": str, "id": str, "to": str, "text": str},
     "send_result": {"company": str, "id": str, "outcome": str},
+    "inbox": {"company": str, "seq": int, "messages": int},
 }
 
 #: Message type -> fields that may be absent (or null), and their types when present.
@@ -62,6 +66,9 @@ OPTIONAL: dict[str, dict[str, type]] = {
 CHOICES: dict[str, dict[str, frozenset[str]]] = {
     "send_result": {"outcome": frozenset(o.value for o in Outcome)},
 }
+
+#: Integer fields that must not be negative.
+NON_NEGATIVE: dict[str, tuple[str, ...]] = {"inbox": ("seq", "messages")}
 
 EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -111,6 +118,9 @@ def decode(line: bytes, limit: int = MAX_LINE) -> tuple[str, dict[str, Any]]:
     for name, allowed in CHOICES.get(kind, {}).items():
         if message[name] not in allowed:
             raise ProtocolError(f"{kind}: field {name!r} is not one of {sorted(allowed)}")
+    for name in NON_NEGATIVE.get(kind, ()):
+        if message[name] < 0:
+            raise ProtocolError(f"{kind}: field {name!r} is negative")
     return kind, {k: v for k, v in message.items() if k not in ("v", "type")}
 
 

@@ -28,6 +28,8 @@ OnEvent = Callable[[str, WhatsAppEvent], None]
 OnCrash = Callable[[str, str], None]
 #: (company, result): a worker answered a ``send``.
 OnSendResult = Callable[[str, SendResult], None]
+#: (company, inbox seq, new messages): the company's inbox advanced.
+OnInbox = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -68,6 +70,7 @@ class WorkerPool:
         self.on_send_result: OnSendResult | None = None
         #: Also told of each company whose worker died (messaging: sends in flight).
         self.crash_listeners: list[OnCrash] = []
+        self.on_inbox: OnInbox = lambda _company, _seq, _messages: None
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -195,6 +198,10 @@ class WorkerPool:
             company = str(fields["company"])
             if company in worker.companies:
                 self._on_event(company, protocol.decode_event(fields))
+        elif kind == "inbox":
+            company = str(fields["company"])
+            if company in worker.companies:
+                self.on_inbox(company, int(str(fields["seq"])), int(str(fields["messages"])))
         elif kind == "stopped" and fields.get("clean") is False:
             # A client that would not stop (neonize can hang a minute): recycle the process.
             self._kill(worker, f"client {fields['company']} did not stop in time")
