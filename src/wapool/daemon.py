@@ -183,6 +183,7 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
@@ -213,6 +214,7 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
+            asyncio.create_task(runtime.messaging.run(signals.stop), name="messaging"),
         ]
         if runtime.outbound is not None:
             outbound = runtime.outbound
@@ -220,6 +222,7 @@ async def run_daemon(settings: Settings) -> int:
                 asyncio.create_task(outbound.run(signals.stop), name="outbound"),
                 asyncio.create_task(outbound.sync.run(signals.stop), name="outbound-sync"),
                 asyncio.create_task(outbound.sync.listen(signals.stop), name="outbound-listen"),
+                asyncio.create_task(outbound.receipts.run(signals.stop), name="receipts"),
             ]
         for task in tasks:
             _stop_if_it_dies(task, signals)
@@ -231,7 +234,7 @@ async def run_daemon(settings: Settings) -> int:
         for task in tasks:
             # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
             # would not stop); the others are simply cancelled.
-            if task.get_name() != "mirror":
+            if task.get_name() not in ("mirror", "messaging"):  # both save their progress
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)

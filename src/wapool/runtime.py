@@ -30,7 +30,9 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
-from wapool.messaging.service import OutboundService
+from wapool.messaging import outbound_receipts
+from wapool.messaging.outbound_service import OutboundService
+from wapool.messaging.service import InboundMessaging
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -65,6 +67,8 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
+    #: Inbound messages: inboxes -> inbound_messages (through the mirror) and the webhook.
+    messaging: InboundMessaging
     #: Companies wait for a lease this daemon will take as soon as it has room.
     backlog: bool = False
     #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
@@ -101,16 +105,19 @@ class Runtime:
             settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
             resume=cleanup.resume_interrupted,
         )  # fmt: skip
+        messaging = InboundMessaging(settings, db, mirror, mirror.fence)
+        messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
         supervisor = build_supervisor(settings, actions, bringup)
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
-            cleanup, scheduler, latest, bringup,
-            outbound=OutboundService(settings, db, leases, supervisor),
+            cleanup, scheduler, latest, bringup, messaging,
+            outbound=OutboundService(settings, db, leases, supervisor, messaging.cursors),
         )  # fmt: skip
 
     def __post_init__(self) -> None:
         # A client whose store failed restarts only once the keeper has repaired the store.
         self.supervisor.repair = self.keeper.recover
+        self.supervisor.inbox_listeners.append(self.messaging.on_inbox)
 
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
@@ -124,6 +131,7 @@ class Runtime:
             await self.mirror.drain(timeout=5.0)
         await self.keeper.reconcile(wanted)
         wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
+        self.messaging.serve(wanted & self.keeper.ready)
         for company in self.supervisor.want(wanted & self.keeper.ready):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
@@ -183,6 +191,7 @@ class Runtime:
         drained = await self.mirror.drain(timeout=drain_seconds)
         log.info("mirror_final_drain", extra={"drained": drained})
         self.mirror.close()
+        self.messaging.close()
         if self.outbound is not None:  # statuses mirrored, queued messages handed back
             await self.outbound.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire

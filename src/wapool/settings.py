@@ -69,7 +69,22 @@ class Settings(BaseSettings):
     simulated_server: Path | None = None
     #: Extra seconds each working store takes to prepare (drills of a slow bring-up).
     simulated_store_delay_seconds: float = Field(0.0, ge=0, le=60)
+    #: Simulated backend: inbound messages per second per company (0: none but scripted ones).
+    simulated_inbound_per_second: float = Field(0.0, ge=0, le=1000)
     http_addr: str = "127.0.0.1:8787"
+
+    # --- inbound messaging (issue 10; docs/messaging.md) ---
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    #: Seconds after which an event the receiver never accepted becomes a dead letter.
+    webhook_max_age: float = Field(86_400.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    webhook_max_in_flight: int = Field(64, ge=1, le=10_000)
+    webhook_retry_base_seconds: float = Field(0.5, gt=0)
+    webhook_retry_cap_seconds: float = Field(60.0, gt=0)
+    #: Hours an inbox keeps events every consumer has passed (``wapool messages`` during an
+    #: outage, investigations) before the daemon deletes them.
+    inbox_keep_hours: float = Field(24.0, ge=0)
 
     db_pool_min_size: int = Field(2, ge=1)
     db_pool_max_size: int = Field(6, ge=2)
@@ -172,6 +187,22 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// base URL")
         return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+[^\s]*$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                "WAPOOL_WEBHOOK_SECRET: required with WAPOOL_WEBHOOK_URL (every delivery is "
+                "signed with it); for example the output of: openssl rand -hex 32"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> Settings:

@@ -26,6 +26,8 @@ from wapool.messaging.group_commit import GroupCommitWriter
 from wapool.messaging.outbound import FINAL, PROGRESS, Outbound, Record, Status
 
 OUTBOX_FILE = "outbox.db"
+#: Seconds a receipt for an unknown WhatsApp id is kept (its send may not be recorded yet).
+EARLY_KEEP = 3600.0
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -55,9 +57,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS outbox_idem ON outbox (company, idem_key)
 CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (company, seq) WHERE status = 'queued';
 CREATE INDEX IF NOT EXISTS outbox_unmirrored ON outbox (seq) WHERE version > pg_version;
 CREATE INDEX IF NOT EXISTS outbox_wa ON outbox (company, wa_id) WHERE wa_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS outbox_cursor (
-    company TEXT PRIMARY KEY,
-    receipts_seq INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS early_receipts (
+    company TEXT NOT NULL,
+    wa_id   TEXT NOT NULL,
+    status  TEXT NOT NULL,
+    at      REAL NOT NULL,
+    PRIMARY KEY (company, wa_id, status)
 );
 """
 
@@ -165,23 +170,29 @@ class Outbox:
                 f"WHERE id = ? AND status IN ({marks})",
                 (to.value, reason, whatsapp_id, time.time(), to.value, message_id, *sources),
             )
-            return _get(conn, message_id) if cur.rowcount else None
+            if not cur.rowcount:
+                return None
+            if to is Status.SENT and whatsapp_id is not None:
+                _apply_early(conn, message_id, whatsapp_id)
+            return _get(conn, message_id)
 
         return await self._writer.write(change)
 
     async def receipt(self, company: str, whatsapp_id: str, to: Status) -> Record | None:
-        """A delivery or read receipt: move the message forward (never back)."""
-        rank = PROGRESS[to]
-        lower = tuple(s.value for s, r in PROGRESS.items() if r < rank)
+        """A delivery or read receipt: move the message forward (never back). One for a
+        message whose send is not recorded yet is kept and applied when it is."""
 
         def change(conn: sqlite3.Connection) -> Record | None:
-            marks = ",".join("?" * len(lower))
-            row = conn.execute(
-                f"UPDATE outbox SET status = ?, updated_at = ?, version = version + 1 "
-                f"WHERE company = ? AND wa_id = ? AND status IN ({marks}) RETURNING id",
-                (to.value, time.time(), company, whatsapp_id, *lower),
+            known = conn.execute(
+                "SELECT 1 FROM outbox WHERE company = ? AND wa_id = ?", (company, whatsapp_id)
             ).fetchone()
-            return _get(conn, row[0]) if row else None
+            if known is None:
+                now = time.time()
+                conn.execute("DELETE FROM early_receipts WHERE at < ?", (now - EARLY_KEEP,))
+                conn.execute("INSERT OR IGNORE INTO early_receipts VALUES (?, ?, ?, ?)",
+                             (company, whatsapp_id, to.value, now))  # fmt: skip
+                return None
+            return _advance(conn, company, whatsapp_id, to)
 
         return await self._writer.write(change)
 
@@ -201,15 +212,6 @@ class Outbox:
         await self._writer.write(
             lambda conn: conn.executemany(
                 "DELETE FROM outbox WHERE id = ? AND status = 'queued'", [(i,) for i in ids]
-            )
-        )
-
-    async def set_receipts_cursor(self, company: str, seq: int) -> None:
-        await self._writer.write(
-            lambda conn: conn.execute(
-                "INSERT INTO outbox_cursor VALUES (?, ?) ON CONFLICT (company) "
-                "DO UPDATE SET receipts_seq = max(receipts_seq, excluded.receipts_seq)",
-                (company, seq),
             )
         )
 
@@ -259,18 +261,34 @@ class Outbox:
         rows = self._read.execute("SELECT company, status, count(*) FROM outbox GROUP BY 1, 2")
         return {(str(c), str(s)): int(n) for c, s, n in rows}
 
-    def receipts_cursor(self, company: str) -> int:
-        row = self._read.execute(
-            "SELECT receipts_seq FROM outbox_cursor WHERE company = ?", (company,)
-        ).fetchone()
-        return int(row[0]) if row else 0
-
     def recent(self, company: str, limit: int = 50) -> list[Record]:
         rows = self._read.execute(
             f"SELECT {_COLUMNS} FROM outbox WHERE company = ? ORDER BY seq DESC LIMIT ?",
             (company, limit),
         ).fetchall()
         return [_record(r) for r in rows]
+
+
+def _advance(conn: sqlite3.Connection, company: str, wa_id: str, to: Status) -> Record | None:
+    lower = tuple(s.value for s, r in PROGRESS.items() if r < PROGRESS[to])
+    marks = ",".join("?" * len(lower))
+    row = conn.execute(
+        f"UPDATE outbox SET status = ?, updated_at = ?, version = version + 1 "
+        f"WHERE company = ? AND wa_id = ? AND status IN ({marks}) RETURNING id",
+        (to.value, time.time(), company, wa_id, *lower),
+    ).fetchone()
+    return _get(conn, row[0]) if row else None
+
+
+def _apply_early(conn: sqlite3.Connection, message_id: str, wa_id: str) -> None:
+    company = conn.execute("SELECT company FROM outbox WHERE id = ?", (message_id,)).fetchone()[0]
+    rows = conn.execute(
+        "DELETE FROM early_receipts WHERE company = ? AND wa_id = ? RETURNING status",
+        (company, wa_id),
+    ).fetchall()
+    best = max((Status(r[0]) for r in rows), key=lambda s: PROGRESS[s], default=None)
+    if best is not None:
+        _advance(conn, company, wa_id, best)
 
 
 def _get(conn: sqlite3.Connection, message_id: str) -> Record | None:

@@ -1,9 +1,13 @@
-"""Outbound messaging as the daemon runs it: the outbox, the sender, PostgreSQL's side, and
-what the API asks of them (``api.Service``).
+"""Inbound messaging in the daemon: the inboxes' consumers, their wake-ups and the trimming.
 
-A company is accepted for only while this daemon holds its lease, runs its client and has
-adopted its rows from PostgreSQL (``outbound_pg``); otherwise the API answers 503 with the node
-that drives it, or 404 for a company that does not exist.
+Which inboxes are served: every company this daemon drives, and every inbox found in the
+state directory at start. A company this daemon stops driving (moved, removed) keeps being
+served from here until its inbox is drained: what its session received here is delivered from
+here, whoever drives it now (events are de-duplicated downstream by their ids).
+
+Inboxes are trimmed every ``TRIM_EVERY`` seconds: events every consumer has passed and older
+than ``WAPOOL_INBOX_KEEP_HOURS`` are deleted, in small batches. ``consumers`` lists who must
+have passed an event first (outbound statuses may add theirs).
 """
 
 from __future__ import annotations
@@ -11,130 +15,101 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
+import time
+from collections.abc import Iterable
 
 from wapool.db.pool import Database
-from wapool.errors import DatabaseUnavailable
-from wapool.leases import Leases
-from wapool.messaging.api import Elsewhere
-from wapool.messaging.outbound import Outbound, Record, Status
-from wapool.messaging.outbound_pg import OutboundSync
-from wapool.messaging.outbox import Outbox
-from wapool.messaging.pacing import Pacer
-from wapool.messaging.sender import Sender
+from wapool.leases import Fence
+from wapool.messaging import inbound_mirror, webhook
+from wapool.messaging.cursors import CURSORS_FILE, Cursors
+from wapool.messaging.inbound_mirror import InboundMirror
+from wapool.messaging.inbox import INBOX_FILE, InboxReader
+from wapool.messaging.webhook import Webhook, WebhookConfig
+from wapool.observability.redact import describe_error
 from wapool.settings import Settings
-from wapool.supervisor.reconciler import Supervisor
-from wapool.supervisor.session import State
+from wapool.store.mirror import Mirror
 
 log = logging.getLogger(__name__)
 
-#: How often the set of companies the sender drives is brought in line with the leases.
-DRIVE_EVERY = 0.25
+TRIM_EVERY = 600.0
 
 
-class OutboundService:
-    def __init__(
-        self, settings: Settings, db: Database, leases: Leases, supervisor: Supervisor
-    ) -> None:
-        self._db = db
-        self._leases = leases
-        self._supervisor = supervisor
-        self.outbox = Outbox.in_state_dir(settings.state_dir)
-        if self.outbox.interrupted:
-            log.error("sends_interrupted", extra={"count": len(self.outbox.interrupted),
-                                                  "status": "uncertain"})  # fmt: skip
-        pacer = Pacer(settings.send_per_minute, settings.send_burst,
-                      settings.send_global_per_second)  # fmt: skip
-        self.sender = Sender(
-            self.outbox, pacer, supervisor.pool.send, self._connected,
-            result_timeout=settings.send_result_timeout_seconds, on_change=self._changed,
-        )  # fmt: skip
-        self.sync = OutboundSync(db, self.outbox, leases, self.sender.wake)
-        supervisor.pool.on_send_result = self.sender.on_result
-        supervisor.pool.crash_listeners.append(self.sender.on_worker_lost)
-        supervisor.state_listeners.append(self._state_changed)
+class InboundMessaging:
+    def __init__(self, settings: Settings, db: Database, mirror: Mirror, fence: Fence | None):
+        self._state_dir = settings.state_dir
+        self._keep = settings.inbox_keep_hours * 3600
+        self.cursors = Cursors(settings.state_dir / CURSORS_FILE)
+        self.postgres = InboundMirror(db, self.cursors, fence)
+        self._mirror = mirror
+        mirror.parts.append(self.postgres)
+        self.webhook: Webhook | None = None
+        self.consumers = [inbound_mirror.CONSUMER]
+        if settings.webhook_url is not None and settings.webhook_secret is not None:
+            config = WebhookConfig(
+                settings.webhook_url, settings.webhook_secret.get_secret_value().encode(),
+                max_age=settings.webhook_max_age, timeout=settings.webhook_timeout_seconds,
+                max_in_flight=settings.webhook_max_in_flight,
+                retry_base=settings.webhook_retry_base_seconds,
+                retry_cap=settings.webhook_retry_cap_seconds,
+            )  # fmt: skip
+            self.webhook = Webhook(config, self.cursors)
+            self.consumers.append(webhook.CONSUMER)
+        self._served: set[str] = set()
 
-    # -- api.Service -----------------------------------------------------------------------------
+    def serve(self, companies: Iterable[str]) -> None:
+        """Serve these companies' inboxes (from now until this process ends)."""
+        for company in companies:
+            if company in self._served:
+                continue
+            self._served.add(company)
+            path = self._state_dir / company / INBOX_FILE
+            self.postgres.add(company, path)
+            if self.webhook is not None:
+                self.webhook.add(company, path)
 
-    def drives(self, company: str) -> bool | None:
-        if company not in self._leases.held or company not in self._supervisor.sessions:
-            return False
-        return True if company in self.sync.ready else None
+    def serve_found(self) -> None:
+        """Serve every inbox left in the state directory (a backlog from before a restart)."""
+        with contextlib.suppress(OSError):
+            self.serve(sorted(p.parent.name for p in self._state_dir.glob(f"*/{INBOX_FILE}")))
 
-    async def elsewhere(self, company: str) -> Elsewhere | None:
-        try:
-            rows = await self._db.fetch(
-                "SELECT c.id, l.holder FROM companies c LEFT JOIN company_leases l "
-                "ON l.company_id = c.id AND l.expires_at > now() "
-                "WHERE c.id = %s AND c.removed_at IS NULL AND c.enabled",
-                (company,),
-            )
-        except DatabaseUnavailable:
-            return Elsewhere(None, "PostgreSQL is unreachable: which node drives the company "
-                                   "is unknown; ask the node that drives it")  # fmt: skip
-        if not rows:
-            return None
-        holder = rows[0][1]
-        if holder is None:
-            return Elsewhere(None, "no daemon drives this company right now")
-        if holder == self._leases.holder:
-            return Elsewhere(holder, "this daemon is bringing the company up")
-        return Elsewhere(str(holder), f"the company is driven by {holder}")
-
-    async def accept(self, message: Outbound) -> tuple[Record, bool]:
-        record, new = await self.outbox.accept(message)
-        if new:
-            self.sender.wake(message.company)
-            self.sync.changed()
-        return record, new
-
-    async def find(self, company: str, message_id: str) -> Record | None:
-        record = self.outbox.get(company, message_id)
-        if record is None:
-            with contextlib.suppress(DatabaseUnavailable, ValueError):
-                record = await self.sync.look_up(company, message_id)
-        return record
-
-    async def retry(self, company: str, message_id: str) -> Record | None:
-        if self.outbox.get(company, message_id) is None:
-            return None
-        record = await self.outbox.transition(
-            message_id, Status.QUEUED, allowed_from=[Status.UNCERTAIN, Status.FAILED],
-            reason="retried at the producer's request",
-        )  # fmt: skip
-        if record is not None:
-            log.info("send_retry", extra={"company": company, "id": message_id})
-            self._changed()
-            self.sender.wake(company)
-        return record
-
-    # -- running ---------------------------------------------------------------------------------
+    def on_inbox(self, company: str, _seq: int) -> None:
+        """A worker's notice: the company's inbox advanced."""
+        if company not in self._served:
+            self.serve([company])
+        if self.webhook is not None:
+            self.webhook.wake(company)
+        self._mirror.wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Keep the sender on the companies this daemon drives and has adopted."""
+        tasks = [asyncio.create_task(self._trim_loop(stop), name="inbox-trim")]
+        if self.webhook is not None:
+            tasks.append(asyncio.create_task(self.webhook.run(stop), name="webhook"))
+        await asyncio.gather(*tasks)
+
+    async def _trim_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            driven = self.sync.ready & set(self._leases.held) & set(self._supervisor.sessions)
-            self.sender.drive(driven)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), DRIVE_EVERY)
+                await asyncio.wait_for(stop.wait(), TRIM_EVERY)
+            if not stop.is_set():
+                await asyncio.to_thread(self.trim, time.time())
 
-    async def stop_sending(self, timeout: float) -> None:
-        """Before the clients stop: no new sends; those in flight get their answer (bounded)."""
-        await self.sender.close(timeout)
+    def trim(self, now: float) -> int:
+        deleted = 0
+        for company in sorted(self._served):
+            path = self._state_dir / company / INBOX_FILE
+            try:
+                reader = InboxReader(path)
+                try:
+                    upto = self.cursors.lowest(company, reader.identity(), self.consumers)
+                    deleted += reader.trim(upto, older_than=now - self._keep)
+                finally:
+                    reader.close()
+            except (sqlite3.Error, OSError) as exc:
+                log.error(
+                    "inbox_trim_failed", extra={"company": company, "error": describe_error(exc)}
+                )
+        return deleted
 
-    async def close(self) -> None:
-        """After the clients stopped: mirror what is left and hand queued rows back."""
-        with contextlib.suppress(DatabaseUnavailable):
-            await self.sync.mirror()
-            await self.sync.release(sorted(self._leases.held))
-        self.outbox.close()
-
-    def _connected(self, company: str) -> bool:
-        session = self._supervisor.sessions.get(company)
-        return session is not None and session.state is State.CONNECTED
-
-    def _state_changed(self, company: str, state: State) -> None:
-        if state is State.CONNECTED:
-            self.sender.wake(company)
-
-    def _changed(self) -> None:
-        self.sync.changed()
+    def close(self) -> None:
+        self.cursors.close()

@@ -1,7 +1,8 @@
 """A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
 
     python -m wapool.supervisor.worker_main neonize
-    python -m wapool.supervisor.worker_main simulated [CHURN_PER_SECOND [instant|qr [SERVER NODE]]]
+    python -m wapool.supervisor.worker_main simulated [CHURN_PER_SECOND [instant|qr [SERVER NODE
+                                                      [INBOUND_PER_SECOND]]]]
 
 (``SERVER``: the simulated WhatsApp server's socket, or ``-`` for none; ``NODE``: the daemon's
 name, which the server records with each connection.)
@@ -184,10 +185,14 @@ def _backend(name: str, args: list[str]) -> Backend:
     from wapool.whatsapp.simulated import Script, ServerLink, SimulatedBackend
 
     churn = float(args[0]) if args else 1.0
-    script = Script(churn_per_second=churn)
+    inbound = float(args[4]) if len(args) > 4 else 0.0
+    script = Script(churn_per_second=churn, inbound_per_second=inbound)
     if len(args) > 1 and args[1] == "qr":
         # Staging drills of `wapool pair`: QR codes rotate every second until one is "scanned".
-        script = Script(pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn)
+        script = Script(
+            pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn,
+            inbound_per_second=inbound,
+        )  # fmt: skip
     server = None
     if len(args) > 3 and args[2] != "-":
         server = ServerLink(Path(args[2]), args[3])
