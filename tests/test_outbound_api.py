@@ -51,6 +51,22 @@ def _until_accepting(daemon: Daemon, company: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def _wait_inbound(url: str, quoted: str, timeout: float = 30) -> Any:
+    """The echo contact's answer to the message WhatsApp knows as ``quoted``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT sender_jid, kind, body FROM inbound_messages "
+                "WHERE event->>'quoted_id' = %s",
+                (quoted,),
+            ).fetchone()
+        if row is not None:
+            return row
+        assert time.monotonic() < deadline, "the echo answer is not in inbound_messages"
+        time.sleep(0.1)
+
+
 def _pg_status(url: str, message_id: str) -> Any:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute(
@@ -83,9 +99,10 @@ def test_send_through_the_api_and_through_sql(
         assert first["status"] in ("queued", "sending", "sent")
         assert first["to"] == ECHO_JID
         assert "Idempotent-Replayed" not in headers
-        sent = wait_status(port, "acme", first["id"], lambda s: s != "queued" and s != "sending")
-        assert sent["status"] in ("sent", "delivered", "read")
-        assert sent["whatsapp_id"]
+        read = wait_status(port, "acme", first["id"], lambda s: s == "read")
+        assert read["whatsapp_id"]
+        echo = _wait_inbound(database_url, read["whatsapp_id"])
+        assert echo == (ECHO_JID, "text", "echo: hello")
         code, headers, again = send(port, "acme", {"to": ECHO_PHONE, "text": "other text",
                                                    "idempotency_key": "order-1"})  # fmt: skip
         assert (code, again["id"], headers.get("Idempotent-Replayed")) == (202, first["id"], "true")
