@@ -30,6 +30,8 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+from wapool.messaging import outbound_receipts
+from wapool.messaging.outbound_service import OutboundService
 from wapool.messaging.service import InboundMessaging
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
@@ -69,6 +71,8 @@ class Runtime:
     messaging: InboundMessaging
     #: Companies wait for a lease this daemon will take as soon as it has room.
     backlog: bool = False
+    #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
+    outbound: OutboundService | None = None
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -102,10 +106,12 @@ class Runtime:
             resume=cleanup.resume_interrupted,
         )  # fmt: skip
         messaging = InboundMessaging(settings, db, mirror, mirror.fence)
+        messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
+        supervisor = build_supervisor(settings, actions, bringup)
         return cls(
-            db, settings, registry, snapshots, leases, mirror, keeper,
-            build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
-            bringup, messaging,
+            db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
+            cleanup, scheduler, latest, bringup, messaging,
+            outbound=OutboundService(settings, db, leases, supervisor, messaging.cursors),
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -178,12 +184,16 @@ class Runtime:
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
         await self.scheduler.stop(timeout=drain_seconds)
+        if self.outbound is not None:  # no new sends; those in flight answered (bounded)
+            await self.outbound.stop_sending(drain_seconds / 2)
         await self.supervisor.close()  # clients stop (bounded) before the last drain
         log.info("clients_stopped")
         drained = await self.mirror.drain(timeout=drain_seconds)
         log.info("mirror_final_drain", extra={"drained": drained})
         self.mirror.close()
         self.messaging.close()
+        if self.outbound is not None:  # statuses mirrored, queued messages handed back
+            await self.outbound.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.release()
