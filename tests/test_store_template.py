@@ -156,11 +156,6 @@ def test_templates_are_keyed_by_schema_version_and_library(
     assert _templates(tmp_path) == ["whatsmeow-v16-new.db", "whatsmeow-v16-new.db.json"]
 
 
-def test_the_library_key_follows_neonize_and_its_go_library() -> None:
-    key = template.library_key()
-    assert len(key) == 16 and key == template.library_key()
-
-
 async def test_a_kept_store_at_the_templates_schema_needs_no_neonize(
     db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
 ) -> None:
