@@ -116,7 +116,11 @@ def run(root: Path, companies: int, churn: float, per_worker: int, timeout: floa
                 if first is None and up:
                     first = time.monotonic() - started
                 if time.monotonic() - started > timeout or daemon.poll() is not None:
-                    raise SystemExit(f"only {up} of {companies} connected; see {root}/daemon.log")
+                    tail = (root / "daemon.log").read_text().splitlines()[-15:]
+                    raise SystemExit(
+                        f"only {up} of {companies} connected (daemon exit {daemon.poll()}); "
+                        "the daemon's log ends:\n" + "\n".join(tail)
+                    )
                 time.sleep(0.2)
             every = time.monotonic() - started
             load = os.getloadavg()
