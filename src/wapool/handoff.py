@@ -2,7 +2,8 @@
 
 Order, per batch of companies: their clients stop (nothing writes their stores any more), the
 mirror drains them (``Mirror.drain_companies``: every change read after the stop is applied),
-then ``Leases.hand_over`` releases the leases, recording each PostgreSQL copy's applied
+then (after the outbound messages queued here are given back to PostgreSQL)
+``Leases.hand_over`` releases the leases, recording each PostgreSQL copy's applied
 sequence, and wakes the other daemons. The local store files are then removed: PostgreSQL holds
 everything they held, and a stale copy of key material should not linger on a host that no
 longer drives the company (it would be restored anyway if the company came back).
@@ -19,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,7 @@ class Handoffs:
         state_dir: Path,
         stats: FleetStats | None = None,
         clock: Clock | None = None,
+        before_release: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._leases = leases
         self._supervisor = supervisor
@@ -80,6 +82,9 @@ class Handoffs:
         #: Company -> node it goes to (None: anyone): clients stopped, leases not given up yet.
         self.pending: dict[str, str | None] = {}
         self.stats = stats or FleetStats()
+        #: Called with a drained batch right before its leases are given up (outbound messages
+        #: queued here go back to PostgreSQL for the taker).
+        self._before_release = before_release
 
     async def run(self, companies: Mapping[str, str | None]) -> list[str]:
         """Hand these (and any batch left pending) over; return the companies handed over."""
@@ -100,6 +105,8 @@ class Handoffs:
                                                   "reason": "changes not yet in PostgreSQL"})  # fmt: skip
             return []
         try:
+            if self._before_release is not None:
+                await self._before_release(sorted(self.pending))
             released = await self._leases.hand_over(self.pending)
         except DatabaseUnavailable:
             self.stats.handoff_failures += 1
