@@ -147,10 +147,14 @@ class Stops:
     """What a handoff asks of the supervisor: stop these clients (recorded)."""
 
     def __init__(self) -> None:
-        self.stopped: list[str] = []
+        self.stops: list[str] = []
+        self.pool = self
 
     async def stop(self, company: str) -> None:
-        self.stopped.append(company)
+        self.stops.append(company)
+
+    async def stopped(self, _company: str, _timeout: float) -> bool:
+        return True
 
 
 async def test_a_handoff_cut_by_an_outage_keeps_the_lease_then_completes(
@@ -182,7 +186,7 @@ async def test_a_handoff_cut_by_an_outage_keeps_the_lease_then_completes(
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr("wapool.handoff.DRAIN_SECONDS", 1.0)
             assert await handoffs.run({"a": None}) == []
-        assert stops.stopped == ["a"]
+        assert stops.stops == ["a"]
         assert handoffs.pending == {"a": None}
         assert "a" in leases.held  # still ours: nobody else may drive it
         await proxy.restore()
