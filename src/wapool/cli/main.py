@@ -23,7 +23,18 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import adopt, cleanup, company, database, doctor, pair, run, status, store
+    from wapool.cli import (
+        adopt,
+        cleanup,
+        company,
+        database,
+        doctor,
+        pair,
+        run,
+        send,
+        status,
+        store,
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -41,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.register(commands)
     cleanup.register(commands)
     pair.register(commands)
+    send.register(commands)
     status.register(commands)
     doctor.register(commands)
     return parser
