@@ -98,6 +98,7 @@ class Runtime:
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
             delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
+            parallel=settings.max_concurrent_connects,
         )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
         latest = LatestSizes(db)

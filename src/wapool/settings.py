@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     #: Socket of the simulated WhatsApp server shared by the daemons on this machine (tests,
     #: staging); unset: each simulated client works alone.
     simulated_server: Path | None = None
-    #: Extra seconds each working store takes to prepare (drills of a slow bring-up).
+    #: Extra seconds each working store takes to prepare, one at a time (slow bring-up drills).
     simulated_store_delay_seconds: float = Field(0.0, ge=0, le=60)
     #: Simulated backend: inbound messages per second per company (0: none but scripted ones).
     simulated_inbound_per_second: float = Field(0.0, ge=0, le=1000)

@@ -5,11 +5,12 @@ Order, so that a refusal changes nothing:
 1. the source is read (from a private copy, or a read-only transaction) and its keys verified;
 2. the company must exist; the device must not be held by another company; a paired company
    needs ``--force`` (``--dry-run`` stops here and reports);
-3. the working store is built and upgraded in a private temporary directory (``build``);
-4. under the company's lease (as ``wapool import`` holds it, so no daemon drives the company
-   meanwhile), the PostgreSQL copy is replaced in one transaction (``transfer.import_company``,
-   which checks 2. again atomically and records the adoption in ``store_imports``), and this
-   host's working store is rebuilt from the same rows.
+3. the company's lease is taken as ``wapool import`` takes it (refused while a daemon drives the
+   company), so no daemon starts it until the end;
+4. the working store is built and upgraded in a private temporary directory (``build``);
+5. the PostgreSQL copy is replaced in one transaction (``transfer.import_company``, which
+   checks 2. again atomically and records the adoption in ``store_imports``), and this host's
+   working store is rebuilt from the same rows.
 """
 
 from __future__ import annotations
@@ -54,19 +55,21 @@ async def adopt(
     paired = await _precheck(db, company_id, taken, force=force, dry_run=dry_run)
     if dry_run:
         return Adopted(taken, None, None, paired)
-    work = Path(tempfile.mkdtemp(prefix=".adopt-", dir=_work_parent(state_dir)))
-    try:
-        built = await asyncio.to_thread(build, taken, work / "store.db", company_id, make_schema)
-        async with held_for_import(db, company_id, lease_seconds) as fence:
+    async with held_for_import(db, company_id, lease_seconds) as fence:
+        work = Path(tempfile.mkdtemp(prefix=".adopt-", dir=_work_parent(state_dir)))
+        try:
+            built = await asyncio.to_thread(
+                build, taken, work / "store.db", company_id, make_schema
+            )
             meta = await transfer.import_company(
                 db, company_id, built.store, force=force, source=f"adopt {taken.source}",
                 fence=fence,
             )  # fmt: skip
             path = prepare_dir(state_dir, company_id)
             await asyncio.to_thread(restore.build_from_rows, path, meta, built.store.rows)
-            await CompanyRepository(db).set_paired_jid(company_id, taken.jid)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            await CompanyRepository(db).set_paired_jid(company_id, built.jid)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return Adopted(taken, built, meta.store_uuid, paired)
 
 
