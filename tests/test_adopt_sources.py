@@ -4,6 +4,7 @@ and sources refused before anything is built."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -14,6 +15,7 @@ from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 from wapool.store.adopt.baileys_source import _buffer, _device_jid, _fingerprint_proto, take_baileys
 from wapool.store.adopt.source import BadSource
 from wapool.store.adopt.sqlite_source import take_sqlite
+from wapool.store.leftovers import stale_temporaries
 
 
 def test_bytes_in_every_form_bufferjson_and_protobuf_json_write() -> None:
@@ -77,3 +79,13 @@ def test_sqlite_sources_refused_before_anything_is_built(
         take_sqlite(text, None, work)
     with pytest.raises(BadSource, match="no such file"):
         take_sqlite(tmp_path / "missing.db", None, work)
+
+
+def test_a_killed_adoptions_store_is_a_leftover(tmp_path: Path) -> None:
+    for name in ("store.db.adopting-99999999", "store.db.adopting-99999999-wal", "store.db"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f"store.db.adopting-{os.getpid()}").write_bytes(b"")  # still running: kept
+    assert [p.name for p in stale_temporaries(tmp_path)] == [
+        "store.db.adopting-99999999",
+        "store.db.adopting-99999999-wal",
+    ]
