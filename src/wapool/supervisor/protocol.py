@@ -9,6 +9,9 @@ main -> worker:  start {company, store} | stop {company} | logout {company}
                  | drill_crash {company}   (crash the worker for real, for drills and tests)
 worker -> main:  hello {pid} | heartbeat {fds} | event {company, event, fields}
                  | stopped {company, clean} | error {company, message}
+                 | inbox {company, seq, messages}   (the company's inbox holds events up to
+                   ``seq``; ``messages`` of them new messages since the last notice: the main
+                   process wakes its readers instead of polling)
 """
 
 from __future__ import annotations
@@ -38,7 +41,11 @@ SCHEMA: dict[str, dict[str, type]] = {
     "event": {"company": str, "event": str, "fields": dict},
     "stopped": {"company": str, "clean": bool},
     "error": {"company": str, "message": str},
+    "inbox": {"company": str, "seq": int, "messages": int},
 }
+
+#: Integer fields that must not be negative.
+NON_NEGATIVE: dict[str, tuple[str, ...]] = {"inbox": ("seq", "messages")}
 
 EVENT_TYPES: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -81,6 +88,9 @@ def decode(line: bytes) -> tuple[str, dict[str, Any]]:
         value = message.get(name)
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             raise ProtocolError(f"{kind}: field {name!r} missing or not {expected.__name__}")
+    for name in NON_NEGATIVE.get(kind, ()):
+        if message[name] < 0:
+            raise ProtocolError(f"{kind}: field {name!r} is negative")
     return kind, {k: v for k, v in message.items() if k not in ("v", "type")}
 
 

@@ -28,9 +28,12 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wapool.messaging.inbox import InboxWriter, inbox_path
+from wapool.messaging.model import InboundMessage, Receipt
+from wapool.observability.redact import describe_error
 from wapool.supervisor import protocol
-from wapool.whatsapp.events import StoreFailed, WhatsAppEvent
-from wapool.whatsapp.port import Backend, WhatsAppClient
+from wapool.whatsapp.events import StoreFailed
+from wapool.whatsapp.port import Backend, ClientEvent, WhatsAppClient
 
 log = logging.getLogger("wapool.worker")
 HEARTBEAT_SECONDS = 1.0
@@ -54,6 +57,8 @@ class Worker:
         self._done = threading.Event()
         #: Companies whose client reported a failed store (written from client threads).
         self._store_failed: set[str] = set()
+        #: Each running company's inbox (written from client threads, inside their handlers).
+        self._inboxes: dict[str, InboxWriter] = {}
 
     def send(self, message: bytes) -> None:
         self._outbox.put(message)
@@ -76,18 +81,25 @@ class Worker:
                 client.stop(STOP_TIMEOUT)
                 client = None
             if client is None:
+                store = Path(fields["store"])
+                self._inboxes[company] = InboxWriter(inbox_path(store))
 
-                def emit(event: WhatsAppEvent, company: str = company) -> None:
+                def emit(event: ClientEvent, company: str = company) -> None:
+                    if isinstance(event, InboundMessage | Receipt):
+                        self.record(company, event)
+                        return
                     if isinstance(event, StoreFailed):
                         self._store_failed.add(company)
                     self.send(protocol.encode_event(company, event))
 
-                client = self._backend.client(company, Path(fields["store"]), emit)
+                client = self._backend.client(company, store, emit)
                 self._clients[company] = client
             client.start()
         elif kind == "stop" and client is not None:
             clean = client.stop(STOP_TIMEOUT)
             del self._clients[company]
+            if (inbox := self._inboxes.pop(company, None)) is not None:
+                inbox.close()
             self.send(protocol.encode("stopped", company=company, clean=clean))
         elif kind == "logout" and client is not None:
             client.logout()
@@ -99,6 +111,25 @@ class Worker:
             self._backend.crash_process(Path(fields["store"]))
         elif client is None:
             self.send(protocol.encode("error", company=company, message=f"{kind}: no such client"))
+
+    def record(self, company: str, event: InboundMessage | Receipt) -> None:
+        """Write an inbound event to the company's inbox (durable on return), then tell the
+        main process. Runs on the client's handler thread; a failed write is reported and the
+        event is lost (whatsmeow has acknowledged it already: docs/messaging.md)."""
+        inbox = self._inboxes.get(company)
+        try:
+            if inbox is None:
+                raise RuntimeError("no inbox open for this company")
+            seq = inbox.append(event)
+        except Exception as exc:  # a full disk, a broken file: say so, never crash the handler
+            log.error(
+                "inbox_write_failed", extra={"company": company, "error": describe_error(exc)}
+            )
+            self.send(protocol.encode("error", company=company, message="inbox write failed"))
+            return
+        if seq is not None:
+            messages = 1 if isinstance(event, InboundMessage) else 0
+            self.send(protocol.encode("inbox", company=company, seq=seq, messages=messages))
 
     def serve(self, commands: BinaryIO) -> None:
         writer = threading.Thread(target=self._writer, daemon=True)

@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 OnEvent = Callable[[str, WhatsAppEvent], None]
 OnCrash = Callable[[str, str], None]
+#: (company, inbox seq, new messages): the company's inbox advanced.
+OnInbox = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -62,6 +64,7 @@ class WorkerPool:
         self._next_index = 0
         self.restarts = 0
         self.rejected_messages = 0
+        self.on_inbox: OnInbox = lambda _company, _seq, _messages: None
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -176,6 +179,10 @@ class WorkerPool:
             company = str(fields["company"])
             if company in worker.companies:
                 self._on_event(company, protocol.decode_event(fields))
+        elif kind == "inbox":
+            company = str(fields["company"])
+            if company in worker.companies:
+                self.on_inbox(company, int(str(fields["seq"])), int(str(fields["messages"])))
         elif kind == "stopped" and fields.get("clean") is False:
             # A client that would not stop (neonize can hang a minute): recycle the process.
             self._kill(worker, f"client {fields['company']} did not stop in time")

@@ -12,9 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from wapool.messaging.model import InboundEvent
 from wapool.whatsapp.events import WhatsAppEvent
 
-Emit = Callable[[WhatsAppEvent], None]
+#: What a client reports: session events, and inbound messages and receipts. The host writes an
+#: ``InboundEvent`` to the company's inbox before ``emit`` returns (so a client calls it from its
+#: event handler, before that handler returns to the library).
+ClientEvent = WhatsAppEvent | InboundEvent
+Emit = Callable[[ClientEvent], None]
 
 
 class WhatsAppClient(Protocol):
