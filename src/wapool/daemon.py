@@ -17,6 +17,7 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
+from wapool.messaging.api import Api
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
@@ -116,6 +117,7 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
+    max_body = int(settings.api_max_body_mb * (1 << 20))
     if not is_loopback(host):
         log.warning(
             "http_not_loopback",
@@ -125,7 +127,12 @@ async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None
                 "to anyone who can reach this address",
             },
         )
-    server = HttpServer(host, port, Views(runtime).endpoints())
+    api = None
+    if runtime.outbound is not None:
+        api = Api(runtime.outbound, settings.api_token_list(), max_body)
+        if not settings.api_tokens:
+            log.info("api_off", extra={"reason": "WAPOOL_API_TOKENS is not set"})
+    server = HttpServer(host, port, Views(runtime).endpoints(), api, max_body)
     try:
         await server.start()
     except OSError as exc:
@@ -176,6 +183,7 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
@@ -206,7 +214,16 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
+            asyncio.create_task(runtime.messaging.run(signals.stop), name="messaging"),
         ]
+        if runtime.outbound is not None:
+            outbound = runtime.outbound
+            tasks += [
+                asyncio.create_task(outbound.run(signals.stop), name="outbound"),
+                asyncio.create_task(outbound.sync.run(signals.stop), name="outbound-sync"),
+                asyncio.create_task(outbound.sync.listen(signals.stop), name="outbound-listen"),
+                asyncio.create_task(outbound.receipts.run(signals.stop), name="receipts"),
+            ]
         for task in tasks:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()
@@ -217,7 +234,7 @@ async def run_daemon(settings: Settings) -> int:
         for task in tasks:
             # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
             # would not stop); the others are simply cancelled.
-            if task.get_name() != "mirror":
+            if task.get_name() not in ("mirror", "messaging"):  # both save their progress
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)

@@ -43,7 +43,7 @@ def build_from_rows(
 ) -> Path | None:
     """Write a complete store for ``meta``'s copy at ``path``; the store it replaces (if any)
     is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned."""
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = OFF")
@@ -55,7 +55,7 @@ def build_from_rows(
             install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
             changelog.continue_after(conn, meta.applied_seq)
             conn.execute("PRAGMA journal_mode = DELETE")
-        return _install(temp, path, keep_as or replaced_name(path))
+        return install(temp, path, keep_as or replaced_name(path))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -80,16 +80,16 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> 
 
 
 def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = None) -> Path | None:
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         with open(temp, "wb") as out:
             out.write(snapshot.image)
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
-        return _install(temp, path, keep_as or replaced_name(path))
+        return install(temp, path, keep_as or replaced_name(path))
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary(path: Path) -> Iterator[Path]:
     """A private file beside ``path``; whatever is left of it is removed when the block ends."""
     temp = path.with_name(f"{path.name}.restoring-{os.getpid()}")
     remove_file_set(temp)
@@ -100,7 +100,7 @@ def _temporary(path: Path) -> Iterator[Path]:
         remove_file_set(temp)
 
 
-def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
+def install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
     _fsync(temp)
