@@ -28,6 +28,8 @@ import logging
 import socket
 from dataclasses import dataclass
 
+import psycopg
+
 from wapool import balance
 from wapool.bringup import BringUp
 from wapool.cache import FallbackCache
@@ -43,6 +45,7 @@ from wapool.messaging import outbound_receipts
 from wapool.messaging.outbound_service import OutboundService
 from wapool.messaging.service import InboundMessaging
 from wapool.nodes import ClusterView, Nodes
+from wapool.observability.redact import describe_error
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -238,6 +241,11 @@ class Runtime:
                 lost = await self.leases.renew()
             except DatabaseUnavailable:
                 continue  # an outage alone never stops a client
+            except psycopg.errors.QueryCanceled as exc:
+                # Waited too long on lease rows a long mirror transaction holds (a loaded host):
+                # the renewal is retried, the leases still last two more renewals.
+                log.warning("lease_renewal_slow", extra={"error": describe_error(exc)})
+                continue
             for company in lost:
                 await self.supervisor.stop(company)
             if lost:

@@ -82,6 +82,8 @@ class Views:
         self._caches(out)
         self._database(out)
         self._workers_and_cleanup(out)
+        if self._rt.outbound is not None:
+            self._rt.outbound.metrics(out)
         self._fleet(out)
         return out.render() + sizes.metrics_text(self._rt.sizes.rows)
 
@@ -109,6 +111,7 @@ class Views:
             "database": {"up": health.up, "last_error": health.last_error},
             "state_dir": self._disk(),
             "companies": companies,
+            "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
         }
 
     # -- /metrics, family by family (the order is the exposition's) ----------------------------

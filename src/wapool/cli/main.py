@@ -32,9 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         nodes,
         pair,
         run,
+        send,
         status,
         store,
-    )
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.register(commands)
     cleanup.register(commands)
     pair.register(commands)
+    send.register(commands)
     status.register(commands)
     doctor.register(commands)
     nodes.register(commands)

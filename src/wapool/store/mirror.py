@@ -58,7 +58,9 @@ class _Target:
     rejected: str | None = None
     #: The last error reading the store (logged when it changes, not at every tick).
     read_error: str | None = None
-    #: The tick that last read the change log.
+    #: ``PRAGMA data_version`` of ``conn`` when nothing was pending (see ``Mirror._read``).
+    idle_version: int | None = None
+    #: The tick that last read the change log (or found it unchanged since an empty read).
     read_tick: int = 0
 
 
@@ -289,10 +291,21 @@ class Mirror:
         return batches
 
     def _read(self, target: _Target) -> changelog.Prefix | None:
+        """The store's pending prefix. A store found with nothing pending is not read again
+        until another connection commits to it: ``PRAGMA data_version`` (a look at the WAL
+        index, some 50 times cheaper than reading the log) changes at every such commit. It is
+        taken *before* looking, so a commit after the look always changes it."""
         try:
             conn = self._conn(target)
+            version = _data_version(conn)
+            if version == target.idle_version:
+                target.read_tick = self.stats.ticks  # known empty: as good as a read
+                return None
+            target.idle_version = None
             prefix = changelog.read_prefix(conn)
             pending = changelog.pending(conn) if prefix else changelog.Pending(0, None)
+            if prefix is None:
+                target.idle_version = version
         except (sqlite3.Error, OSError, StoreFault) as exc:
             error = describe_error(exc)
             if error != target.read_error:
@@ -347,7 +360,10 @@ class Mirror:
         conn = self._conn(target)
         self.fault("trimming")
         changelog.trim(conn, prefix.high_seq)
+        version = _data_version(conn)  # before looking: see ``_read``
         remaining = changelog.pending(conn)
+        if remaining.rows == 0:
+            target.idle_version = version
         target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
         if remaining.rows == 0 and self._snapshots is not None:
             self._snapshots.after_drain(target.company_id, conn, prefix.store_uuid, prefix.high_seq)
@@ -379,6 +395,7 @@ class Mirror:
                 target.conn.close()
         target.conn = None
         target.schema = None
+        target.idle_version = None  # data_version is counted per connection
 
     def _schema(self, target: _Target) -> StoreSchema:
         if target.schema is None:
@@ -395,3 +412,7 @@ class Mirror:
             )
             for t in self._targets.values()
         }
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

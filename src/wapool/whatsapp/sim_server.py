@@ -17,6 +17,8 @@ client -> server
                                               replies follow: ``sim_messages``)
                                           ->  nack {id, error}   (recipient not on WhatsApp:
                                               numbers starting with 999)
+                                          ->  nothing, for numbers starting with 998 (a send
+                                              whose answer is lost: drills of ``uncertain``)
     stats {}                              ->  stats {overlaps, connections, live, sends,
                                                      duplicates}
 server -> client
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 #: Recipients whose number starts so are "not on WhatsApp": a send to them is refused (nack).
 NOT_ON_WHATSAPP_PREFIX = "999"
+#: Sends to numbers starting so are recorded but never answered (a send lost in flight).
+NO_ANSWER_PREFIX = "998"
 
 #: op -> required fields and their types.
 REQUESTS: dict[str, dict[str, type]] = {
@@ -231,7 +235,13 @@ class SimServer:
         self.record.sends[device] += 1
         self.record.received[fields["to"]] += 1
         wa_id = whatsapp_id()
-        self._journal_write("send", device=device, id=fields["id"], to=fields["to"], wa_id=wa_id)
+        if str(fields["to"]).startswith(NO_ANSWER_PREFIX):
+            self._journal_write("send", device=device, id=fields["id"], to=fields["to"],
+                                wa_id=None, at=self._clock())  # fmt: skip
+            return b""
+        self._journal_write(
+            "send", device=device, id=fields["id"], to=fields["to"], wa_id=wa_id, at=self._clock()
+        )
         if device:
             self.deliveries.sent(device, fields, wa_id)
         return encode("ack", id=fields["id"], wa_id=wa_id, ts=self._clock())
