@@ -77,13 +77,14 @@ def handler(root: Path, messages: int) -> None:
     )
 
 
-async def _receive(arrivals: list[tuple[float, float]]) -> tuple[object, str]:
+async def _receive(arrivals: list[tuple[float, float]], senders: set[str]) -> tuple[object, str]:
     from aiohttp import web
 
     async def handle(request: web.Request) -> web.Response:
         body = json.loads(await request.read())
         if body["type"] == "message":
             arrivals.append((time.time(), time.time() - body["timestamp"]))
+            senders.add(body["company"])
         return web.Response(status=204)
 
     app = web.Application()
@@ -93,6 +94,25 @@ async def _receive(arrivals: list[tuple[float, float]]) -> tuple[object, str]:
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     return runner, f"http://127.0.0.1:{port}/hook"
+
+
+def _provision(state: Path, companies: int) -> None:
+    """Working stores made up front from one neonize-made schema (as the tests do), so the
+    daemon starts every client at once instead of creating a store every two seconds."""
+    import shutil
+
+    from wapool.store.capture import install_capture
+    from wapool.store.working_store import connect, prepare_dir
+    from wapool.whatsapp.neonize_store import create_schema
+
+    template = state.parent / "template.db"
+    create_schema([template])
+    for n in range(companies):
+        path = prepare_dir(state, f"c{n:04d}")
+        shutil.copyfile(template, path)
+        conn = connect(path)
+        install_capture(conn)
+        conn.close()
 
 
 async def webhook(root: Path, companies: int, rate: float, seconds: float, warmup: float) -> None:
@@ -106,8 +126,10 @@ async def webhook(root: Path, companies: int, rate: float, seconds: float, warmu
         with psycopg.connect(url, autocommit=True) as conn:
             for n in range(companies):
                 conn.execute("INSERT INTO companies (id) VALUES (%s)", (f"c{n:04d}",))
+        _provision(root / "state", companies)
         arrivals: list[tuple[float, float]] = []
-        runner, hook = await _receive(arrivals)
+        senders: set[str] = set()
+        runner, hook = await _receive(arrivals, senders)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
             "WAPOOL_DATABASE_URL": url, "WAPOOL_STATE_DIR": str(root / "state"),
             "WAPOOL_WHATSAPP_BACKEND": "simulated", "WAPOOL_HTTP_ADDR": "127.0.0.1:0",
@@ -116,12 +138,14 @@ async def webhook(root: Path, companies: int, rate: float, seconds: float, warmu
             "WAPOOL_MAX_CONCURRENT_CONNECTS": "100",
             "WAPOOL_WEBHOOK_URL": hook, "WAPOOL_WEBHOOK_SECRET": "bench",
         }  # fmt: skip
-        with open(root / "daemon.log", "ab") as log:
-            daemon = subprocess.Popen([sys.executable, "-m", "wapool", "run"], env=env,
+        with open(Path(tempfile.gettempdir()) / "wapool-bench-inbound.log", "wb") as log:
+            profile = os.environ.get("BENCH_PROFILE")  # cProfile output of the daemon
+            prefix = ["-m", "cProfile", "-o", profile] if profile else []
+            daemon = subprocess.Popen([sys.executable, *prefix, "-m", "wapool", "run"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         try:
-            deadline = time.monotonic() + 120
-            while len(arrivals) < companies * rate and time.monotonic() < deadline:
+            deadline = time.monotonic() + 600
+            while len(senders) < companies and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)  # every company connected and sending
             await asyncio.sleep(warmup)
             start = time.time()

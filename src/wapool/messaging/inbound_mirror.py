@@ -17,20 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from psycopg.types.json import Jsonb
-
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.messaging.cursors import Cursors, Progress
 from wapool.messaging.inbox import InboxReader
-from wapool.messaging.model import Envelope, InboundMessage, to_json
+from wapool.messaging.model import Envelope
 from wapool.observability.redact import describe_error
 
 log = logging.getLogger(__name__)
@@ -44,7 +41,7 @@ BATCH = 2000
 _INSERT = (
     "INSERT INTO inbound_messages (company_id, message_id, chat_jid, sender_jid, from_me, "
     "is_group, kind, body, sent_at, received_at, event, holder, epoch) "
-    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s "
     "WHERE EXISTS (SELECT 1 FROM companies WHERE id = %s) "
     "ON CONFLICT (company_id, message_id) DO NOTHING"
 )
@@ -144,13 +141,10 @@ class InboundMirror:
             await self.fence.refused(conn, companies)  # locks the lease rows FOR SHARE
         holder = self.fence.holder if self.fence is not None else ""
         notify: set[str] = set()
-        params = []
+        params: list[tuple[object, ...]] = []
         for batch in batches:
             epoch = self.fence.epochs.get(batch.source.company, 0) if self.fence else 0
-            for envelope in batch.rows:
-                message = envelope.event
-                assert isinstance(message, InboundMessage)
-                params.append(_row(message, envelope.received_at, holder, epoch))
+            params.extend(_row(envelope, holder, epoch) for envelope in batch.rows)
             if batch.rows:
                 notify.add(batch.source.company)
         if params:
@@ -160,13 +154,12 @@ class InboundMirror:
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, company))
 
 
-def _row(
-    message: InboundMessage, received_at: float, holder: str, epoch: int
-) -> tuple[object, ...]:
+def _row(envelope: Envelope, holder: str, epoch: int) -> tuple[object, ...]:
+    """The insert's parameters, from the inbox's JSON as written (no dataclasses rebuilt)."""
+    m = envelope.data
     return (
-        message.company, message.message_id, message.chat, message.sender, message.from_me,
-        message.is_group, message.kind, message.text,
-        datetime.fromtimestamp(message.timestamp, UTC), datetime.fromtimestamp(received_at, UTC),
-        Jsonb(to_json(message), dumps=lambda v: json.dumps(v, ensure_ascii=False)),
-        holder, epoch, message.company,
+        m["company"], m["message_id"], m["chat"], m["sender"], m["from_me"], m["is_group"],
+        m["kind"], m["text"], datetime.fromtimestamp(m["timestamp"], UTC),
+        datetime.fromtimestamp(envelope.received_at, UTC), envelope.body, holder, epoch,
+        m["company"],
     )  # fmt: skip
