@@ -23,7 +23,18 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import adopt, cleanup, company, database, doctor, pair, run, status, store
+    from wapool.cli import (
+        adopt,
+        cleanup,
+        company,
+        database,
+        doctor,
+        messages,
+        pair,
+        run,
+        status,
+        store,
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -42,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.register(commands)
     pair.register(commands)
     status.register(commands)
+    messages.register(commands)
     doctor.register(commands)
     return parser
 
