@@ -37,6 +37,7 @@ test-fast: venv
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench
@@ -54,6 +55,8 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/inbound.py handler
+	$(BIN)/python bench/inbound.py webhook --companies 100 --rate 10
 
 ## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
 ## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves

@@ -57,26 +57,32 @@ async def test_messages_arrive_once_with_a_notice(
         notice = await asyncio.wait_for(anext(listener.notifies()), 10)
         assert notice.payload == "acme"
     assert [(c, m) for c, m, _ in rows(database_url)] == [("acme", f"M{n}") for n in range(5)]
-    assert mirror.pending == 0 and await mirror.tick() == 0
+    assert mirror.pending == 0
+    assert await mirror.tick() == 0
     # Lost cursors (a crash before they were saved) replay the batch: still once each.
     fresh = InboundMirror(db, Cursors(tmp_path / "other.db"))
     fresh.add("acme", inbox.path)
     assert await fresh.tick() == 6
     assert len(rows(database_url)) == 5
     with psycopg.connect(database_url) as conn:
-        event = conn.execute("SELECT event FROM inbound_messages WHERE message_id = 'M1'").fetchone()
-    assert event is not None and model.from_json(event[0]) == text(1)
+        event = conn.execute(
+            "SELECT event FROM inbound_messages WHERE message_id = 'M1'"
+        ).fetchone()
+    assert event is not None
+    assert model.from_json(event[0]) == text(1)
 
     env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(settings.state_dir)}
     shown = run_cli("messages", "acme", "--json", "--limit", "3", env=env)
     assert shown.returncode == 0, shown.stderr
     lines = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [r["message_id"] for r in lines] == ["M2", "M3", "M4"]
-    assert lines[0]["text"] == "olá 2" and lines[0]["direction"] == "in"
+    assert lines[0]["text"] == "olá 2"
+    assert lines[0]["direction"] == "in"
     table = run_cli("messages", "acme", env=env)
     assert table.stdout.split()[:6] == ["TIME", "DIR", "CHAT", "KIND", "STATUS", "TEXT"]
     missing = run_cli("messages", "nobody", env=env)
-    assert missing.returncode != 0 and "nobody" in missing.stderr
+    assert missing.returncode != 0
+    assert "nobody" in missing.stderr
 
 
 async def test_a_replaced_inbox_is_read_from_its_start(

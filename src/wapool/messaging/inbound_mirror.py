@@ -1,7 +1,9 @@
 """Inbox -> ``inbound_messages``: the mirror's part that carries inbound messages to PostgreSQL.
 
 It rides the key mirror's loop (``Mirror.parts``): the same task, pool, backoff and outage
-handling, woken by the workers' inbox notices. Each tick reads, per company, the messages after
+handling; a tick reads only the inboxes the workers said advanced (``touch``), not every inbox
+(the loop ticks every 20 ms: reading a hundred idle inboxes each time would cost more than the
+messages). Each tick reads, per company, the messages after
 its ``postgres`` cursor (``cursors``), inserts them all in one PostgreSQL transaction
 (``ON CONFLICT DO NOTHING`` on company + message id), notifies ``wapool_inbound`` once per
 company in the batch, and only then moves the cursors. A crash between the commit and the
@@ -70,11 +72,18 @@ class InboundMirror:
         self._cursors = cursors
         self.fence = fence
         self._sources: dict[str, _Source] = {}
+        #: Companies whose inbox may hold rows after the cursor (notified, or not yet read).
+        self._dirty: set[str] = set()
         self.applied = 0
         self.failures = 0
 
     def add(self, company: str, inbox: Path) -> None:
         self._sources.setdefault(company, _Source(company, inbox))
+        self._dirty.add(company)
+
+    def touch(self, company: str) -> None:
+        """The company's inbox advanced: read it at the next tick (others are not read)."""
+        self._dirty.add(company)
 
     def remove(self, company: str) -> None:
         source = self._sources.pop(company, None)
@@ -90,7 +99,11 @@ class InboundMirror:
         batches = await asyncio.to_thread(self._collect)
         if not batches:
             return 0
-        await self._db.run(lambda conn: self._apply(conn, batches))
+        try:
+            await self._db.run(lambda conn: self._apply(conn, batches))
+        except BaseException:
+            self._dirty.update(b.source.company for b in batches)  # not applied: again
+            raise
         progress = Progress.empty()
         for batch in batches:
             progress.cursors[(batch.source.company, CONSUMER)] = (batch.source.identity, batch.upto)
@@ -103,7 +116,8 @@ class InboundMirror:
 
     def _collect(self) -> list[_Batch]:
         batches = []
-        for source in list(self._sources.values()):
+        dirty, self._dirty = self._dirty, set()
+        for source in [s for c in sorted(dirty) if (s := self._sources.get(c))]:
             try:
                 batch = self._read(source)
             except (sqlite3.Error, OSError) as exc:
@@ -115,6 +129,7 @@ class InboundMirror:
                     with contextlib.suppress(sqlite3.Error):
                         source.reader.close()
                 source.reader, source.cursor = None, None
+                self._dirty.add(source.company)  # try again next tick
                 continue
             if batch is not None:
                 batches.append(batch)

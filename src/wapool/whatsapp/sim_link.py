@@ -2,13 +2,14 @@
 
 A ``SimLink`` is one device's connection: a blocking Unix socket and a reader thread that hands
 what the server pushes to callbacks (``replaced``: another client took the device; ``closed``:
-the server went away). ``server_stats`` asks a server what it recorded (tests, benchmarks).
+the server went away; ``message``: an inbound message, acknowledged once the callback returns). ``server_stats`` asks a server what it recorded (tests, benchmarks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import socket
 import threading
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from wapool.whatsapp.sim_server import encode
+
+log = logging.getLogger(__name__)
 
 #: Seconds to wait for the server to answer a request.
 REPLY_TIMEOUT = 5.0
@@ -32,10 +35,13 @@ class SimLink:
         path: Path,
         on_replaced: Callable[[], None],
         on_closed: Callable[[str], None] = lambda _reason: None,
+        on_message: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self._path = path
         self._on_replaced = on_replaced
         self._on_closed = on_closed
+        self._on_message = on_message
+        self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -84,7 +90,8 @@ class SimLink:
     def _request(self, line: bytes) -> dict[str, Any]:
         assert self._sock is not None
         try:
-            self._sock.sendall(line)
+            with self._send_lock:
+                self._sock.sendall(line)
             return self._replies.get(timeout=REPLY_TIMEOUT)
         except (OSError, queue.Empty):
             raise SimLinkError("simulated WhatsApp server did not answer") from None
@@ -100,6 +107,8 @@ class SimLink:
                     if message.get("op") == "replaced":
                         self._closing.set()
                         self._on_replaced()
+                    elif message.get("op") == "message":
+                        self._inbound(sock, message)
                     elif message.get("op") != "disconnected":
                         self._replies.put(message)
             except (OSError, ValueError) as exc:
@@ -107,6 +116,20 @@ class SimLink:
         if not self._closing.is_set():
             self._on_closed(reason)
         self._replies.put({"op": "error", "message": reason})
+
+    def _inbound(self, sock: socket.socket, message: dict[str, Any]) -> None:
+        """Hand a pushed message to the client, then tell the server it is received: only once
+        the handler returned (the message is durable), as whatsmeow's receipt follows its
+        handlers. Without a handler the message stays queued on the server."""
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(message)
+        except Exception:  # not durable: no receipt, the server pushes it again later
+            log.exception("sim_inbound_handler_failed")
+            return
+        with self._send_lock:
+            sock.sendall(encode("received", id=str(message["id"])))
 
 
 def server_stats(path: Path, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:

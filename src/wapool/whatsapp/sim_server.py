@@ -14,10 +14,17 @@ client -> server
     disconnect {}                         ->  disconnected {}, then the server closes
     send {id, to, body}                   ->  ack {id, ts}   (a repeated id is a duplicate)
     stats {}                              ->  stats {overlaps, connections, live, sends,
-                                                     duplicates}
+                                                     duplicates, inbound}
+    deliver {device, chat, text[, sender]} -> queued {id}   (from anyone: a test, a contact)
+    received {id}                         ->  (nothing)  the device's client has the message
 server -> client
     replaced {}       another connection took this device; the server closes this one
     error {message}   the line was not understood; the connection carries on
+    message {id, chat, sender, text, ts}  an inbound message for the device
+
+Inbound messages behave as WhatsApp's do: queued per device, pushed to its live connection (at
+once, or when it connects), and pushed again on the next connection until the client answers
+``received`` — which a client sends only once the message is durable (after its handler).
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
 (one object per record, field ``kind``) that a test can read after the server stopped. Lines
@@ -57,6 +64,8 @@ REQUESTS: dict[str, dict[str, type]] = {
     "disconnect": {},
     "send": {"id": str, "to": str, "body": str},
     "stats": {},
+    "deliver": {"device": str, "chat": str, "text": str},
+    "received": {"id": str},
 }
 
 
@@ -109,6 +118,9 @@ class Record:
     sends: Counter[str] = field(default_factory=Counter)
     send_ids: set[tuple[str, str]] = field(default_factory=set)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: device -> inbound messages queued / acknowledged by a client.
+    queued: Counter[str] = field(default_factory=Counter)
+    acked: Counter[str] = field(default_factory=Counter)
 
 
 class SimServer:
@@ -118,9 +130,13 @@ class SimServer:
         self._journal = journal
         self._clock = clock
         self._ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        #: device -> inbound messages not yet acknowledged, in order.
+        self.pending: dict[str, dict[str, dict[str, Any]]] = {}
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], bytes]] = {
             "connect": self._connect, "disconnect": self._disconnect,
             "send": self._send, "stats": self._stats,
+            "deliver": self._deliver, "received": self._received,
         }  # fmt: skip
 
     async def serve(self, path: Path) -> asyncio.AbstractServer:
@@ -137,7 +153,12 @@ class SimServer:
             "live": {d: c.describe() | {"since": c.since} for d, c in self.live.items()},
             "sends": dict(rec.sends),
             "duplicates": rec.duplicates,
-        }
+            "inbound": {
+                d: {"queued": rec.queued[d], "acked": rec.acked[d],
+                    "pending": len(self.pending.get(d, {}))}
+                for d in rec.queued
+            },
+        }  # fmt: skip
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(next(self._ids), writer)
@@ -176,7 +197,10 @@ class SimServer:
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
         self._journal_write("connect", device=conn.device, **conn.describe())
-        return encode("connected", conn=conn.id)
+        waiting = b"".join(
+            encode("message", **m) for m in self.pending.get(conn.device, {}).values()
+        )
+        return encode("connected", conn=conn.id) + waiting
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
         overlap = {
@@ -206,6 +230,27 @@ class SimServer:
         self.record.send_ids.add(key)
         self.record.sends[device] += 1
         return encode("ack", id=fields["id"], ts=self._clock())
+
+    def _deliver(self, _conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = fields["device"]
+        message = {
+            "id": f"SRV{next(self._message_ids):09d}", "chat": fields["chat"],
+            "sender": str(fields.get("sender") or fields["chat"]), "text": fields["text"],
+            "ts": self._clock(),
+        }  # fmt: skip
+        self.pending.setdefault(device, {})[message["id"]] = message
+        self.record.queued[device] += 1
+        live = self.live.get(device)
+        if live is not None and not live.writer.is_closing():
+            live.writer.write(encode("message", **message))
+        return encode("queued", id=message["id"])
+
+    def _received(self, conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = conn.device or ""
+        if self.pending.get(device, {}).pop(fields["id"], None) is not None:
+            self.record.acked[device] += 1
+            self._journal_write("inbound_acked", device=device, id=fields["id"])
+        return b""
 
     def _stats(self, _conn: Connection, _fields: dict[str, Any]) -> bytes:
         return encode("stats", **self.stats())

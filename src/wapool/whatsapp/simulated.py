@@ -8,6 +8,9 @@ scripted sequence of events, each after a delay.
 With a simulated WhatsApp server (``sim_server``; ``WAPOOL_SIMULATED_SERVER``), a client takes
 its device there once the JID is known and lets it go when it stops; the server's ``replaced``
 ends the client's run with ``StreamReplaced``, as WhatsApp's ``conflict: replaced`` does.
+Messages the server delivers (its ``deliver`` op: tests, contacts) are handed over like random
+inbound traffic (``inbound_per_second``, generated in the client): written to the inbox before
+``emit`` returns; the server's are acknowledged to it only then, and pushed again otherwise.
 Without one, each client works alone (nothing notices two clients on one device).
 
 A store that fails under a client (corrupt, unreadable, full) ends its run with ``StoreFailed``
@@ -24,6 +27,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wapool.messaging.model import InboundMessage
 from wapool.observability.redact import describe_error
@@ -122,7 +126,9 @@ class SimulatedClient:
         """Hold the device on the server (if any) while the session plays."""
         link = None
         if self._server is not None:
-            link = SimLink(self._server.socket, self._replaced, self._server_lost)
+            link = SimLink(
+                self._server.socket, self._replaced, self._server_lost, self._server_message
+            )
             try:
                 link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
             except SimLinkError as exc:
@@ -171,6 +177,18 @@ class SimulatedClient:
                     push_name="Simulated contact", text=f"sim {run}:{n}",
                 )
             )  # fmt: skip
+
+    def _server_message(self, message: dict[str, Any]) -> None:
+        """A message the simulated server delivered: into the inbox before this returns (the
+        link then acknowledges it to the server)."""
+        chat = str(message["chat"])
+        self._emit(
+            InboundMessage(
+                company=self.company_id, message_id=str(message["id"]), chat=chat,
+                sender=str(message.get("sender") or chat), timestamp=float(message["ts"]),
+                kind="text", text=str(message["text"]),
+            )
+        )  # fmt: skip
 
     def _replaced(self) -> None:
         self._stop.set()
