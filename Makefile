@@ -40,13 +40,13 @@ test-slow: venv
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy src
 
 format: venv
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples
 
 ## Benchmarks: figures printed, recorded in docs/ (see docs/development.md).
 bench: venv
@@ -55,6 +55,8 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/coldstart.py --companies 500 2000
+	$(BIN)/python bench/sidebyside.py
 	$(BIN)/python bench/inbound.py handler
 	$(BIN)/python bench/inbound.py webhook --companies 100 --rate 10
 

@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         database,
         doctor,
         messages,
+        nodes,
         pair,
         run,
+        send,
         status,
         store,
     )  # fmt: skip
@@ -52,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.register(commands)
     cleanup.register(commands)
     pair.register(commands)
+    send.register(commands)
     status.register(commands)
     messages.register(commands)
     doctor.register(commands)
+    nodes.register(commands)
     return parser
 
 

@@ -43,7 +43,7 @@ def build_from_rows(
 ) -> Path | None:
     """Write a complete store for ``meta``'s copy at ``path``; the store it replaces (if any)
     is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned."""
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = OFF")
@@ -80,7 +80,7 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> 
 
 
 def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = None) -> Path | None:
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         with open(temp, "wb") as out:
             out.write(snapshot.image)
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
@@ -89,7 +89,7 @@ def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = N
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary(path: Path) -> Iterator[Path]:
     """A private file beside ``path``; whatever is left of it is removed when the block ends."""
     temp = path.with_name(f"{path.name}.restoring-{os.getpid()}")
     remove_file_set(temp)

@@ -8,9 +8,6 @@ scripted sequence of events, each after a delay.
 With a simulated WhatsApp server (``sim_server``; ``WAPOOL_SIMULATED_SERVER``), a client takes
 its device there once the JID is known and lets it go when it stops; the server's ``replaced``
 ends the client's run with ``StreamReplaced``, as WhatsApp's ``conflict: replaced`` does.
-Messages the server delivers (its ``deliver`` op: tests, contacts) are handed over like random
-inbound traffic (``inbound_per_second``, generated in the client): written to the inbox before
-``emit`` returns; the server's are acknowledged to it only then, and pushed again otherwise.
 Without one, each client works alone (nothing notices two clients on one device).
 
 A store that fails under a client (corrupt, unreadable, full) ends its run with ``StoreFailed``
@@ -29,14 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wapool.messaging.model import InboundMessage
+from wapool.messaging.model import InboundMessage, Receipt
 from wapool.observability.redact import describe_error
 from wapool.store.faults import SQLITE_ERRORS, StoreFault, classify
 from wapool.store.working_store import connect
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp import events as ev
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sending import Outcome, SendCommand, SendFailure, SendResult
 from wapool.whatsapp.sim_link import SimLink, SimLinkError
+from wapool.whatsapp.sim_messages import whatsapp_id
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,9 @@ class SimulatedClient:
         self._writer: WhatsmeowWriter | None = None
         self._lock = threading.Lock()
         self._phone_pairing = threading.Event()
+        #: Set while the session is connected (and, with a server, holds its link).
+        self._connected = threading.Event()
+        self._link: SimLink | None = None
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -126,9 +128,7 @@ class SimulatedClient:
         """Hold the device on the server (if any) while the session plays."""
         link = None
         if self._server is not None:
-            link = SimLink(
-                self._server.socket, self._replaced, self._server_lost, self._server_message
-            )
+            link = SimLink(self._server.socket, self._replaced, self._server_lost, self._pushed)
             try:
                 link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
             except SimLinkError as exc:
@@ -136,16 +136,53 @@ class SimulatedClient:
                 return
         inbound = self._start_inbound(writer.jid)
         try:
+            self._link = link
+            self._connected.set()
             self._emit(ev.Connected())
             self._play(writer)
         finally:
+            self._connected.clear()
+            self._link = None
             self._stop.set()
             if inbound is not None:
                 inbound.join(5)
             if link is not None:
                 link.close()
 
-    # -- inbound messages (the seam for outbound ones: sends, receipts, the echo contact) ------
+    def send(self, command: SendCommand) -> SendResult:
+        """Through the simulated server when there is one (it records every send, so a repeat
+        is counted); alone, any send while connected succeeds with a generated id."""
+        link = self._link
+        if not self._connected.is_set() or (self._server is not None and link is None):
+            return SendResult(command.id, Outcome.NOT_SENT, reason="not_connected: simulated")
+        if link is None:
+            return SendResult(command.id, Outcome.SENT, whatsapp_id=whatsapp_id())
+        try:
+            wa_id = link.send(command.id, command.to, command.text)
+        except SendFailure as exc:
+            return SendResult(command.id, exc.outcome, reason=exc.reason)
+        except SimLinkError as exc:  # the request may have reached the server
+            return SendResult(command.id, Outcome.UNCERTAIN, reason=str(exc))
+        return SendResult(command.id, Outcome.SENT, whatsapp_id=wa_id)
+
+    def _pushed(self, message: dict[str, Any]) -> None:
+        """A receipt or an inbound message (the echo contact's answer) from the simulated
+        server, handed over as whatsmeow's handlers would."""
+        if message.get("op") == "receipt":
+            chat = str(message["chat"])
+            self._emit(Receipt(
+                company=self.company_id, chat=chat, sender=chat, status=str(message["status"]),
+                message_ids=tuple(str(i) for i in message["ids"]), timestamp=float(message["ts"]),
+            ))  # fmt: skip
+        elif message.get("op") == "message":
+            self._emit(InboundMessage(
+                company=self.company_id, message_id=str(message["id"]),
+                chat=str(message["chat"]), sender=str(message["sender"]),
+                timestamp=float(message["ts"]), kind="text", push_name="Echo",
+                text=str(message["text"]), quoted_id=str(message.get("quoted") or ""),
+            ))  # fmt: skip
+
+    # -- inbound messages ------------------------------------------------------------------------
 
     def _start_inbound(self, own_jid: str) -> threading.Thread | None:
         if self._script.inbound_per_second <= 0:
@@ -177,18 +214,6 @@ class SimulatedClient:
                     push_name="Simulated contact", text=f"sim {run}:{n}",
                 )
             )  # fmt: skip
-
-    def _server_message(self, message: dict[str, Any]) -> None:
-        """A message the simulated server delivered: into the inbox before this returns (the
-        link then acknowledges it to the server)."""
-        chat = str(message["chat"])
-        self._emit(
-            InboundMessage(
-                company=self.company_id, message_id=str(message["id"]), chat=chat,
-                sender=str(message.get("sender") or chat), timestamp=float(message["ts"]),
-                kind="text", text=str(message["text"]),
-            )
-        )  # fmt: skip
 
     def _replaced(self) -> None:
         self._stop.set()
