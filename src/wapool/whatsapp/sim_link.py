@@ -133,7 +133,6 @@ class SimLink:
             self._on_closed(reason)
         self._replies.put({"op": "error", "message": reason})
 
-
     def _pushed(self, sock: socket.socket, message: dict[str, Any]) -> None:
         """Hand a push to the client; for an inbound message, then tell the server it is
         ``received`` — only once the handler returned (the message is durable), as whatsmeow's
