@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 from wapool.messaging.cursors import Cursors, Progress
 from wapool.messaging.inbox import INBOX_FILE, InboxReader
-from wapool.messaging.model import Receipt
+from wapool.messaging.model import Envelope, Receipt
 from wapool.messaging.outbound import Status
 from wapool.messaging.outbox import Outbox
 from wapool.observability.redact import describe_error
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "outbound"
 BATCH = 500
+SAVE_EVERY = 1.0
 STATUSES = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}
 
 
@@ -37,6 +39,12 @@ class ReceiptReader:
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self.applied = 0
+        #: Inboxes kept open between wake-ups (one notice per inbound message: opening and
+        #: closing a connection each time cost more than the messages), and when each
+        #: company's cursor was last saved.
+        self._readers: dict[str, InboxReader] = {}
+        self._saved_at: dict[str, float] = {}
+        self._positions: dict[str, tuple[str, int]] = {}
 
     def wake(self, company: str, _seq: int = 0) -> None:
         self._due.add(company)
@@ -59,17 +67,10 @@ class ReceiptReader:
 
     async def apply(self, company: str) -> int:
         """Apply the company's receipts not yet applied; return how many inbox rows were read."""
-        path = self._state_dir / company / INBOX_FILE
-        if not path.exists():
+        read = await asyncio.to_thread(self._read, company)
+        if read is None:
             return 0
-        reader = InboxReader(path)
-        try:
-            identity = reader.identity()
-            start = self._cursors.get(company, CONSUMER, identity)
-            high = reader.high_seq()
-            envelopes = [e for e in reader.receipts_after(start, BATCH) if e.seq <= high]
-        finally:
-            reader.close()
+        identity, start, envelopes, done = read
         for envelope in envelopes:
             event = envelope.event
             if not isinstance(event, Receipt) or (status := STATUSES.get(event.status)) is None:
@@ -77,8 +78,37 @@ class ReceiptReader:
             for wa_id in event.message_ids:
                 if await self._outbox.receipt(company, wa_id, status) is not None:
                     self.applied += 1
-        done = envelopes[-1].seq if len(envelopes) >= BATCH else high
-        if done > start:
+        # Past messages only (no receipts): the cursor is saved at most every SAVE_EVERY
+        # seconds; reading them again after a kill costs nothing.
+        now = time.monotonic()
+        if done > start and (envelopes or now - self._saved_at.get(company, 0.0) > SAVE_EVERY):
             progress = Progress({(company, CONSUMER): (identity, done)}, [], [])
             await asyncio.to_thread(self._cursors.save, progress)
+            self._saved_at[company] = now
+            self._positions[company] = (identity, done)
+        elif done > start:
+            self._positions[company] = (identity, done)
         return len(envelopes)
+
+    def _read(self, company: str) -> tuple[str, int, list[Envelope], int] | None:
+        path = self._state_dir / company / INBOX_FILE
+        reader = self._readers.get(company)
+        if reader is None:
+            if not path.exists():
+                return None
+            reader = self._readers[company] = InboxReader(path)
+        try:
+            identity = reader.identity()
+            known = self._positions.get(company)
+            start = (
+                known[1] if known and known[0] == identity
+                else self._cursors.get(company, CONSUMER, identity)
+            )  # fmt: skip
+            high = reader.high_seq()
+            envelopes = [e for e in reader.receipts_after(start, BATCH) if e.seq <= high]
+        except BaseException:
+            self._readers.pop(company, None)
+            reader.close()
+            raise
+        done = envelopes[-1].seq if len(envelopes) >= BATCH else high
+        return identity, start, envelopes, done
