@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 CONSUMER = "outbound"
 BATCH = 500
 SAVE_EVERY = 1.0
+COALESCE = 0.02
 STATUSES = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}
 
 
@@ -55,40 +56,57 @@ class ReceiptReader:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 5.0)
+            # Inbox notices come one per inbound message: gather a moment's worth, then read
+            # every company that advanced in one worker-thread hop.
+            await asyncio.sleep(COALESCE)
             self._wake.clear()
             due, self._due = self._due, set()
-            for company in sorted(due):
-                try:
-                    if await self.apply(company) >= BATCH:
-                        self.wake(company)
-                except (sqlite3.Error, OSError) as exc:
-                    log.error("receipts_failed", extra={"company": company,
-                                                        "error": describe_error(exc)})  # fmt: skip
+            await self.apply_many(sorted(due))
 
     async def apply(self, company: str) -> int:
         """Apply the company's receipts not yet applied; return how many inbox rows were read."""
-        read = await asyncio.to_thread(self._read, company)
-        if read is None:
-            return 0
-        identity, start, envelopes, done = read
-        for envelope in envelopes:
-            event = envelope.event
-            if not isinstance(event, Receipt) or (status := STATUSES.get(event.status)) is None:
-                continue
-            for wa_id in event.message_ids:
-                if await self._outbox.receipt(company, wa_id, status) is not None:
-                    self.applied += 1
-        # Past messages only (no receipts): the cursor is saved at most every SAVE_EVERY
-        # seconds; reading them again after a kill costs nothing.
+        return (await self.apply_many([company])).get(company, 0)
+
+    async def apply_many(self, companies: list[str]) -> dict[str, int]:
+        reads = await asyncio.to_thread(self._read_many, companies)
+        progress = Progress({}, [], [])
         now = time.monotonic()
-        if done > start and (envelopes or now - self._saved_at.get(company, 0.0) > SAVE_EVERY):
-            progress = Progress({(company, CONSUMER): (identity, done)}, [], [])
+        counts: dict[str, int] = {}
+        for company, (identity, start, envelopes, done) in reads.items():
+            for envelope in envelopes:
+                event = envelope.event
+                if not isinstance(event, Receipt) or (status := STATUSES.get(event.status)) is None:
+                    continue
+                for wa_id in event.message_ids:
+                    if await self._outbox.receipt(company, wa_id, status) is not None:
+                        self.applied += 1
+            counts[company] = len(envelopes)
+            if len(envelopes) >= BATCH:
+                self.wake(company)  # more to read
+            if done <= start:
+                continue
+            self._positions[company] = (identity, done)
+            # Past messages only (no receipts): the cursor is saved at most every SAVE_EVERY
+            # seconds; reading them again after a kill costs nothing.
+            if envelopes or now - self._saved_at.get(company, 0.0) > SAVE_EVERY:
+                progress.cursors[(company, CONSUMER)] = (identity, done)
+                self._saved_at[company] = now
+        if progress:
             await asyncio.to_thread(self._cursors.save, progress)
-            self._saved_at[company] = now
-            self._positions[company] = (identity, done)
-        elif done > start:
-            self._positions[company] = (identity, done)
-        return len(envelopes)
+        return counts
+
+    def _read_many(self, companies: list[str]) -> dict[str, tuple[str, int, list[Envelope], int]]:
+        reads = {}
+        for company in companies:
+            try:
+                read = self._read(company)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("receipts_failed", extra={"company": company,
+                                                    "error": describe_error(exc)})  # fmt: skip
+                continue
+            if read is not None:
+                reads[company] = read
+        return reads
 
     def _read(self, company: str) -> tuple[str, int, list[Envelope], int] | None:
         path = self._state_dir / company / INBOX_FILE
