@@ -109,3 +109,29 @@ async def test_a_replaced_inbox_is_read_from_its_start(
     again.add("acme", path)
     assert await again.tick() == 1
     assert [m for _, m, _ in rows(database_url)] == ["M0", "M1", "M2", "M10"]
+
+
+async def test_a_backlog_larger_than_a_batch_drains_without_more_notices(
+    database_url: str, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from wapool.messaging import inbound_mirror
+
+    monkeypatch.setattr(inbound_mirror, "BATCH", 7)
+    monkeypatch.setattr(inbound_mirror, "MAX_ROWS_PER_TICK", 10)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO companies (id) VALUES ('acme'), ('beta')")
+    for company in ("acme", "beta"):
+        (tmp_path / company).mkdir()
+        inbox = InboxWriter(tmp_path / company / "inbox.db")
+        for n in range(30):
+            inbox.append(text(n, company=company))
+    mirror = InboundMirror(db, Cursors(tmp_path / "messaging.db"))
+    mirror.add("acme", tmp_path / "acme" / "inbox.db")
+    mirror.add("beta", tmp_path / "beta" / "inbox.db")  # the only notices there will be
+    ticks = 0
+    while len(rows(database_url)) < 60:
+        assert await mirror.tick() <= 14  # bounded per tick: two batches of 7
+        ticks += 1
+        assert ticks < 20, "the backlog stalled"
+    assert await mirror.tick() == 0
+    assert mirror.pending == 0

@@ -67,6 +67,7 @@ class _Batch:
     source: _Source
     rows: list[Envelope]
     upto: int
+    params: list[tuple[object, ...]]
 
 
 class InboundMirror:
@@ -157,19 +158,23 @@ class InboundMirror:
         rows = [
             e for e in source.reader.messages_after(source.cursor, BATCH) if e.seq <= source.high
         ]
-        upto = rows[-1].seq if len(rows) >= BATCH else source.high
-        return _Batch(source, rows, upto)
+        upto = source.high
+        if len(rows) >= BATCH:
+            upto = rows[-1].seq
+            self._dirty.add(source.company)  # more to read: the next tick, notice or not
+        holder = self.fence.holder if self.fence is not None else ""
+        epoch = self.fence.epochs.get(source.company, 0) if self.fence is not None else 0
+        # The parameters are built here, in the worker thread, not on the event loop.
+        return _Batch(source, rows, upto, [_row(e, holder, epoch) for e in rows])
 
     async def _apply(self, conn: Conn, batches: list[_Batch]) -> None:
         companies = sorted({b.source.company for b in batches})
         if self.fence is not None:
             await self.fence.refused(conn, companies)  # locks the lease rows FOR SHARE
-        holder = self.fence.holder if self.fence is not None else ""
         notify: set[str] = set()
         params: list[tuple[object, ...]] = []
         for batch in batches:
-            epoch = self.fence.epochs.get(batch.source.company, 0) if self.fence else 0
-            params.extend(_row(envelope, holder, epoch) for envelope in batch.rows)
+            params.extend(batch.params)
             if batch.rows:
                 notify.add(batch.source.company)
         if params:

@@ -234,7 +234,10 @@ class Webhook:
                     self._open(state)
                 assert state.reader is not None
                 room = self._max_outstanding - len(state.outstanding)
-                out.append((state, state.reader.events_after(state.read_seq, min(BATCH, room))))
+                envelopes = state.reader.events_after(state.read_seq, min(BATCH, room))
+                for envelope in envelopes:
+                    _ = envelope.data  # parsed here, in the worker thread, not on the loop
+                out.append((state, envelopes))
             except (sqlite3.Error, OSError) as exc:
                 log.error(
                     "webhook_read_failed",
