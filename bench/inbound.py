@@ -115,7 +115,9 @@ def _provision(state: Path, companies: int) -> None:
         conn.close()
 
 
-async def webhook(root: Path, companies: int, rate: float, seconds: float, warmup: float) -> None:
+async def webhook(
+    root: Path, companies: int, rate: float, seconds: float, warmup: float, in_flight: int
+) -> None:
     cluster = Cluster(root / "pg", free_port(), durable=False)
     cluster.start()
     try:
@@ -137,6 +139,7 @@ async def webhook(root: Path, companies: int, rate: float, seconds: float, warmu
             "WAPOOL_SIMULATED_INBOUND_PER_SECOND": str(rate),
             "WAPOOL_MAX_CONCURRENT_CONNECTS": "100",
             "WAPOOL_WEBHOOK_URL": hook, "WAPOOL_WEBHOOK_SECRET": "bench",
+            "WAPOOL_WEBHOOK_MAX_IN_FLIGHT": str(in_flight),
         }  # fmt: skip
         with open(Path(tempfile.gettempdir()) / "wapool-bench-inbound.log", "wb") as log:
             profile = os.environ.get("BENCH_PROFILE")  # cProfile output of the daemon
@@ -175,13 +178,18 @@ def main() -> None:
     two.add_argument("--rate", type=float, default=10.0)
     two.add_argument("--seconds", type=float, default=30.0)
     two.add_argument("--warmup", type=float, default=5.0)
+    two.add_argument("--in-flight", type=int, default=64, help="WAPOOL_WEBHOOK_MAX_IN_FLIGHT")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="wapool-bench-") as tmp:
         Path(tmp).chmod(0o755)  # the postgres user must reach the cluster's folder
         if args.what == "handler":
             handler(Path(tmp), args.messages)
         else:
-            asyncio.run(webhook(Path(tmp), args.companies, args.rate, args.seconds, args.warmup))
+            asyncio.run(
+                webhook(
+                    Path(tmp), args.companies, args.rate, args.seconds, args.warmup, args.in_flight
+                )
+            )
 
 
 if __name__ == "__main__":
