@@ -54,6 +54,7 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/coldstart.py --companies 500 2000
 	$(BIN)/python bench/sidebyside.py
 

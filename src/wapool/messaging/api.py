@@ -145,16 +145,18 @@ class Api:
         return web.json_response(record.public(), status=202, headers=headers)
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
-        too_big = error(413, "too_large", f"the body is over {self._max_body} bytes")
         if request.content_length is not None and request.content_length > self._max_body:
-            return too_big
+            return self._too_big()
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > self._max_body:
-                return too_big
+                return self._too_big()
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_big(self) -> web.Response:
+        return error(413, "too_large", f"the body is over {self._max_body} bytes")
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         company = request.match_info["company"]

@@ -34,6 +34,8 @@ from wapool.messaging.outbox import Outbox
 log = logging.getLogger(__name__)
 
 CHANNEL = "wapool_outbound"
+#: Seconds between two passes while busy: rows accepted meanwhile go in one transaction.
+MIN_INTERVAL = 0.2
 KEY_DAYS = 7
 BATCH = 500
 _COLUMNS = (
@@ -89,6 +91,8 @@ class OutboundSync:
                 continue
             backoff.reset()
             delay = 0.0
+            with contextlib.suppress(TimeoutError):  # a busy outbox: one batch per interval
+                await asyncio.wait_for(stop.wait(), MIN_INTERVAL)
 
     async def step(self) -> None:
         for company in sorted(set(self._leases.held) - self.ready):
