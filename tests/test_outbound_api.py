@@ -145,6 +145,15 @@ def test_send_through_the_api_and_through_sql(
         assert len(bad.stderr.strip().splitlines()) == 1
         assert run_cli("send", "nope", ECHO_PHONE, "x", env=env).returncode == 1
 
+        read_path = "/v1/companies/acme/read"
+        code, _, marked = call(port, "POST", read_path, {"chat": ECHO_JID,
+                                                         "message_ids": ["3EB0AA", "3EB0BB"]})  # fmt: skip
+        assert (code, marked) == (202, {"marked": 2})
+        code, _, answer = call(port, "POST", read_path, {"chat": ECHO_JID, "message_ids": []})
+        assert (code, answer["error"]["field"]) == (400, "message_ids")
+        code, _, answer = call(port, "POST", read_path, {"chat": "x", "message_ids": ["A"]})
+        assert (code, answer["error"]["field"]) == (400, "chat")
+
         stats = server.stats()
         assert stats["duplicates"] == []
         assert stats["received"][ECHO_JID] == 4  # api, sql, media, cli: each once

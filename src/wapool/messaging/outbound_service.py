@@ -27,6 +27,7 @@ from wapool.messaging.pacing import Pacer
 from wapool.messaging.sender import Sender
 from wapool.observability.metrics import Exposition
 from wapool.settings import Settings
+from wapool.supervisor import protocol
 from wapool.supervisor.reconciler import Supervisor
 from wapool.supervisor.session import State
 
@@ -122,6 +123,12 @@ class OutboundService:
             self._changed()
             self.sender.wake(company)
         return record
+
+    async def mark_read(self, company: str, chat: str, sender: str, ids: list[str]) -> bool:
+        if not self._connected(company):
+            return False
+        line = protocol.encode("mark_read", company=company, chat=chat, sender=sender, ids=ids)
+        return await self._supervisor.pool.deliver(company, line)
 
     # -- running ---------------------------------------------------------------------------------
 
