@@ -140,6 +140,6 @@ def test_real_neonize_mark_read_fails_clearly_while_not_connected(
 
     store = new_store(whatsmeow_template, tmp_path, "acme")
     client = NeonizeBackend().client("acme", store, lambda _event: None)
-    with pytest.raises(Exception, match="(?i)client is nil|not connected|device"):
+    with pytest.raises(Exception, match=r"(?i)client is nil|not connected|device"):
         client.mark_read("491701234567@s.whatsapp.net", "491701234567@s.whatsapp.net", ["3EB0AA"])
     assert client.stop(5)
