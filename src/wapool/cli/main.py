@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         company,
         database,
         doctor,
+        nodes,
         pair,
         run,
         send,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     send.register(commands)
     status.register(commands)
     doctor.register(commands)
+    nodes.register(commands)
     return parser
 
 

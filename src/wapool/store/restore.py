@@ -55,7 +55,7 @@ def build_from_rows(
             install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
             changelog.continue_after(conn, meta.applied_seq)
             conn.execute("PRAGMA journal_mode = DELETE")
-        return install(temp, path, keep_as or replaced_name(path))
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -85,7 +85,7 @@ def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = N
             out.write(snapshot.image)
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
-        return install(temp, path, keep_as or replaced_name(path))
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
 @contextmanager
@@ -100,7 +100,7 @@ def temporary(path: Path) -> Iterator[Path]:
         remove_file_set(temp)
 
 
-def install(temp: Path, path: Path, keep_as: Path) -> Path | None:
+def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
     _fsync(temp)

@@ -27,7 +27,8 @@ server -> client
     error {message}   the line was not understood; the connection carries on
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
-(one object per record, field ``kind``) that a test can read after the server stopped. Lines
+(one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
+test can measure each device's downtime) that a test can read after the server stopped. Lines
 are bounded (``MAX_LINE``); bad input is answered with ``error`` and never stops the server.
 
 One module because it is one small program run on its own (``python -m``): protocol,
@@ -197,7 +198,7 @@ class SimServer:
             self._overlap(older, conn)
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
-        self._journal_write("connect", device=conn.device, **conn.describe())
+        self._journal_write("connect", device=conn.device, at=conn.since, **conn.describe())
         reply = encode("connected", conn=conn.id)
         device = conn.device
         asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
@@ -259,7 +260,9 @@ class SimServer:
         device = conn.device
         if device is not None and self.live.get(device) is conn:
             del self.live[device]
-            self._journal_write("disconnect", device=device, how=how, **conn.describe())
+            self._journal_write(
+                "disconnect", device=device, how=how, at=self._clock(), **conn.describe()
+            )
         conn.device = None
 
     def _journal_write(self, kind: str, **fields: Any) -> None:
