@@ -37,6 +37,7 @@ test-fast: venv
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench examples
@@ -57,6 +58,8 @@ bench: venv
 	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/coldstart.py --companies 500 2000
 	$(BIN)/python bench/sidebyside.py
+	$(BIN)/python bench/inbound.py handler
+	$(BIN)/python bench/inbound.py webhook --companies 100 --rate 10
 
 ## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
 ## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves

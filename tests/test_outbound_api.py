@@ -139,6 +139,13 @@ def test_send_through_the_api_and_through_sql(
             assert lines[0].startswith("message ")
             assert lines[-1].startswith("read 3EB0")
         assert cli[0].stdout.splitlines()[0] == cli[1].stdout.splitlines()[0]  # one message
+        listed = run_cli("messages", "acme", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        out = [json.loads(line) for line in listed.stdout.splitlines()]
+        mine = {r["message_id"]: r for r in out if r["direction"] == "out"}
+        assert mine[first["id"]]["status"] == "read"
+        assert mine[refused["id"]]["status"] == "failed"
+        assert any(r["direction"] == "in" and r["text"] == "echo: hello" for r in out)
         bad = run_cli("send", "acme", "not-a-number", "x", env=env)
         assert bad.returncode == 1
         assert "TO must be a phone number" in bad.stderr

@@ -85,6 +85,7 @@ class Views:
         if self._rt.outbound is not None:
             self._rt.outbound.metrics(out)
         self._fleet(out)
+        self._messaging(out)
         return out.render() + sizes.metrics_text(self._rt.sizes.rows)
 
     def status(self) -> dict[str, Any]:
@@ -112,7 +113,26 @@ class Views:
             "state_dir": self._disk(),
             "companies": companies,
             "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
+            "messaging": self._messaging_status(),
         }
+
+    def _messaging_status(self) -> dict[str, Any]:
+        messaging = self._rt.messaging
+        hook = messaging.webhook
+        status: dict[str, Any] = {
+            "inbound_pending_postgres": messaging.postgres.pending,
+            "inbound_applied": messaging.postgres.applied,
+            "webhook": None,
+        }
+        if hook is not None:
+            status["webhook"] = {
+                "delivered": hook.stats.delivered,
+                "failed_attempts": hook.stats.failed_attempts,
+                "backlog": hook.backlog,
+                "in_flight": hook.stats.in_flight,
+                "dead_letters": messaging.cursors.dead_letter_counts(),
+            }
+        return status
 
     # -- /metrics, family by family (the order is the exposition's) ----------------------------
 
@@ -155,6 +175,33 @@ class Views:
                    [({}, float(health.outages))])  # fmt: skip
         out.family("wapool_database_outage_seconds_total", "counter", "Seconds without PostgreSQL.",
                    [({}, health.outage_seconds_total)])  # fmt: skip
+
+    def _messaging(self, out: Exposition) -> None:
+        messaging = self._rt.messaging
+        out.family("wapool_inbound_pending_postgres", "gauge", "Inbox events not yet in inbound_messages.",
+                   [({}, float(messaging.postgres.pending))])  # fmt: skip
+        out.family("wapool_inbound_mirrored_total", "counter", "Inbound messages written to PostgreSQL.",
+                   [({}, float(messaging.postgres.applied))])  # fmt: skip
+        hook = messaging.webhook
+        if hook is None:
+            return
+        stats = hook.stats
+        out.family("wapool_webhook_delivered_total", "counter", "Webhook deliveries accepted (2xx).",
+                   [({}, float(stats.delivered))])  # fmt: skip
+        out.family("wapool_webhook_failed_attempts_total", "counter", "Webhook attempts that failed.",
+                   [({}, float(stats.failed_attempts))])  # fmt: skip
+        out.family("wapool_webhook_dead_letters", "gauge", "Events the webhook gave up on, kept on this host.",
+                   [({"company": c}, float(n)) for c, n in messaging.cursors.dead_letter_counts().items()])  # fmt: skip
+        out.family("wapool_webhook_backlog", "gauge", "Events read and not yet delivered.",
+                   [({}, float(hook.backlog))])  # fmt: skip
+        out.family("wapool_webhook_in_flight", "gauge", "Webhook requests in flight.",
+                   [({}, float(stats.in_flight))])  # fmt: skip
+        latencies = sorted(stats.latencies)
+        if latencies:
+            quantiles = [({"quantile": str(q)}, latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+                         for q in (0.5, 0.99)]  # fmt: skip
+            out.family("wapool_webhook_latency_seconds", "gauge",
+                       "Inbox write to the receiver's 2xx, recent deliveries.", quantiles)  # fmt: skip
 
     def _workers_and_cleanup(self, out: Exposition) -> None:
         pool = self._rt.supervisor.pool

@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         company,
         database,
         doctor,
+        messages,
         nodes,
         pair,
         run,
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair.register(commands)
     send.register(commands)
     status.register(commands)
+    messages.register(commands)
     doctor.register(commands)
     nodes.register(commands)
     return parser

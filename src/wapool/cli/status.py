@@ -4,7 +4,8 @@ Session states come from what the driving daemon last recorded in PostgreSQL; th
 and pending rows are read from the working stores on this host (``-`` when it has none). Stores
 are opened read-only, one at a time: a store that cannot be read is one row saying why
 (``store_error``), never a failed command. Replaced stores kept on this host (``leftovers``)
-are listed after the table, with what their salvage could not save.
+are listed after the table, with what their salvage could not save, and so are the webhook's
+dead letters kept on this host (``webhook_dead_letters`` in JSON).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from wapool.cli.database import open_database
 from wapool.cli.table import render
+from wapool.messaging.cursors import CURSORS_FILE
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog
@@ -52,6 +54,19 @@ def _local(path: Path) -> dict[str, Any]:
     return {"pending_rows": pending.rows, "mirror_lag_seconds": round(lag, 3), "store_error": None}
 
 
+def _dead_letters(state_dir: Path) -> dict[str, int]:
+    """Webhook dead letters per company kept in this host's messaging file (read-only)."""
+    path = state_dir / CURSORS_FILE
+    if not path.exists():
+        return {}
+    try:
+        with closing(read_only(path)) as conn:
+            rows = conn.execute("SELECT company, count(*) FROM dead_letters GROUP BY 1").fetchall()
+    except (StoreFault, *SQLITE_ERRORS, OSError):
+        return {}
+    return {str(c): int(n) for c, n in rows}
+
+
 def _replaced(copy: Replaced) -> dict[str, Any]:
     unsaved = None
     if copy.report is not None:
@@ -72,6 +87,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
             "WHERE c.removed_at IS NULL ORDER BY c.id"
         )
     kept = await asyncio.to_thread(replaced_copies, settings.state_dir)
+    dead = await asyncio.to_thread(_dead_letters, settings.state_dir)
     report = []
     for company, enabled, jid, state, since, error, holder in rows:
         local = await asyncio.to_thread(_local, store_path(settings.state_dir, company))
@@ -85,6 +101,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
                 **local,
                 "last_error": error,
                 "replaced_stores": [_replaced(c) for c in kept if c.company_id == company],
+                "webhook_dead_letters": dead.get(company, 0),
             }
         )
     if args.json:
@@ -94,6 +111,9 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
         kept_text = _kept(report, settings.key_retention_days)
         if kept_text:
             print(kept_text)
+        if dead:
+            print("\nwebhook dead letters on this host (events the receiver never accepted):")
+            print("\n".join(f"  {company}: {count}" for company, count in sorted(dead.items())))
     return 0
 
 

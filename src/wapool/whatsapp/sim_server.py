@@ -20,11 +20,18 @@ client -> server
                                           ->  nothing, for numbers starting with 998 (a send
                                               whose answer is lost: drills of ``uncertain``)
     stats {}                              ->  stats {overlaps, connections, live, sends,
-                                                     duplicates}
+                                                     duplicates, inbound}
+    deliver {device, chat, text[, sender]} -> queued {id}   (from anyone: a test, a contact)
+    received {id}                         ->  (nothing)  the device's client has the message
 server -> client
     replaced {}       another connection took this device; the server closes this one
-    receipt {...} / message {...}   see ``sim_messages``
+    receipt {ids, chat, status, ts}   see ``sim_messages``
     error {message}   the line was not understood; the connection carries on
+    message {id, chat, sender, text, ts[, quoted]}  an inbound message for the device
+
+Inbound messages behave as WhatsApp's do: queued per device, pushed to its live connection (at
+once, or when it connects), and pushed again on the next connection until the client answers
+``received`` — which a client sends only once the message is durable (after its handler).
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
 (one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
@@ -70,6 +77,8 @@ REQUESTS: dict[str, dict[str, type]] = {
     "disconnect": {},
     "send": {"id": str, "to": str, "body": str},
     "stats": {},
+    "deliver": {"device": str, "chat": str, "text": str},
+    "received": {"id": str},
 }
 
 
@@ -124,6 +133,9 @@ class Record:
     #: Messages per recipient JID.
     received: Counter[str] = field(default_factory=Counter)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: device -> inbound messages queued / acknowledged by a client.
+    queued: Counter[str] = field(default_factory=Counter)
+    acked: Counter[str] = field(default_factory=Counter)
 
 
 class SimServer:
@@ -134,14 +146,19 @@ class SimServer:
         delays: Delays | None = None,
     ):
         self.live: dict[str, Connection] = {}
-        self.deliveries = Deliveries(self._push, encode, clock, delays or Delays())
+        self.deliveries = Deliveries(self._push, encode, clock, delays or Delays(),
+                                     inbound=self.queue_inbound)  # fmt: skip
         self.record = Record()
         self._journal = journal
         self._clock = clock
         self._ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        #: device -> inbound messages not yet acknowledged, in order.
+        self.pending: dict[str, dict[str, dict[str, Any]]] = {}
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], bytes]] = {
             "connect": self._connect, "disconnect": self._disconnect,
             "send": self._send, "stats": self._stats,
+            "deliver": self._deliver, "received": self._received,
         }  # fmt: skip
 
     async def serve(self, path: Path) -> asyncio.AbstractServer:
@@ -160,7 +177,12 @@ class SimServer:
             "duplicates": rec.duplicates,
             "received": dict(rec.received),
             "echoes": self.deliveries.echoes,
-        }
+            "inbound": {
+                d: {"queued": rec.queued[d], "acked": rec.acked[d],
+                    "pending": len(self.pending.get(d, {}))}
+                for d in rec.queued
+            },
+        }  # fmt: skip
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(next(self._ids), writer)
@@ -199,10 +221,11 @@ class SimServer:
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
         self._journal_write("connect", device=conn.device, at=conn.since, **conn.describe())
-        reply = encode("connected", conn=conn.id)
-        device = conn.device
-        asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
-        return reply
+        waiting = b"".join(
+            encode("message", **m) for m in self.pending.get(conn.device, {}).values()
+        )
+        asyncio.get_running_loop().call_soon(self.deliveries.connected, conn.device)
+        return encode("connected", conn=conn.id) + waiting
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
         overlap = {
@@ -252,6 +275,38 @@ class SimServer:
             return False
         conn.writer.write(line)
         return True
+
+    def _deliver(self, _conn: Connection, fields: dict[str, Any]) -> bytes:
+        message_id = self.queue_inbound(
+            fields["device"], fields["chat"], str(fields.get("sender") or fields["chat"]),
+            fields["text"],
+        )  # fmt: skip
+        return encode("queued", id=message_id)
+
+    def queue_inbound(
+        self, device: str, chat: str, sender: str, text: str, quoted: str | None = None
+    ) -> str:
+        """Queue an inbound message for ``device`` (pushed now if it is connected, and again at
+        each connect until its client answers ``received``); return its id."""
+        message: dict[str, Any] = {
+            "id": f"SRV{next(self._message_ids):09d}", "chat": chat, "sender": sender,
+            "text": text, "ts": self._clock(),
+        }  # fmt: skip
+        if quoted:
+            message["quoted"] = quoted
+        self.pending.setdefault(device, {})[message["id"]] = message
+        self.record.queued[device] += 1
+        live = self.live.get(device)
+        if live is not None and not live.writer.is_closing():
+            live.writer.write(encode("message", **message))
+        return str(message["id"])
+
+    def _received(self, conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = conn.device or ""
+        if self.pending.get(device, {}).pop(fields["id"], None) is not None:
+            self.record.acked[device] += 1
+            self._journal_write("inbound_acked", device=device, id=fields["id"])
+        return b""
 
     def _stats(self, _conn: Connection, _fields: dict[str, Any]) -> bytes:
         return encode("stats", **self.stats())
