@@ -37,7 +37,7 @@ test-fast: venv
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
-	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py tests/test_outbound_drill.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench examples
