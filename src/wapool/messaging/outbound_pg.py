@@ -12,6 +12,9 @@
   idempotency key used on another node still returns its first message. Only then does the API
   accept messages for the company.
 * **Release** — at a clean stop, queued rows go back to unclaimed, for the next holder.
+
+One module because these four share one rule — who may write a row (``claimed_by``) — and it is
+only checkable when they are read together.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ PostgreSQL, and its rows stay here for status look-ups and idempotency.
 Changes are serialised through the writer; reads use their own connection on the caller's
 thread (WAL: they never wait for the writer). Every change bumps the row's ``version``; the
 mirror copies rows whose ``version`` is ahead of ``pg_version``.
+
+One module because the file's schema, its changes and its reads are one contract (statuses only
+move forward, receipts that come early wait here): split, the rules would be read apart.
 """
 
 from __future__ import annotations
