@@ -31,7 +31,7 @@ from wapool.backoff import Backoff
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
-from wapool.messaging.outbound import Media, Outbound, Record, Status
+from wapool.messaging.outbound import Media, Outbound, Record, Status, recipient_jid
 from wapool.messaging.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,10 @@ class OutboundSync:
             try:
                 await self.step()
             except DatabaseUnavailable:
+                delay = backoff.next_delay()
+                continue
+            except Exception as exc:  # never the daemon's end: logged, retried with backoff
+                log.error("outbound_sync_failed", extra={"error": str(exc)}, exc_info=exc)
                 delay = backoff.next_delay()
                 continue
             backoff.reset()
@@ -253,6 +257,16 @@ class OutboundSync:
     async def _copy(self, row: tuple[Any, ...]) -> None:
         (mid, company, key, to, text, reply_to, media, mimetype, filename, expires, status,
          reason, wa_id, origin, _claimer) = row  # fmt: skip
+        if status == Status.QUEUED:
+            try:
+                to = recipient_jid(to)
+            except ValueError as exc:  # a producer's row no send could ever take
+                await self._db.execute(
+                    "UPDATE outbound_messages SET status = 'failed', updated_at = now(), "
+                    "reason = %s WHERE id::text = %s",
+                    (f"bad to_jid: {exc}", mid),
+                )
+                return
         message = Outbound(
             company, to, text, reply_to,
             Media(bytes(media), mimetype, filename) if media is not None else None,

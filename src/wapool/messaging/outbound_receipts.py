@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 from pathlib import Path
 
 from wapool.messaging.cursors import Cursors, Progress
@@ -53,9 +52,10 @@ class ReceiptReader:
                 try:
                     if await self.apply(company) >= BATCH:
                         self.wake(company)
-                except (sqlite3.Error, OSError) as exc:
+                except Exception as exc:  # a broken inbox row, a full disk: logged, retried
                     log.error("receipts_failed", extra={"company": company,
                                                         "error": describe_error(exc)})  # fmt: skip
+                    await asyncio.sleep(1.0)
 
     async def apply(self, company: str) -> int:
         """Apply the company's receipts not yet applied; return how many inbox rows were read."""

@@ -140,7 +140,10 @@ class OutboundService:
             self.sender.drive(driven)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
-                await self.outbox.prune(time.time() - KEEP_SECONDS)
+                try:
+                    await self.outbox.prune(time.time() - KEEP_SECONDS)
+                except Exception as exc:  # a full disk: pruning waits for the next round
+                    log.error("outbox_prune_failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DRIVE_EVERY)
 
