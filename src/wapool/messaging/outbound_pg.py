@@ -218,7 +218,8 @@ class OutboundSync:
         for row in rows:
             await self._copy(row)
         self.ready.add(company)
-        log.info("outbound_adopted", extra={"company": company, "rows": len(rows)})
+        if rows:  # one line per company with something to take over, not per company
+            log.info("outbound_adopted", extra={"company": company, "rows": len(rows)})
 
     async def release(self, companies: list[str]) -> None:
         """Give back queued rows this daemon claimed (a clean stop), so the next holder sends
