@@ -142,11 +142,13 @@ async def accept(
     setup.start()
     try:
         latencies: list[tuple[float, float]] = []
+        lags: list[tuple[float, float]] = []
         failures = 0
         async with ClientSession(connector=TCPConnector(limit=256)) as session:
 
             async def one(n: int, due: float) -> None:
                 nonlocal failures
+                lags.append((due, (time.perf_counter() - due) * 1000))  # the client's own delay
                 company = setup.companies[n % len(setup.companies)]
                 body = {"to": ECHO, "text": f"bench {n}", "idempotency_key": f"k{n}"}
                 status = await _post(session, setup.port, company, body)
@@ -163,9 +165,11 @@ async def accept(
                 tasks.append(asyncio.create_task(one(n, due)))
             await asyncio.gather(*tasks)
         window = [ms for due, ms in latencies if due >= loop_start + warmup]
+        lag = [ms for due, ms in lags if due >= loop_start + warmup]
         pacing = "unpaced sends" if unpaced else "default pacing"
         print(_summary(f"API accept at {rate:g} req/s over {companies} companies ({pacing}), "
-                       f"{seconds:g} s", window, f", non-202: {failures}"))  # fmt: skip
+                       f"{seconds:g} s", window, f", non-202: {failures}, of which the load "
+                       f"generator's own lag p99 {_pct(lag, 0.99):.1f} ms"))  # fmt: skip
     finally:
         setup.stop()
 
