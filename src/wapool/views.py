@@ -82,10 +82,10 @@ class Views:
         self._caches(out)
         self._database(out)
         self._workers_and_cleanup(out)
+        self._messaging(out)
         if self._rt.outbound is not None:
             self._rt.outbound.metrics(out)
         self._fleet(out)
-        self._messaging(out)
         return out.render() + sizes.metrics_text(self._rt.sizes.rows)
 
     def status(self) -> dict[str, Any]:
@@ -112,8 +112,8 @@ class Views:
             "database": {"up": health.up, "last_error": health.last_error},
             "state_dir": self._disk(),
             "companies": companies,
-            "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
             "messaging": self._messaging_status(),
+            "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
         }
 
     def _messaging_status(self) -> dict[str, Any]:

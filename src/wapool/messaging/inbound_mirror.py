@@ -36,7 +36,10 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "postgres"
 CHANNEL = "wapool_inbound"
+#: Rows read from one inbox per tick, and at most in one PostgreSQL transaction (a backlog of a
+#: hundred companies after an outage drains in several ticks, each well within its timeout).
 BATCH = 2000
+MAX_ROWS_PER_TICK = 10_000
 
 # A company deleted from the registry (not just removed) has no row to refer to: its messages
 # stay in the local inbox (and reach the webhook) instead of failing everyone's batch.
@@ -100,7 +103,9 @@ class InboundMirror:
         if not batches:
             return 0
         try:
-            await self._db.run(lambda conn: self._apply(conn, batches))
+            rows = sum(len(b.rows) for b in batches)
+            timeout = self._db.query_timeout + rows / 5_000
+            await self._db.run(lambda conn: self._apply(conn, batches), timeout=timeout)
         except BaseException:
             self._dirty.update(b.source.company for b in batches)  # not applied: again
             raise
@@ -117,7 +122,11 @@ class InboundMirror:
     def _collect(self) -> list[_Batch]:
         batches = []
         dirty, self._dirty = self._dirty, set()
+        total = 0
         for source in [s for c in sorted(dirty) if (s := self._sources.get(c))]:
+            if total >= MAX_ROWS_PER_TICK:
+                self._dirty.add(source.company)  # next tick
+                continue
             try:
                 batch = self._read(source)
             except (sqlite3.Error, OSError) as exc:
@@ -133,6 +142,7 @@ class InboundMirror:
                 continue
             if batch is not None:
                 batches.append(batch)
+                total += len(batch.rows)
         return batches
 
     def _read(self, source: _Source) -> _Batch | None:

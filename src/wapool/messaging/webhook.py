@@ -21,6 +21,9 @@ notices (no polling), built for throughput:
 
 The body is the event's JSON (``model.to_json``) plus ``received_at``; headers and signature
 are in ``signing``. Bodies and the secret never reach the logs.
+
+One module because reading, lanes, retries and progress work on one per-company state (read
+position, outstanding events, watermark) that is clearer read in one place than passed around.
 """
 
 from __future__ import annotations

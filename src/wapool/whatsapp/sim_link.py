@@ -2,9 +2,7 @@
 
 A ``SimLink`` is one device's connection: a blocking Unix socket and a reader thread that hands
 what the server pushes to callbacks (``replaced``: another client took the device; ``closed``:
-the server went away; ``message``: an inbound message, acknowledged once the callback returns;
-``receipt``: a receipt for a message the device sent). ``server_stats`` asks a server what it
-recorded (tests, benchmarks).
+the server went away; ``pushed``: a receipt or an inbound message, see ``sim_messages``). ``server_stats`` asks a server what it recorded (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -38,16 +36,15 @@ class SimLink:
         path: Path,
         on_replaced: Callable[[], None],
         on_closed: Callable[[str], None] = lambda _reason: None,
-        on_message: Callable[[dict[str, Any]], None] | None = None,
-        on_receipt: Callable[[dict[str, Any]], None] | None = None,
+        on_push: Callable[[dict[str, Any]], None] = lambda _message: None,
     ) -> None:
         self._path = path
         self._on_replaced = on_replaced
         self._on_closed = on_closed
-        self._on_message = on_message
-        self._send_lock = threading.Lock()
-        self._on_receipt = on_receipt
+        self._on_push = on_push
         self._request_lock = threading.Lock()
+        #: Around every write: a request and the reader's ``received`` must not interleave.
+        self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -126,11 +123,8 @@ class SimLink:
                     if message.get("op") == "replaced":
                         self._closing.set()
                         self._on_replaced()
-                    elif message.get("op") == "message":
-                        self._inbound(sock, message)
-                    elif message.get("op") == "receipt":
-                        if self._on_receipt is not None:
-                            self._on_receipt(message)
+                    elif message.get("op") in ("receipt", "message"):
+                        self._pushed(sock, message)
                     elif message.get("op") != "disconnected":
                         self._replies.put(message)
             except (OSError, ValueError) as exc:
@@ -139,19 +133,19 @@ class SimLink:
             self._on_closed(reason)
         self._replies.put({"op": "error", "message": reason})
 
-    def _inbound(self, sock: socket.socket, message: dict[str, Any]) -> None:
-        """Hand a pushed message to the client, then tell the server it is received: only once
-        the handler returned (the message is durable), as whatsmeow's receipt follows its
-        handlers. Without a handler the message stays queued on the server."""
-        if self._on_message is None:
-            return
+    def _pushed(self, sock: socket.socket, message: dict[str, Any]) -> None:
+        """Hand a push to the client; for an inbound message, then tell the server it is
+        ``received`` — only once the handler returned (the message is durable), as whatsmeow's
+        receipt follows its handlers. A handler that fails sends nothing: the server pushes the
+        message again at the next connection."""
         try:
-            self._on_message(message)
-        except Exception:  # not durable: no receipt, the server pushes it again later
-            log.exception("sim_inbound_handler_failed")
+            self._on_push(message)
+        except Exception:
+            log.exception("sim_push_handler_failed")
             return
-        with self._send_lock:
-            sock.sendall(encode("received", id=str(message["id"])))
+        if message.get("op") == "message":
+            with self._send_lock:
+                sock.sendall(encode("received", id=str(message["id"])))
 
 
 def server_stats(path: Path, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:

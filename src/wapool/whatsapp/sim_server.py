@@ -20,18 +20,17 @@ client -> server
                                           ->  nothing, for numbers starting with 998 (a send
                                               whose answer is lost: drills of ``uncertain``)
     stats {}                              ->  stats {overlaps, connections, live, sends,
-                                                     duplicates, inbound}
+                                                     duplicates, received, echoes, inbound}
     deliver {device, chat, text[, sender]} -> queued {id}   (from anyone: a test, a contact)
     received {id}                         ->  (nothing)  the device's client has the message
 server -> client
     replaced {}       another connection took this device; the server closes this one
-    receipt {ids, chat, status, ts}   see ``sim_messages``
+    receipt {...} / message {...}   see ``sim_messages``
     error {message}   the line was not understood; the connection carries on
-    message {id, chat, sender, text, ts[, quoted]}  an inbound message for the device
 
-Inbound messages behave as WhatsApp's do: queued per device, pushed to its live connection (at
-once, or when it connects), and pushed again on the next connection until the client answers
-``received`` — which a client sends only once the message is durable (after its handler).
+Messages queued with ``deliver`` behave as WhatsApp's do: pushed to the device's live
+connection (at once, or when it connects), and pushed again at every connection until the
+client answers ``received`` — which a client sends only once the message is durable.
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
 (one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
@@ -133,7 +132,7 @@ class Record:
     #: Messages per recipient JID.
     received: Counter[str] = field(default_factory=Counter)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
-    #: device -> inbound messages queued / acknowledged by a client.
+    #: device -> inbound messages queued with ``deliver`` / acknowledged by a client.
     queued: Counter[str] = field(default_factory=Counter)
     acked: Counter[str] = field(default_factory=Counter)
 
@@ -146,8 +145,7 @@ class SimServer:
         delays: Delays | None = None,
     ):
         self.live: dict[str, Connection] = {}
-        self.deliveries = Deliveries(self._push, encode, clock, delays or Delays(),
-                                     inbound=self.queue_inbound)  # fmt: skip
+        self.deliveries = Deliveries(self._push, encode, clock, delays or Delays())
         self.record = Record()
         self._journal = journal
         self._clock = clock
@@ -221,11 +219,35 @@ class SimServer:
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
         self._journal_write("connect", device=conn.device, at=conn.since, **conn.describe())
-        waiting = b"".join(
-            encode("message", **m) for m in self.pending.get(conn.device, {}).values()
-        )
-        asyncio.get_running_loop().call_soon(self.deliveries.connected, conn.device)
-        return encode("connected", conn=conn.id) + waiting
+        reply = encode("connected", conn=conn.id)
+        device = conn.device
+        asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
+        asyncio.get_running_loop().call_soon(self._push_pending, device)
+        return reply
+
+    def _push_pending(self, device: str) -> None:
+        for message in list(self.pending.get(device, {}).values()):
+            if not self._push(device, encode("message", **message)):
+                return
+
+    def _deliver(self, _conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = fields["device"]
+        message = {
+            "id": f"SRV{next(self._message_ids):09d}", "chat": fields["chat"],
+            "sender": str(fields.get("sender") or fields["chat"]), "text": fields["text"],
+            "ts": self._clock(),
+        }  # fmt: skip
+        self.pending.setdefault(device, {})[message["id"]] = message
+        self.record.queued[device] += 1
+        self._push(device, encode("message", **message))  # else at its next connect
+        return encode("queued", id=message["id"])
+
+    def _received(self, conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = conn.device or ""
+        if self.pending.get(device, {}).pop(fields["id"], None) is not None:
+            self.record.acked[device] += 1
+            self._journal_write("inbound_acked", device=device, id=fields["id"])
+        return b""
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
         overlap = {
@@ -275,38 +297,6 @@ class SimServer:
             return False
         conn.writer.write(line)
         return True
-
-    def _deliver(self, _conn: Connection, fields: dict[str, Any]) -> bytes:
-        message_id = self.queue_inbound(
-            fields["device"], fields["chat"], str(fields.get("sender") or fields["chat"]),
-            fields["text"],
-        )  # fmt: skip
-        return encode("queued", id=message_id)
-
-    def queue_inbound(
-        self, device: str, chat: str, sender: str, text: str, quoted: str | None = None
-    ) -> str:
-        """Queue an inbound message for ``device`` (pushed now if it is connected, and again at
-        each connect until its client answers ``received``); return its id."""
-        message: dict[str, Any] = {
-            "id": f"SRV{next(self._message_ids):09d}", "chat": chat, "sender": sender,
-            "text": text, "ts": self._clock(),
-        }  # fmt: skip
-        if quoted:
-            message["quoted"] = quoted
-        self.pending.setdefault(device, {})[message["id"]] = message
-        self.record.queued[device] += 1
-        live = self.live.get(device)
-        if live is not None and not live.writer.is_closing():
-            live.writer.write(encode("message", **message))
-        return str(message["id"])
-
-    def _received(self, conn: Connection, fields: dict[str, Any]) -> bytes:
-        device = conn.device or ""
-        if self.pending.get(device, {}).pop(fields["id"], None) is not None:
-            self.record.acked[device] += 1
-            self._journal_write("inbound_acked", device=device, id=fields["id"])
-        return b""
 
     def _stats(self, _conn: Connection, _fields: dict[str, Any]) -> bytes:
         return encode("stats", **self.stats())

@@ -8,9 +8,6 @@ scripted sequence of events, each after a delay.
 With a simulated WhatsApp server (``sim_server``; ``WAPOOL_SIMULATED_SERVER``), a client takes
 its device there once the JID is known and lets it go when it stops; the server's ``replaced``
 ends the client's run with ``StreamReplaced``, as WhatsApp's ``conflict: replaced`` does.
-Messages the server delivers (its ``deliver`` op: tests, contacts) are handed over like random
-inbound traffic (``inbound_per_second``, generated in the client): written to the inbox before
-``emit`` returns; the server's are acknowledged to it only then, and pushed again otherwise.
 Without one, each client works alone (nothing notices two clients on one device).
 
 A store that fails under a client (corrupt, unreadable, full) ends its run with ``StoreFailed``
@@ -132,10 +129,7 @@ class SimulatedClient:
         """Hold the device on the server (if any) while the session plays."""
         link = None
         if self._server is not None:
-            link = SimLink(
-                self._server.socket, self._replaced, self._server_lost,
-                on_message=self._server_message, on_receipt=self._receipt,
-            )  # fmt: skip
+            link = SimLink(self._server.socket, self._replaced, self._server_lost, self._pushed)
             try:
                 link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
             except SimLinkError as exc:
@@ -179,13 +173,22 @@ class SimulatedClient:
         self.read_marked += len(message_ids)
         del chat, sender
 
-    def _receipt(self, message: dict[str, Any]) -> None:
-        """A receipt for a message this device sent, handed over as whatsmeow's handler would."""
-        chat = str(message["chat"])
-        self._emit(Receipt(
-            company=self.company_id, chat=chat, sender=chat, status=str(message["status"]),
-            message_ids=tuple(str(i) for i in message["ids"]), timestamp=float(message["ts"]),
-        ))  # fmt: skip
+    def _pushed(self, message: dict[str, Any]) -> None:
+        """A receipt or an inbound message (the echo contact's answer) from the simulated
+        server, handed over as whatsmeow's handlers would."""
+        if message.get("op") == "receipt":
+            chat = str(message["chat"])
+            self._emit(Receipt(
+                company=self.company_id, chat=chat, sender=chat, status=str(message["status"]),
+                message_ids=tuple(str(i) for i in message["ids"]), timestamp=float(message["ts"]),
+            ))  # fmt: skip
+        elif message.get("op") == "message":
+            self._emit(InboundMessage(
+                company=self.company_id, message_id=str(message["id"]),
+                chat=str(message["chat"]), sender=str(message["sender"]),
+                timestamp=float(message["ts"]), kind="text", push_name="Echo",
+                text=str(message["text"]), quoted_id=str(message.get("quoted") or ""),
+            ))  # fmt: skip
 
     # -- inbound messages ------------------------------------------------------------------------
 
@@ -219,18 +222,6 @@ class SimulatedClient:
                     push_name="Simulated contact", text=f"sim {run}:{n}",
                 )
             )  # fmt: skip
-
-    def _server_message(self, message: dict[str, Any]) -> None:
-        """A message the simulated server delivered: into the inbox before this returns (the
-        link then acknowledges it to the server)."""
-        chat = str(message["chat"])
-        self._emit(
-            InboundMessage(
-                company=self.company_id, message_id=str(message["id"]), chat=chat,
-                sender=str(message.get("sender") or chat), timestamp=float(message["ts"]),
-                kind="text", text=str(message["text"]), quoted_id=str(message.get("quoted") or ""),
-            )
-        )  # fmt: skip
 
     def _replaced(self) -> None:
         self._stop.set()
