@@ -4,7 +4,7 @@ After a send is acknowledged, the recipient's ``delivered`` and then ``read`` re
 after the configured delays, pushed to whichever connection drives the sending device by then
 (kept while it is offline, pushed at its next connect, as WhatsApp's offline queue does).
 A message to ``ECHO_JID`` is answered: ``echo: <text>``, quoting it, as an inbound message
-(through the server's inbound queue: pushed until the client answers ``received``).
+(kept for the device while it is offline, like the receipts).
 
 Pushes (server -> client), one JSON object per line:
     receipt {ids, chat, status, ts}                    status: delivered | read
@@ -56,8 +56,6 @@ class Deliveries:
     encode: Callable[..., bytes]
     clock: Callable[[], float]
     delays: Delays = field(default_factory=Delays)
-    #: Queues an inbound message for a device: (device, chat, sender, text, quoted) -> id.
-    inbound: Callable[[str, str, str, str, str | None], str] | None = None
     offline: dict[str, list[bytes]] = field(default_factory=lambda: defaultdict(list))
     echoes: int = 0
 
@@ -79,9 +77,6 @@ class Deliveries:
 
     def _echo(self, device: str, text: str, quoted: str) -> None:
         self.echoes += 1
-        if self.inbound is not None:  # queued until the client has it, like any inbound message
-            self.inbound(device, ECHO_JID, ECHO_JID, text, quoted)
-            return
         self._deliver(device, self.encode(
             "message", id=whatsapp_id(), chat=ECHO_JID, sender=ECHO_JID, text=text,
             quoted=quoted, ts=self.clock(),
