@@ -37,7 +37,7 @@ test-fast: venv
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
-	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py tests/test_outbound_drill.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench examples
@@ -55,6 +55,7 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/coldstart.py --companies 500 2000
 	$(BIN)/python bench/sidebyside.py
 	$(BIN)/python bench/inbound.py handler

@@ -2,8 +2,8 @@
 
 Read from PostgreSQL (any host): inbound messages from ``inbound_messages``; ``--follow`` then
 waits on ``LISTEN wapool_inbound`` and prints new ones as they arrive. Other directions plug in
-through ``SOURCES`` (outbound messages with their status), each a function returning rows that
-are merged by time.
+through ``_sources`` (outbound messages with their status, from ``cli.send``), each a function
+returning rows that are merged by time.
 """
 
 from __future__ import annotations
@@ -60,8 +60,10 @@ async def inbound_rows(db: Database, company: str, after: int | None, limit: int
     ]
 
 
-#: Where rows come from; outbound messaging appends its own.
-SOURCES: list[Source] = [inbound_rows]
+def _sources() -> list[Source]:
+    from wapool.cli.send import outbound_rows  # it imports ``Row`` from here
+
+    return [inbound_rows, outbound_rows]
 
 
 def register(commands: Any) -> None:
@@ -91,7 +93,7 @@ async def _collect(
     db: Database, company: str, cursors: dict[int, int | None], limit: int, *, first: bool
 ) -> list[Row]:
     rows: list[Row] = []
-    for n, source in enumerate(SOURCES):
+    for n, source in enumerate(_sources()):
         got = await source(db, company, None if first else cursors.get(n), limit)
         if got:
             cursors[n] = got[-1].cursor

@@ -61,7 +61,12 @@ class ReceiptReader:
             await asyncio.sleep(COALESCE)
             self._wake.clear()
             due, self._due = self._due, set()
-            await self.apply_many(sorted(due))
+            try:
+                await self.apply_many(sorted(due))
+            except Exception as exc:  # a broken inbox row, a full disk: logged, retried later
+                log.error("receipts_failed", extra={"error": describe_error(exc)}, exc_info=exc)
+                self._due |= due
+                await asyncio.sleep(1.0)
 
     async def apply(self, company: str) -> int:
         """Apply the company's receipts not yet applied; return how many inbox rows were read."""
