@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -24,12 +25,13 @@ from tests.adopt.checks import (
     fingerprint,
 )
 from tests.adopt.sources import BaileysState, baileys_state
-from tests.conftest import run_cli
+from tests.conftest import mirror_once, run_cli
 from wapool.db.pool import Database
 from wapool.settings import Settings
 from wapool.store.adopt import curve
 from wapool.store.adopt.baileys_source import take_baileys
-from wapool.store.working_store import store_path
+from wapool.store.working_store import connect, store_path
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 
 pytestmark = pytest.mark.timeout(900)  # a cold cache installs Baileys once
 TOOL = Path(__file__).parent.parent / "tools" / "baileys-dump.mjs"
@@ -87,6 +89,14 @@ async def test_baileys_state_is_adopted_as_the_same_device(
     assert fingerprint(state_file, device.folder) == untouched
     path = store_path(settings.state_dir, "acme")
     assert_same_device(path, device, tmp_path / "loaded")
+    assert_verify_equal("acme", env, tmp_path)
+    # The adopted device goes on changing keys as whatsmeow would; the mirror carries them.
+    writer = WhatsmeowWriter(connect(path), random.Random(16))
+    writer.jid = device.jid
+    for _ in range(120):
+        writer.random_transaction()
+    writer.conn.close()
+    await mirror_once(db, "acme", path)
     assert_verify_equal("acme", env, tmp_path)
     await assert_restores_elsewhere(db, "acme", settings.state_dir, tmp_path / "host2", device)
 

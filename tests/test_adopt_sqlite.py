@@ -18,9 +18,10 @@ from tests.adopt.checks import (
     changed_nothing,
     fingerprint,
 )
-from tests.adopt.sources import BaileysState, baileys_state, keys_by_table, old_store
+from tests.adopt.sources import BaileysState, all_rows, baileys_state, keys_by_table, old_store
 from tests.conftest import run_cli
 from wapool.db.pool import Database
+from wapool.leases import Leases
 from wapool.settings import Settings
 from wapool.store.working_store import store_path
 
@@ -77,6 +78,8 @@ async def test_old_neonize_store_is_adopted_as_the_same_device(
     assert_same_device(path, device, tmp_path / "loaded")
     assert_verify_equal("acme", env, tmp_path)
     await assert_restores_elsewhere(db, "acme", settings.state_dir, tmp_path / "host2", device)
+    if version != toolchains.OLD_NEONIZE[0]:
+        return  # the refusals below do not depend on the source's version: checked once
 
     again = run_cli("adopt", "acme", "--from-sqlite", str(source), env=env, cwd=tmp_path)
     assert again.returncode == 1
@@ -116,4 +119,65 @@ async def test_truncated_store_is_refused_in_one_line(
     assert lines[0].startswith(f"wapool: error: sqlite {source}: "), lines
     assert "damaged" in lines[0] or "not a readable SQLite store" in lines[0], lines
     assert fingerprint(source) == untouched
+    changed_nothing(database_url, "acme", settings.state_dir)
+
+
+async def test_store_with_two_devices_gives_only_the_chosen_one(
+    device: BaileysState, db: Database, database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    second = baileys_state(tmp_path, "5511911112222")
+    source = tmp_path / "bot" / "db.sqlite3"
+    source.parent.mkdir()
+    old_store(toolchains.OLD_NEONIZE[0], source, device.taken)
+    with closing(sqlite3.connect(source)) as conn, conn:
+        for table, row in all_rows(second.taken):
+            if table in ("whatsmeow_lid_map", "whatsmeow_version"):
+                continue  # shared tables: the first device's rows are there already
+            columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+            row = {c: v for c, v in row.items() if c in columns}
+            conn.execute(
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+        wanted = keys_by_table(conn, second.jid)
+    env = _env(database_url, settings)
+    assert run_cli("company", "add", "acme", "--disabled", env=env, cwd=tmp_path).returncode == 0
+    ambiguous = run_cli("adopt", "acme", "--from-sqlite", str(source), env=env, cwd=tmp_path)
+    assert ambiguous.returncode == 1
+    assert ambiguous.stderr.strip() == (
+        f"wapool: error: sqlite {source}: holds 2 devices "
+        f"({', '.join(sorted([device.jid, second.jid]))}): choose with --jid"
+    )
+    changed_nothing(database_url, "acme", settings.state_dir)
+    done = run_cli(
+        "adopt", "acme", "--from-sqlite", str(source), "--jid", second.jid, env=env, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    path = store_path(settings.state_dir, "acme")
+    with closing(sqlite3.connect(path)) as conn:
+        devices = [r[0] for r in conn.execute("SELECT jid FROM whatsmeow_device")]
+        others = conn.execute(
+            "SELECT count(*) FROM whatsmeow_sessions WHERE our_jid <> ?", (second.jid,)
+        ).fetchone()
+        got = keys_by_table(conn, second.jid)
+    assert (devices, others) == ([second.jid], (0,))
+    for table in sorted(set(wanted) - {"whatsmeow_version"}):
+        assert got[table] == wanted[table], table
+    assert_same_device(path, second, tmp_path / "loaded")
+
+
+async def test_a_company_a_daemon_drives_is_not_adopted(
+    device: BaileysState, db: Database, database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    source = tmp_path / "db.sqlite3"
+    old_store(toolchains.OLD_NEONIZE[0], source, device.taken)
+    env = _env(database_url, settings)
+    assert run_cli("company", "add", "acme", env=env, cwd=tmp_path).returncode == 0
+    daemon = Leases(db, "wapool run on host-a (pid 1)", 60)
+    assert await daemon.acquire(["acme"])
+    result = run_cli("adopt", "acme", "--from-sqlite", str(source), env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "is driven by wapool run on host-a (pid 1)" in lines[0]
     changed_nothing(database_url, "acme", settings.state_dir)

@@ -17,6 +17,7 @@ from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
+from wapool.messaging.api import Api
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
@@ -116,6 +117,7 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
+    max_body = int(settings.api_max_body_mb * (1 << 20))
     if not is_loopback(host):
         log.warning(
             "http_not_loopback",
@@ -125,7 +127,12 @@ async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None
                 "to anyone who can reach this address",
             },
         )
-    server = HttpServer(host, port, Views(runtime).endpoints())
+    api = None
+    if runtime.outbound is not None:
+        api = Api(runtime.outbound, settings.api_token_list(), max_body)
+        if not settings.api_tokens:
+            log.info("api_off", extra={"reason": "WAPOOL_API_TOKENS is not set"})
+    server = HttpServer(host, port, Views(runtime).endpoints(), api, max_body)
     try:
         await server.start()
     except OSError as exc:
@@ -176,10 +183,19 @@ async def run_daemon(settings: Settings) -> int:
         if version is None:
             return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
         _stop_if_it_dies(renewal, signals)
+        changed = asyncio.Event()
+        with contextlib.suppress(DatabaseUnavailable):
+            await runtime.nodes.register()  # the others count this node before it takes a lease
+        heartbeat = asyncio.create_task(
+            runtime.heartbeat_loop(signals.stop, changed), name="heartbeat"
+        )
+        _stop_if_it_dies(heartbeat, signals)
+        tasks = [heartbeat]
         companies: list[Company] = []
         with contextlib.suppress(DatabaseUnavailable):
             companies = await runtime.registry.active_companies()
@@ -199,15 +215,23 @@ async def run_daemon(settings: Settings) -> int:
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
-        changed = asyncio.Event()
-        tasks = [
+        tasks += [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
+            asyncio.create_task(runtime.messaging.run(signals.stop), name="messaging"),
         ]
-        for task in tasks:
+        if runtime.outbound is not None:
+            outbound = runtime.outbound
+            tasks += [
+                asyncio.create_task(outbound.run(signals.stop), name="outbound"),
+                asyncio.create_task(outbound.sync.run(signals.stop), name="outbound-sync"),
+                asyncio.create_task(outbound.sync.listen(signals.stop), name="outbound-listen"),
+                asyncio.create_task(outbound.receipts.run(signals.stop), name="receipts"),
+            ]
+        for task in tasks[1:]:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK
@@ -217,7 +241,7 @@ async def run_daemon(settings: Settings) -> int:
         for task in tasks:
             # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
             # would not stop); the others are simply cancelled.
-            if task.get_name() != "mirror":
+            if task.get_name() not in ("mirror", "messaging"):  # both save their progress
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)

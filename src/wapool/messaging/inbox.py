@@ -122,14 +122,15 @@ class InboxReader:
     def count(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM inbox").fetchone()[0])
 
-    def trim(self, upto: int, batch: int = 1000) -> int:
-        """Delete rows with ``seq <= upto``, ``batch`` at a time (short write locks)."""
+    def trim(self, upto: int, older_than: float = float("inf"), batch: int = 1000) -> int:
+        """Delete rows with ``seq <= upto`` written before ``older_than``, ``batch`` at a time
+        (short write locks: the worker's handler waits milliseconds at most)."""
         deleted = 0
         while True:
             cur = self._conn.execute(
                 "DELETE FROM inbox WHERE seq IN (SELECT seq FROM inbox WHERE seq <= ? "
-                "ORDER BY seq LIMIT ?)",
-                (upto, batch),
+                "AND received_at < ? ORDER BY seq LIMIT ?)",
+                (upto, older_than, batch),
             )
             deleted += cur.rowcount
             if cur.rowcount < batch:

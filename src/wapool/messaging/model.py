@@ -144,13 +144,17 @@ def to_json(event: InboundEvent) -> dict[str, Any]:
     return {"schema": SCHEMA_VERSION, "type": event_type(event), "id": event_id(event)} | body
 
 
+#: Fields around the event's own: the webhook adds ``received_at`` (when the inbox got it).
+ENVELOPE_FIELDS = frozenset({"schema", "type", "id", "received_at"})
+
+
 class BadEvent(ValueError):
     """JSON that is not an inbound event of this schema."""
 
 
 def from_json(data: dict[str, Any]) -> InboundEvent:
     """Read back what ``to_json`` wrote; ``BadEvent`` for anything else."""
-    fields = {k: v for k, v in data.items() if k not in ("schema", "type", "id")}
+    fields = {k: v for k, v in data.items() if k not in ENVELOPE_FIELDS}
     try:
         if data.get("type") == "receipt":
             fields["message_ids"] = tuple(fields.get("message_ids", ()))

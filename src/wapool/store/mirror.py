@@ -5,6 +5,7 @@ Each tick reads a consistent, coalesced prefix of each company's log (round-robi
 PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it backs off with
 full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
 one warning goes to Sentry; when the backlog is applied, one recovery event follows.
+``drain_companies`` is a handoff's last step before the lease is given up.
 
 It is one module because a tick is one invariant (a consistent prefix per company, applied
 in one fenced transaction, trimmed only after commit); splitting the tick would split it.
@@ -18,9 +19,10 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from wapool.backoff import Backoff
 from wapool.cache import FallbackCache
@@ -58,6 +60,19 @@ class _Target:
     read_error: str | None = None
     #: ``PRAGMA data_version`` of ``conn`` when nothing was pending (see ``Mirror._read``).
     idle_version: int | None = None
+    #: The tick that last read the change log (or found it unchanged since an empty read).
+    read_tick: int = 0
+
+
+class MirrorPart(Protocol):
+    """Something else the mirror's loop drains into PostgreSQL, after the change logs."""
+
+    @property
+    def pending(self) -> int: ...
+
+    async def tick(self) -> int:
+        """Apply what is pending; the rows applied. Raises ``DatabaseUnavailable`` in outages."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,9 @@ class Mirror:
         # thread by a cancelled tick.
         self._tick_lock = asyncio.Lock()
         self._sqlite_lock = threading.Lock()
+        #: Further sources drained by this loop after the change logs (the inbound messages:
+        #: ``messaging.inbound_mirror``), each with ``tick() -> rows`` and ``pending``.
+        self.parts: list[MirrorPart] = []
         #: Test seam: called at the points where a crash is most interesting ("collected",
         #: "applied" = committed in PostgreSQL but not yet trimmed, "trimming").
         self.fault: Callable[[str], None] = lambda _point: None
@@ -173,7 +191,28 @@ class Mirror:
         while self._clock.monotonic() < deadline:
             with contextlib.suppress(DatabaseUnavailable):
                 await self.tick()
-                if all(t.pending_rows == 0 for t in self._targets.values()):
+                if all(t.pending_rows == 0 for t in self._targets.values()) and not any(
+                    p.pending for p in self.parts
+                ):
+                    return True
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
+        return False
+
+    async def drain_companies(self, companies: Iterable[str], timeout: float) -> bool:
+        """Tick until these companies' change logs, read after this call began, are empty and
+        applied (True), or the timeout passes (False: an outage, a rejection). For a handoff:
+        their clients are stopped, so nothing is added meanwhile."""
+        names = set(companies)
+        since = self.stats.ticks  # a tick already running may have read before the call
+        deadline = self._clock.monotonic() + timeout
+        while self._clock.monotonic() < deadline:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.tick()
+                targets = [self._targets[c] for c in names if c in self._targets]
+                if all(
+                    t.read_tick > since and t.pending_rows == 0 and t.rejected is None
+                    for t in targets
+                ):
                     return True
             await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
@@ -190,7 +229,10 @@ class Mirror:
     async def tick(self) -> int:
         """One round: read, apply, trim. Returns log entries applied (0: nothing was pending)."""
         async with self._tick_lock:
-            return await self._tick()
+            applied = await self._tick()
+            for part in self.parts:
+                applied += await part.tick()
+            return applied
 
     async def _tick(self) -> int:
         self.stats.ticks += 1
@@ -253,6 +295,7 @@ class Mirror:
             conn = self._conn(target)
             version = _data_version(conn)
             if version == target.idle_version:
+                target.read_tick = self.stats.ticks  # known empty: as good as a read
                 return None
             target.idle_version = None
             prefix = changelog.read_prefix(conn)
@@ -272,6 +315,7 @@ class Mirror:
             log.warning("mirror_read_recovered", extra={"company": target.company_id})
             target.read_error = None
         target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
+        target.read_tick = self.stats.ticks
         if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
             target.schema = None
         return prefix

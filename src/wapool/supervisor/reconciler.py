@@ -82,6 +82,8 @@ class Supervisor:
             backend, per_worker, self._on_event, self._on_crash,
             heartbeat_timeout=heartbeat_timeout, backend_args=backend_args,
         )  # fmt: skip
+        #: Called with (company, new state) on every change of a session's state.
+        self.state_listeners: list[Callable[[str, State], None]] = []
         self.pool.on_inbox = self._on_inbox
         #: Called with (company, seq) whenever a company's inbox advances (messaging readers).
         self.inbox_listeners: list[Callable[[str, int], None]] = []
@@ -159,6 +161,8 @@ class Supervisor:
         if isinstance(event, _SETTLING):
             self.gate.release(company)
         if session.state is not before:
+            for listener in self.state_listeners:
+                listener(company, session.state)
             log.info(
                 "session_state",
                 extra={

@@ -34,6 +34,7 @@ from wapool.whatsapp import events as ev
 from wapool.whatsapp import media_tools
 from wapool.whatsapp.neonize_events import translate_message, translate_receipt
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sending import SendCommand, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class NeonizeClient:
         self._client = NewClient(str(store), uuid=f"wapool-{company_id}")
         self._thread: threading.Thread | None = None
         self._connecting = threading.Event()
+        #: Phone JIDs found on WhatsApp (asked once per client).
+        self._on_whatsapp: set[str] = set()
         self._register()
 
     def _register(self) -> None:
@@ -109,6 +112,11 @@ class NeonizeClient:
         if not self._connecting.is_set():
             raise RuntimeError("logout needs a live connection")
         self._client.logout()
+
+    def send(self, command: SendCommand) -> SendResult:
+        from wapool.whatsapp.neonize_send import send
+
+        return send(self._client, command, self._on_whatsapp)
 
     def pair_phone(self, phone: str) -> str:
         if not self._connecting.is_set():

@@ -18,6 +18,9 @@ Left out, and counted in the report: ``session`` and ``sender-key`` (libsignal-n
 formats; no conversion is proven to continue the same Signal session, so whatsmeow starts new
 ones through WhatsApp's retry receipts, see docs/adopt.md), ``sender-key-memory``,
 ``device-list``, ``tctoken`` and ``identity-key`` (caches whatsmeow fills again).
+
+One module, over the usual size, because it is one translation table: every Baileys field and
+the whatsmeow column it becomes are read side by side here.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class _Reader:
                 "jid": jid,
                 "key_id": self._base64(key_id, f"{label} (its id)"),
                 "key_data": self._bytes(data.get("keyData"), f"{label}.keyData", 32),
-                "timestamp": int(data.get("timestamp") or 0),
+                "timestamp": self._long(data.get("timestamp"), f"{label}.timestamp"),
                 "fingerprint": _fingerprint_proto(fingerprint),
             })  # fmt: skip
         return rows
@@ -210,6 +213,15 @@ class _Reader:
             raise BadSource(f"{self.where}: creds.{label or name} is not a non-negative integer")
         return value
 
+    def _long(self, value: Any, label: str) -> int:
+        """A protobuf int64 as JSON carries it: a number, a decimal string or ``{low, high}``."""
+        if isinstance(value, dict) and {"low", "high"} <= value.keys():
+            return (int(value["high"]) << 32) + (int(value["low"]) & 0xFFFFFFFF)
+        try:
+            return int(value or 0)
+        except (TypeError, ValueError):
+            raise BadSource(f"{self.where}: {label} is not a number") from None
+
     def _bytes(self, value: Any, label: str, length: int | None = None) -> bytes:
         raw = _buffer(value)
         if raw is None:
@@ -249,14 +261,16 @@ def _device_jid(jid: str) -> str:
 
 
 def _fingerprint_proto(fingerprint: dict[str, Any]) -> bytes:
-    """``AppStateSyncKeyFingerprint`` as whatsmeow marshals it (proto2: rawId = 1,
-    currentIndex = 2, deviceIndexes = 3 repeated, not packed)."""
+    """``AppStateSyncKeyFingerprint`` as whatsmeow marshals it (rawID = 1, currentIndex = 2,
+    deviceIndexes = 3 packed; a test compares it with whatsmeow's own message)."""
     out = bytearray()
     for field, name in ((1, "rawId"), (2, "currentIndex")):
         if fingerprint.get(name) is not None:
             out += _varint(field << 3) + _varint(int(fingerprint[name]))
-    for index in fingerprint.get("deviceIndexes") or []:
-        out += _varint(3 << 3) + _varint(int(index))
+    indexes = [int(i) for i in fingerprint.get("deviceIndexes") or []]
+    if indexes:
+        packed = b"".join(_varint(i) for i in indexes)
+        out += _varint(3 << 3 | 2) + _varint(len(packed)) + packed
     return bytes(out)
 
 

@@ -36,6 +36,8 @@ class Built:
     store: ExportFile
     #: Row keys per table in the built store (after whatsmeow's upgrade).
     counts: dict[str, int]
+    #: The device's JID as whatsmeow loads it (an old store's upgrade may rewrite its form).
+    jid: str
 
 
 def build(taken: Taken, temp: Path, company_id: str, make_schema: SchemaMaker) -> Built:
@@ -51,7 +53,8 @@ def build(taken: Taken, temp: Path, company_id: str, make_schema: SchemaMaker) -
         drop_capture(conn)
         loaded = make_schema([temp]).get(temp, [])
         install_capture(conn)
-    if not any(same_device(jid, taken.jid) for jid in loaded):
+    found = [jid for jid in loaded if same_device(jid, taken.jid)]
+    if not found:
         raise BadSource(
             f"{taken.source}: whatsmeow does not load device {taken.jid} from the adopted store "
             f"(it loads: {', '.join(loaded) or 'nothing'})"
@@ -66,7 +69,7 @@ def build(taken: Taken, temp: Path, company_id: str, make_schema: SchemaMaker) -
         company_id, rows, pg_copy.digest(rows), pg_copy.DDL_SEPARATOR.join(schema.ddl),
         schema.version, schema.fingerprint,
     )  # fmt: skip
-    return Built(export, dict(sorted(counts.items())))
+    return Built(export, dict(sorted(counts.items())), found[0])
 
 
 def _from_source_schema(taken: Taken, temp: Path) -> None:

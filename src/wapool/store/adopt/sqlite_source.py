@@ -1,7 +1,7 @@
 """``--from-sqlite FILE``: one device of a whatsmeow SQLite store (neonize 0.3.x onward, or any
 whatsmeow-based tool), read from a private copy so the source is never written.
 
-The store file (and its ``-wal``, which may hold committed transactions) is copied into a
+The store file (and its ``-wal`` or hot ``-journal``, as SQLite would read them) is copied into a
 private directory first: opening the original, even read-only, could create a ``-shm`` beside
 it or replay its WAL. The copy is checked (``quick_check``), its schema version read, and the
 chosen device's rows taken with the source's own DDL, so the current whatsmeow upgrades them as
@@ -47,9 +47,10 @@ def _private_copy(source: Path, workdir: Path, where: str) -> Path:
     copy = workdir / "source.db"
     try:
         shutil.copyfile(source, copy)
-        wal = source.with_name(source.name + "-wal")
-        if wal.exists():
-            shutil.copyfile(wal, copy.with_name(copy.name + "-wal"))
+        for suffix in ("-wal", "-journal"):  # committed, or to be rolled back: as SQLite would
+            companion = source.with_name(source.name + suffix)
+            if companion.exists():
+                shutil.copyfile(companion, copy.with_name(copy.name + suffix))
     except OSError as exc:
         raise BadSource(f"{where}: cannot read it ({exc.strerror})") from None
     return copy
