@@ -16,9 +16,12 @@ purges bounded by their ``read_seq``) and ``applied_seq`` only moves forward (``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
+
+import psycopg
 
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
@@ -127,19 +130,23 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
             for c in batch.prefix.changes:
                 await copy.write_row((batch.company_id, c.table, c.key, c.image, c.at, seq, c.step))
 
-    for batch in accepted:
-        meta = metas.get(batch.company_id)
-        kept_epoch = meta.epoch if meta else 0
-        epoch = fence.epochs.get(batch.company_id, kept_epoch) if fence else kept_epoch
-        await _upsert_meta(conn, batch, meta, epoch)
-        if device_deleted(batch):
-            # Keep what PostgreSQL held before the logout's cascade reaches it.
-            await conn.execute(
-                "INSERT INTO store_tombstones (company_id, tombstoned_at, tbl, pk, image, written_at) "
-                "SELECT company_id, now(), tbl, pk, image, written_at FROM store_rows "
-                "WHERE company_id = %s ON CONFLICT DO NOTHING",
-                (batch.company_id,),
-            )
+    # One statement per company, sent together: one round trip, not one per company (with
+    # PostgreSQL 20 ms away, 100 companies' metadata took 4 s a tick).
+    async with _pipeline(conn):
+        for batch in accepted:
+            meta = metas.get(batch.company_id)
+            kept_epoch = meta.epoch if meta else 0
+            epoch = fence.epochs.get(batch.company_id, kept_epoch) if fence else kept_epoch
+            await _upsert_meta(conn, batch, meta, epoch)
+            if device_deleted(batch):
+                # Keep what PostgreSQL held before the logout's cascade reaches it.
+                await conn.execute(
+                    "INSERT INTO store_tombstones "
+                    "(company_id, tombstoned_at, tbl, pk, image, written_at) "
+                    "SELECT company_id, now(), tbl, pk, image, written_at FROM store_rows "
+                    "WHERE company_id = %s ON CONFLICT DO NOTHING",
+                    (batch.company_id,),
+                )
     applied = {b.company_id: len(b.prefix.changes) for b in accepted}
     steps = max(len(b.prefix.purges) for b in accepted) + 1
     for step in range(steps):  # one step unless the cleanup purged: see changelog.read_prefix
@@ -149,6 +156,10 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
                 purge = batch.prefix.purges[step]
                 applied[batch.company_id] += await _purge(conn, batch.company_id, purge)
     return Outcome(applied, rejected)
+
+
+def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[object]:
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
 
 
 async def _write_step(conn: Conn, step: int) -> None:
