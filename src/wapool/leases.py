@@ -18,6 +18,11 @@ taken by anyone who cannot reach PostgreSQL either). If another daemon took over
 WhatsApp itself replaces the older connection, and the old holder stops the company as soon as
 it learns it lost the lease.
 
+Leases held before a restart can be *adopted* from the state directory while PostgreSQL is
+unreachable (``adopt``, issue 13): they count as held but stay *unconfirmed*, as do leases whose
+renewal failed past their end, until a renewal reaches PostgreSQL: the same epoch is renewed,
+a lease taken over is lost. The mirror writes nothing for an unconfirmed lease.
+
 Everything about the ``company_leases`` table lives here: this daemon's own leases (``Leases``),
 the fence the mirror writes under (``Fence``) and who drives what (``current_holders``, which the
 cleanup asks before it prunes a company).
@@ -26,12 +31,13 @@ cleanup asks before it prunes a company).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Set
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from wapool.clock import Clock, SystemClock
 from wapool.db.pool import Conn, Database
+from wapool.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,8 @@ class Leases:
         self._clock = clock or SystemClock()
         self._held: dict[str, int] = {}
         self._valid_until: dict[str, float] = {}
+        self._unconfirmed: set[str] = set()
+        self._adopted: set[str] = set()
 
     @property
     def held(self) -> Mapping[str, int]:
@@ -73,7 +81,26 @@ class Leases:
 
     def fence(self) -> Fence:
         """The mirror's fence: it follows these leases as they are taken, renewed and lost."""
-        return Fence(self.holder, self.held)
+        return Fence(self.holder, self.held, self._unconfirmed)
+
+    @property
+    def unconfirmed(self) -> Set[str]:
+        """Held leases PostgreSQL has not confirmed since they were adopted or outlived."""
+        return frozenset(self._unconfirmed)
+
+    def adopt(self, epochs: Mapping[str, int]) -> None:
+        """Hold the leases this daemon held before a restart (read from the state directory
+        while PostgreSQL is unreachable): its clients may start (``resumable``) but nothing is
+        mirrored for them until a renewal confirms the epoch."""
+        for company, epoch in epochs.items():
+            self._held[company] = epoch
+            self._unconfirmed.add(company)
+            self._adopted.add(company)
+            log.info("lease_adopted", extra={"company": company, "epoch": epoch})
+
+    def resumable(self, company: str) -> bool:
+        """Adopted from the state directory and not yet re-validated."""
+        return company in self._adopted and company in self._held
 
     async def acquire(self, companies: Iterable[str], limit: int | None = None) -> dict[str, int]:
         """Take free or expired leases among ``companies`` (at most ``limit``, in company
@@ -106,11 +133,18 @@ class Leases:
             )
             return {str(c) for c, e in await cur.fetchall() if asked.get(str(c)) == int(e)}
 
-        kept = await self._db.run(work)
+        try:
+            kept = await self._db.run(work)
+        except DatabaseUnavailable:
+            now = self._clock.monotonic()  # past their end, they may have been taken over
+            self._unconfirmed.update(c for c in asked if self._valid_until.get(c, now) <= now)
+            raise
         lost = []
         for company, epoch in asked.items():
             if self._held.get(company) != epoch:
                 continue  # released or taken again meanwhile: not this renewal's business
+            self._unconfirmed.discard(company)
+            self._adopted.discard(company)
             if company in kept:
                 self._valid_until[company] = sent + self.seconds
             else:
@@ -139,6 +173,8 @@ class Leases:
     def _forget(self, company: str) -> None:
         self._held.pop(company, None)
         self._valid_until.pop(company, None)
+        self._unconfirmed.discard(company)
+        self._adopted.discard(company)
 
 
 async def _take(conn: Conn, params: dict[str, object]) -> dict[str, int]:
@@ -166,6 +202,8 @@ class Fence:
 
     holder: str
     epochs: Mapping[str, int]
+    #: Companies whose epoch PostgreSQL has not confirmed yet: nothing is written for them.
+    unconfirmed: Set[str] = field(default_factory=frozenset)
 
     async def refused(self, conn: Conn, companies: list[str]) -> dict[str, str]:
         """Companies this holder may not write now (lease lost, taken over, never held), and why.

@@ -4,7 +4,9 @@ Each tick reads a consistent, coalesced prefix of each company's log (round-robi
 ``max_rows_per_tick`` but never splitting a company's prefix), applies them all in one
 PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it backs off with
 full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
-one warning goes to Sentry; when the backlog is applied, one recovery event follows.
+one warning goes to Sentry; when the backlog is applied, one recovery event follows. While
+``quiet`` (a daemon started without PostgreSQL: its own warning covers every company) neither is
+sent. A company whose lease is unconfirmed (see ``leases``) is not read until it is confirmed.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class _Target:
     rejected: str | None = None
     #: The last error reading the store (logged when it changes, not at every tick).
     read_error: str | None = None
+    #: Its outage began while the mirror was quiet: no recovery event either.
+    quiet: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,8 @@ class Mirror:
         self._start = 0
         self.stats = MirrorStats()
         self.wake = asyncio.Event()
+        #: No per-company outage and recovery alerts (see the module docstring).
+        self.quiet = False
         # One tick at a time; the thread lock also covers SQLite work left running in a
         # thread by a cancelled tick.
         self._tick_lock = asyncio.Lock()
@@ -132,6 +138,16 @@ class Mirror:
             self._leaving.append(target)
             if self._snapshots is not None:
                 self._snapshots.forget(company_id)
+
+    async def let_go(self, company_id: str) -> None:
+        """Stop mirroring a company and close its connection now (its file is about to move)."""
+        self.remove(company_id)
+        async with self._tick_lock:
+            await asyncio.to_thread(self._close_leaving_locked)
+
+    def _close_leaving_locked(self) -> None:
+        with self._sqlite_lock:
+            self._close_leaving()
 
     def close(self) -> None:
         for company_id in list(self._targets):
@@ -231,6 +247,8 @@ class Mirror:
             target = targets[order[(self._start + i) % count]]
             if total >= self._max_rows:
                 break
+            if self.fence is not None and target.company_id in self.fence.unconfirmed:
+                continue  # re-validated first: never written under an epoch that may be gone
             prefix = self._read(target)
             if prefix is None:
                 continue
@@ -281,7 +299,9 @@ class Mirror:
             if target.outage_started is not None:
                 duration = self._clock.monotonic() - target.outage_started
                 target.outage_started = None
-                alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
+                if not target.quiet:
+                    alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
+                target.quiet = False
             try:
                 self._trim(target, batch.prefix)
             except (sqlite3.Error, OSError, StoreFault) as exc:
@@ -308,6 +328,9 @@ class Mirror:
             if target is None or target.outage_started is not None:
                 continue
             target.outage_started = self._clock.monotonic()
+            if self.quiet:
+                target.quiet = True
+                continue
             age = self._snapshots.age(target.company_id) if self._snapshots else None
             alerts.postgres_outage(target.company_id, error, age)
 
