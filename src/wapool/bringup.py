@@ -27,12 +27,16 @@ the companies whose lease was lost, and a PostgreSQL outage alone stops none.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from wapool.clock import Clock, SystemClock
+from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+
+log = logging.getLogger(__name__)
 
 #: Fraction of a lease that whatever is pending must be able to come up in.
 LEASE_SHARE = 0.5
@@ -71,6 +75,23 @@ class BringUp:
     def room(self) -> int:
         """How many more leases to take now."""
         return max(0, self.budget - self.pending())
+
+    async def take(self, waiting: set[str]) -> bool:
+        """Take the next batch of leases among ``waiting``; is there a backlog, that is, more
+        companies this daemon will take as soon as it has room?"""
+        room = self.room()
+        if not waiting or not room:
+            return bool(waiting) and room == 0
+        try:
+            taken = await self._leases.acquire(waiting, limit=room)
+        except DatabaseUnavailable:
+            return False  # no hurry while PostgreSQL is away
+        self.taken(taken)
+        if taken:
+            extra = {"count": len(taken), "budget": self.budget}
+            log.info("leases_taken", extra=extra | {"waiting": len(waiting) - len(taken)})
+        # A full batch: more may be free. Fewer: the rest is held by other daemons.
+        return len(taken) >= room and len(waiting) > len(taken)
 
     def taken(self, companies: Iterable[str]) -> None:
         now = self._clock.monotonic()

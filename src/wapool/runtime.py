@@ -1,6 +1,7 @@
 """The daemon's composition root: it builds the working parts and runs the loops that follow
 the registry and keep the leases. What operators see is rendered by ``views``; what a session's
-transitions cause is in ``session_actions``.
+transitions cause (and phone pairing requests) is in ``session_actions``; how the supervisor is
+built from the settings, in ``supervisor.factory``.
 
 Order for each company: lease (single writer) -> store (provisioned, restored) -> mirror ->
 client (in a worker), started only while the lease is live (``bringup``). A company that leaves
@@ -33,14 +34,13 @@ from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
 from wapool.registry.repository import CompanyRepository
-from wapool.session_actions import session_actions
+from wapool.session_actions import pair_by_phone, session_actions
 from wapool.settings import Settings
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
-from wapool.store.working_store import store_path
-from wapool.supervisor.reconciler import OnTransition, StartGuard, Supervisor
-from wapool.supervisor.session import State
+from wapool.supervisor.factory import build_supervisor
+from wapool.supervisor.reconciler import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ class Runtime:
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
         active = {c.id for c in companies}
-        await self._take_batch(active)
+        self.backlog = await self.bringup.take(active - self.leases.held.keys())
         wanted = active & self.leases.held.keys()
         leaving = self.supervisor.want(wanted & self.keeper.ready)
         for company in leaving:
@@ -124,24 +124,6 @@ class Runtime:
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
-
-    async def _take_batch(self, active: set[str]) -> None:
-        waiting = active - self.leases.held.keys()
-        room = self.bringup.room()
-        self.backlog = bool(waiting) and room == 0
-        if not waiting or not room:
-            return
-        try:
-            taken = await self.leases.acquire(waiting, limit=room)
-        except DatabaseUnavailable:
-            self.backlog = False  # no hurry while PostgreSQL is away
-            return
-        self.bringup.taken(taken)
-        # A full batch: more may be free. Fewer: the rest is held by other daemons.
-        self.backlog = len(taken) >= room and len(waiting) > len(taken)
-        if taken:
-            log.info("leases_taken", extra={"count": len(taken), "budget": self.bringup.budget,
-                                            "waiting": len(waiting) - len(taken)})  # fmt: skip
 
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
@@ -167,25 +149,7 @@ class Runtime:
                 self.backlog = False
                 continue  # keep what runs
             await self.follow(companies)
-            await self.pair_by_phone()
-
-    async def pair_by_phone(self) -> None:
-        """Pass pending phone-number pairing requests to their clients once they show a QR."""
-        try:
-            requests = await self.pairing.open_requests()
-        except DatabaseUnavailable:
-            return
-        for request in requests:
-            company = request.company_id
-            session = self.supervisor.sessions.get(company)
-            ready = (
-                session is not None
-                and session.state is State.PAIRING  # connected to WhatsApp, showing QR codes
-                and self.supervisor.pool.worker_of(company) is not None
-            )
-            if request.phone and not request.phone_sent and ready:
-                await self.supervisor.pool.command(company, "pair_phone", phone=request.phone)
-                await self.pairing.mark_phone_sent(company)
+            await pair_by_phone(self.pairing, self.supervisor)
 
     async def renew_loop(self, stop: asyncio.Event) -> None:
         """Keep our leases; a company whose lease another daemon took is stopped at once.
@@ -216,27 +180,3 @@ class Runtime:
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.release()
-
-
-def build_supervisor(
-    settings: Settings, on_transition: OnTransition, guard: StartGuard | None = None
-) -> Supervisor:
-    return Supervisor(
-        settings.whatsapp_backend,
-        settings.companies_per_worker,
-        lambda company: store_path(settings.state_dir, company),
-        connect_limit=settings.max_concurrent_connects,
-        heartbeat_timeout=settings.worker_heartbeat_timeout_seconds,
-        backend_args=simulated_args(settings) if settings.whatsapp_backend == "simulated" else (),
-        on_transition=on_transition,
-        guard=guard,
-    )
-
-
-def simulated_args(settings: Settings) -> tuple[str, ...]:
-    """The simulated backend's worker arguments (``worker_main``)."""
-    server = str(settings.simulated_server) if settings.simulated_server else "-"
-    return (
-        str(settings.simulated_churn_per_second), settings.simulated_pairing,
-        server, settings.lease_holder,
-    )  # fmt: skip

@@ -15,7 +15,7 @@ from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
 from wapool.registry.pairing import PairingRepository
 from wapool.registry.repository import CompanyRepository
-from wapool.supervisor.reconciler import OnTransition
+from wapool.supervisor.reconciler import OnTransition, Supervisor
 from wapool.supervisor.session import State
 from wapool.whatsapp import events as ev
 
@@ -71,3 +71,22 @@ def session_actions(
                 pass
 
     return act
+
+
+async def pair_by_phone(pairing: PairingRepository, supervisor: Supervisor) -> None:
+    """Pass pending phone-number pairing requests to their clients once they show a QR."""
+    try:
+        requests = await pairing.open_requests()
+    except DatabaseUnavailable:
+        return
+    for request in requests:
+        company = request.company_id
+        session = supervisor.sessions.get(company)
+        ready = (
+            session is not None
+            and session.state is State.PAIRING  # connected to WhatsApp, showing QR codes
+            and supervisor.pool.worker_of(company) is not None
+        )
+        if request.phone and not request.phone_sent and ready:
+            await supervisor.pool.command(company, "pair_phone", phone=request.phone)
+            await pairing.mark_phone_sent(company)

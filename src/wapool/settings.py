@@ -2,6 +2,9 @@
 
 ``load_settings`` turns every validation problem into one line that names the setting and says
 what is expected; values are never echoed, so a secret cannot leak through an error.
+
+One module on purpose: every setting, its default and its check in one place is what an
+operator (and docs/configuration.md's test) reads.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ expired. Up to ``concurrency`` companies are pruned at once.
 
 Every run, cluster-wide or ``own_only``, also removes the replaced working stores this host kept
 for longer than the key retention period (``store.leftovers``): they hold private keys too.
+
+One module because the run's order (working stores, then PostgreSQL, then removed companies
+and tombstones) and its stop checks are read together; the per-batch work is in ``pruner``.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ full jitter and the logs keep growing on disk; nothing is ever dropped. Per outa
 one warning goes to Sentry; when the backlog is applied, one recovery event follows. While
 ``quiet`` (a daemon started without PostgreSQL: its own warning covers every company) neither is
 sent. A company whose lease is unconfirmed (see ``leases``) is not read until it is confirmed.
+
+It is one module because a tick is one invariant (a consistent prefix per company, applied
+in one fenced transaction, trimmed only after commit); splitting the tick would split it.
 """
 
 from __future__ import annotations

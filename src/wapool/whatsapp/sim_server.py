@@ -23,6 +23,9 @@ Everything recorded is kept in memory and, with ``--state``, appended to a JSON-
 (one object per record, field ``kind``) that a test can read after the server stopped. Lines
 are bounded (``MAX_LINE``); bad input is answered with ``error`` and never stops the server.
 Receipts, the echo contact and the offline queue (messaging) plug in as further ops.
+
+One module because it is one small program run on its own (``python -m``): protocol,
+bookkeeping and journal are read together.
 """
 
 from __future__ import annotations
