@@ -12,6 +12,7 @@ import fcntl
 import logging
 import os
 import signal
+import time
 
 from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
@@ -20,6 +21,10 @@ from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
+from wapool.outage import offline_start
+from wapool.outage.last_seen import LastSeenStore
+from wapool.outage.offline_start import OfflineStart
+from wapool.outage.resume import revalidate, start_offline
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
@@ -88,6 +93,39 @@ async def _wait_for_schema(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
     return None
+
+
+async def _first_contact(db: Database, settings: Settings) -> int | str:
+    """The schema version, or why PostgreSQL cannot be reached (raises when waiting cannot
+    help, as ``_wait_for_schema`` does)."""
+    try:
+        return await db.run(check_schema)
+    except DatabaseUnavailable as exc:
+        return await _why_unavailable(db, settings) or str(exc)
+
+
+def _offline_plan(settings: Settings) -> OfflineStart | None:
+    """What to resume without PostgreSQL (the policy, the state directory), or None."""
+    store = LastSeenStore(settings.state_dir, settings.lease_holder)
+    return offline_start.plan(settings.partition_policy, store.load(), time.time())
+
+
+async def _recover(
+    runtime: Runtime, plan: OfflineStart, stop: asyncio.Event, notify: Notifier
+) -> None:
+    """Started without PostgreSQL: wait for it, check the schema, re-validate every lease."""
+    settings, backoff = runtime.settings, Backoff(base=0.5, cap=5.0)
+    while not stop.is_set():
+        if await _wait_for_schema(runtime.db, stop, notify, settings) is None:
+            return
+        try:
+            await revalidate(runtime, plan)
+        except DatabaseUnavailable:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+            continue
+        notify.status(f"running {len(runtime.keeper.ready)} companies")
+        return
 
 
 async def _why_unavailable(db: Database, settings: Settings) -> str | None:
@@ -172,17 +210,24 @@ async def run_daemon(settings: Settings) -> int:
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
-        version = await _wait_for_schema(db, signals.stop, notify, settings)
-        if version is None:
-            return ExitCode.OK
+        first = await _first_contact(db, settings)
+        plan = _offline_plan(settings) if isinstance(first, str) else None
+        version = first if isinstance(first, int) else None
+        if plan is None and version is None:
+            version = await _wait_for_schema(db, signals.stop, notify, settings)
+            if version is None:
+                return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        if plan is not None:
+            start_offline(runtime, plan, str(first))
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
         _stop_if_it_dies(renewal, signals)
-        companies: list[Company] = []
-        with contextlib.suppress(DatabaseUnavailable):
-            companies = await runtime.registry.active_companies()
+        companies: list[Company] = plan.companies if plan else []
+        if plan is None:
+            with contextlib.suppress(DatabaseUnavailable):
+                companies = await runtime.active_companies()
         await runtime.follow(companies)
         log.info(
             "daemon_ready",
@@ -191,6 +236,7 @@ async def run_daemon(settings: Settings) -> int:
                 "companies": len(companies),
                 "stores": len(runtime.keeper.ready),
                 "node": runtime.leases.holder,
+                "mode": "degraded" if plan else "normal",
             },
         )
         await runtime.scheduler.start()
@@ -207,6 +253,9 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
         ]
+        if plan is not None:
+            recovery = _recover(runtime, plan, signals.stop, notify)
+            tasks.append(asyncio.create_task(recovery, name="offline-recovery"))
         for task in tasks:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()

@@ -30,6 +30,9 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+from wapool.outage.last_seen import LastSeenStore
+from wapool.outage.offline_start import OfflineStart
+from wapool.outage.resume import remember_leases, remember_registry
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -64,6 +67,10 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
+    #: The registry as last seen and the leases held, kept in the state directory.
+    last_seen: LastSeenStore
+    #: Set when this daemon started without PostgreSQL (``outage.offline_start``).
+    offline: OfflineStart | None = None
     #: Companies wait for a lease this daemon will take as soon as it has room.
     backlog: bool = False
 
@@ -91,6 +98,7 @@ class Runtime:
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
             delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
+            prekey_gap=settings.prekey_restore_gap,
         )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
         latest = LatestSizes(db)
@@ -101,7 +109,7 @@ class Runtime:
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper,
             build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
-            bringup,
+            bringup, LastSeenStore(settings.state_dir, leases.holder),
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -124,6 +132,15 @@ class Runtime:
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
+        remember_leases(self.last_seen, self.leases.held)
+
+    async def active_companies(self) -> list[Company]:
+        """The registry (PostgreSQL, else the outage cache); what PostgreSQL confirmed is
+        also written to the state directory. Raises ``DatabaseUnavailable``."""
+        companies = await self.registry.active_companies()
+        if self.db.health.snapshot().up:
+            await remember_registry(self.db, self.last_seen, companies)
+        return companies
 
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
@@ -144,7 +161,7 @@ class Runtime:
             self.registry.cache.sweep()
             self.snapshots.sweep()
             try:
-                companies = await self.registry.active_companies()
+                companies = await self.active_companies()
             except DatabaseUnavailable:
                 self.backlog = False
                 continue  # keep what runs
@@ -164,10 +181,15 @@ class Runtime:
                 lost = await self.leases.renew()
             except DatabaseUnavailable:
                 continue  # an outage alone never stops a client
-            for company in lost:
-                await self.supervisor.stop(company)
-            if lost:
-                await self.keeper.reconcile(self.leases.held.keys() & self.keeper.ready)
+            await self.lost(lost)
+
+    async def lost(self, companies: list[str]) -> None:
+        """Leases another daemon took over: stop those clients at once, keep what their stores
+        still owe aside (never applied over the new holder's copy)."""
+        for company in companies:
+            await self.supervisor.stop(company)
+            await self.keeper.set_aside(company, "lease taken over by another daemon")
+        remember_leases(self.last_seen, self.leases.held)
 
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
@@ -180,3 +202,4 @@ class Runtime:
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.release()
+        remember_leases(self.last_seen, self.leases.held)

@@ -150,3 +150,8 @@ def store_set_aside(company_id: str, detail: str) -> None:
     """A store whose lease another daemon took over: its unmirrored changes are kept aside,
     never applied over the new holder's copy."""
     _send("store_set_aside", "error", company_id, "leases", detail=detail)
+
+
+def prekeys_exhausted(company_id: str, wanted: int) -> None:
+    """A restore cannot move pre-key numbering past the high-water mark: ids are three bytes."""
+    _send("prekey_ids_exhausted", "error", company_id, "restore", wanted=wanted)

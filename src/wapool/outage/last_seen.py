@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from wapool.clock import Clock, SystemClock
+from wapool.errors import InvalidCompanyId
 from wapool.outage.state_file import CorruptStateFile, read_state, write_state
 from wapool.registry.company import Company, validate_company_id
 
@@ -63,7 +64,7 @@ def _company_from_json(data: Any) -> Company:
             datetime.fromisoformat(data["created_at"]), datetime.fromisoformat(data["updated_at"]),
             None if removed is None else datetime.fromisoformat(removed),
         )  # fmt: skip
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, InvalidCompanyId) as exc:
         raise CorruptStateFile(f"a company entry is malformed ({exc})") from None
 
 
@@ -74,6 +75,14 @@ class LastSeenStore:
         self.holder = holder
         self._clock = clock or SystemClock()
         self._leases_written: dict[str, int] | None = None
+        #: When PostgreSQL last confirmed the registry written here (wall clock; None: never).
+        self.confirmed_at: float | None = None
+
+    def age_seconds(self) -> float | None:
+        """Age of the on-disk registry (what a restart during an outage would use)."""
+        return (
+            None if self.confirmed_at is None else max(0.0, self._clock.time() - self.confirmed_at)
+        )
 
     def save_registry(self, companies: Iterable[Company], other_holders: Iterable[str]) -> None:
         body = {
@@ -83,6 +92,7 @@ class LastSeenStore:
             "companies": [_company_to_json(c) for c in companies],
         }
         write_state(self.registry_path, "registry", body)
+        self.confirmed_at = float(body["confirmed_at"])  # type: ignore[arg-type]
 
     def save_leases(self, held: Mapping[str, int]) -> None:
         """Record the leases held now (nothing is written when they did not change)."""
@@ -123,8 +133,9 @@ class LastSeenStore:
             epochs = {validate_company_id(str(c)): int(e) for c, e in held.items()}
             others = [str(h) for h in registry["other_holders"]]
             confirmed = float(registry["confirmed_at"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, InvalidCompanyId) as exc:
             raise CorruptStateFile(f"state files are malformed ({exc})") from None
         companies = [_company_from_json(c) for c in raw_companies]
         self._leases_written = epochs
+        self.confirmed_at = confirmed
         return LastSeen(self.holder, companies, confirmed, others, epochs)

@@ -67,7 +67,9 @@ class OfflineStart:
         alerts.offline_recovered(now - self.started_wall, kept, lost, pending_rows)
 
 
-def plan(policy: PartitionPolicy, last_seen: LastSeen | None, now_wall: float) -> OfflineStart | None:
+def plan(
+    policy: PartitionPolicy, last_seen: LastSeen | None, now_wall: float
+) -> OfflineStart | None:
     """What to resume without PostgreSQL, or None (then the daemon waits for it), logged."""
     if policy == "wait":
         log.info("offline_start_refused", extra={"reason": "WAPOOL_PARTITION_POLICY=wait"})

@@ -27,6 +27,7 @@ from wapool.db.pool import Database
 from wapool.errors import WapoolError
 from wapool.observability import alerts
 from wapool.observability.redact import describe_error
+from wapool.store.aside import set_aside
 from wapool.store.disk_watch import can_write
 from wapool.store.faults import Fault, StoreFault, as_fault
 from wapool.store.mirror import Mirror
@@ -50,10 +51,12 @@ class StoreKeeper:
         snapshots: FallbackCache[str, Snapshot] | None,
         clock: Clock | None = None,
         delay: float = 0.0,
+        prekey_gap: int = 0,
     ) -> None:
         self._db = db
         #: Extra seconds per store (WAPOOL_SIMULATED_STORE_DELAY_SECONDS: slow bring-up drills).
         self._delay = delay
+        self._prekey_gap = prekey_gap
         self._state_dir = state_dir
         self._mirror = mirror
         self._snapshots = snapshots
@@ -65,6 +68,9 @@ class StoreKeeper:
         #: Those of them that failed for want of disk space.
         self.disk_full: set[str] = set()
         self._alerted: set[str] = set()
+        #: The daemon started without PostgreSQL and has not seen it yet: provisioning uses
+        #: the local stores without asking it (``outage.resume``).
+        self.offline = False
 
     @property
     def ready(self) -> frozenset[str]:
@@ -126,9 +132,26 @@ class StoreKeeper:
             self._mirror.add(company_id, result.path)
         return True
 
+    async def set_aside(self, company_id: str, reason: str) -> None:
+        """Its lease was taken over: stop mirroring it and keep what it owes aside (``aside``);
+        it is provisioned afresh if it comes back."""
+        await self._mirror.let_go(company_id)
+        self._ready.discard(company_id)
+        try:
+            await asyncio.to_thread(set_aside, self._state_dir, company_id, reason)
+        except (sqlite3.Error, OSError, StoreFault) as exc:
+            log.error("store_set_aside_failed",
+                      extra={"company": company_id, "error": describe_error(exc)})  # fmt: skip
+
     async def _run(self, company_id: str) -> Provisioned:
         result = await provision(
-            self._db, self._state_dir, company_id, self._snapshots, fence=self._mirror.fence
+            self._db,
+            self._state_dir,
+            company_id,
+            self._snapshots,
+            fence=self._mirror.fence,
+            offline=self.offline,
+            prekey_gap=self._prekey_gap,
         )
         if company_id in self._alerted:
             log.warning("store_usable_again", extra={"company": company_id})

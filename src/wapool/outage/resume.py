@@ -1,0 +1,68 @@
+"""The runtime's side of a start without PostgreSQL: keeping the state directory's registry and
+leases current, resuming from them, and re-validating every lease when PostgreSQL returns."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from wapool.db.pool import Database
+from wapool.errors import DatabaseUnavailable
+from wapool.leases import current_holders
+from wapool.outage.last_seen import LastSeenStore
+from wapool.outage.offline_start import OfflineStart
+from wapool.registry.company import Company
+
+if TYPE_CHECKING:
+    from wapool.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+async def remember_registry(db: Database, store: LastSeenStore, companies: list[Company]) -> None:
+    """Write the registry PostgreSQL just gave (and who else holds leases) to the state dir."""
+    try:
+        others = set((await current_holders(db)).values())
+    except DatabaseUnavailable:
+        return  # confirmed only with both answers
+    try:
+        store.save_registry(companies, others)
+    except OSError as exc:
+        log.error("last_seen_write_failed", extra={"path": str(store.registry_path),
+                                                   "error": str(exc)})  # fmt: skip
+
+
+def remember_leases(store: LastSeenStore, held: Mapping[str, int]) -> None:
+    try:
+        store.save_leases(held)
+    except OSError as exc:
+        log.error("last_seen_write_failed", extra={"path": str(store.leases_path),
+                                                   "error": str(exc)})  # fmt: skip
+
+
+def start_offline(runtime: Runtime, plan: OfflineStart, error: str) -> None:
+    """Hold the leases held before the restart and warn once; ``follow`` then resumes them."""
+    runtime.offline = plan
+    runtime.last_seen.confirmed_at = plan.last_seen.registry_at
+    runtime.leases.adopt(plan.resumed)
+    runtime.mirror.quiet = True  # the one warning below covers every company
+    runtime.keeper.offline = True
+    plan.announce(error, time.time())
+
+
+async def revalidate(runtime: Runtime, plan: OfflineStart) -> None:
+    """PostgreSQL is back: renew every adopted lease before the mirror applies anything (the
+    mirror skips unconfirmed leases): the same epoch is kept, a lease taken over meanwhile
+    stops its client at once and keeps its store's changes aside. Raises
+    ``DatabaseUnavailable`` if PostgreSQL went away again."""
+    await runtime.lost(await runtime.leases.renew())
+    runtime.keeper.offline = False
+    kept = sorted(set(plan.resumed) & runtime.leases.held.keys())
+    lost = set(plan.resumed) - runtime.leases.held.keys()  # the renew loop may have seen some
+    pending = sum(lag.pending_rows for lag in runtime.mirror.stats.companies.values())
+    runtime.mirror.quiet = False
+    runtime.mirror.wake.set()
+    log.info("leases_revalidated", extra={"kept": len(kept), "lost": ", ".join(sorted(lost))})
+    plan.recovered(kept, sorted(lost), pending, time.time())
