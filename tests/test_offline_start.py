@@ -131,3 +131,43 @@ def test_issue_scenario_at_full_size(
         _run(FULL, database_url, running_cluster, whatsmeow_template, tmp_path, daemons)
     finally:
         running_cluster.start()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damaged", [None, "registry.json", "leases.json"])
+def test_a_corrupt_state_file_is_ignored_and_the_daemon_waits_for_postgres(
+    tmp_path: Path, daemons: Daemons, damaged: str | None
+) -> None:
+    """Nothing listens at the database address. Intact files: the daemon resumes its lease
+    (the control). A damaged file: detected, logged, ignored; the daemon waits as before."""
+    from datetime import UTC, datetime
+
+    from wapool.devdb import free_port
+    from wapool.registry.company import Company
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    now = datetime.now(UTC)
+    store = LastSeenStore(state, NODE)
+    store.save_registry([Company("c1", "", True, None, now, now)], [])
+    store.save_leases({"c1": 4})
+    if damaged:
+        path = state / damaged
+        path.write_bytes(path.read_bytes()[:-7])  # a torn write
+    env = {
+        "WAPOOL_DATABASE_URL": f"postgresql://wapool@127.0.0.1:{free_port()}/none",
+        "WAPOOL_STATE_DIR": str(state), "WAPOOL_WHATSAPP_BACKEND": "simulated",
+        "WAPOOL_NODE_NAME": NODE,
+    }  # fmt: skip
+    daemon = daemons.start(env)
+    if damaged is None:
+        daemon.wait_for("event=started_without_postgres", 60)
+        daemon.wait_for("event=daemon_ready", 60)
+        return
+    lines = daemon.wait_for("event=last_seen_corrupt", 60)
+    assert damaged in lines[-1]
+    daemon.wait_for("event=waiting_for_database", 60)
+    daemon.wait_for("event=waiting_for_database", 60)  # still waiting, as before issue 13
+    text = daemon.text()
+    assert "event=lease_adopted" not in text
+    assert "event=daemon_ready" not in text
