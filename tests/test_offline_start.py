@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -91,6 +92,12 @@ def _run(scenario: Scenario, url: str, cluster: Cluster, template: Path, tmp_pat
         assert status["mode"] == "degraded"
         assert status["offline_start"]["resumed"] == companies
         assert status["caches"]["registry_on_disk"]["age_seconds"] >= scenario.kill_after
+        cli = run_cli("status", env=env | {"WAPOOL_HTTP_ADDR": f"127.0.0.1:{second.port}"},
+                      cwd=tmp_path)  # fmt: skip
+        assert cli.returncode == 0, cli.stderr
+        assert "mode: degraded" in cli.stdout
+        for company in companies:
+            assert re.search(rf"^{company} +connected +[1-9]", cli.stdout, re.M), cli.stdout
 
         cluster.start()
         second.wait_for("event=postgres_recovered_after_offline_start", 90)

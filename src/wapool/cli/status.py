@@ -4,7 +4,8 @@ Session states come from what the driving daemon last recorded in PostgreSQL; th
 and pending rows are read from the working stores on this host (``-`` when it has none). Stores
 are opened read-only, one at a time: a store that cannot be read is one row saying why
 (``store_error``), never a failed command. Replaced stores kept on this host (``leftovers``)
-are listed after the table, with what their salvage could not save.
+are listed after the table, with what their salvage could not save. With PostgreSQL
+unreachable, the daemon on this host answers instead (``status_local``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from wapool.cli.database import open_database
+from wapool.cli.status_local import local_status, render_local
 from wapool.cli.table import render
+from wapool.errors import DatabaseUnavailable
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog
@@ -65,12 +68,17 @@ def _replaced(copy: Replaced) -> dict[str, Any]:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        rows = await db.fetch(
-            "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
-            "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
-            "WHERE c.removed_at IS NULL ORDER BY c.id"
-        )
+    try:
+        async with open_database(settings) as db:
+            rows = await db.fetch(
+                "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
+                "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
+                "WHERE c.removed_at IS NULL ORDER BY c.id"
+            )
+    except DatabaseUnavailable as exc:  # an outage: the local daemon is the witness left
+        local = await asyncio.to_thread(local_status, settings, exc)
+        print(json.dumps(local, indent=2) if args.json else render_local(local, exc))
+        return 0
     kept = await asyncio.to_thread(replaced_copies, settings.state_dir)
     report = []
     for company, enabled, jid, state, since, error, holder in rows:

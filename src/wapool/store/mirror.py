@@ -60,6 +60,8 @@ class _Target:
     read_error: str | None = None
     #: Its outage began while the mirror was quiet: no recovery event either.
     quiet: bool = False
+    #: When its pending rows were last counted while its lease was unconfirmed.
+    counted_at: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,8 @@ class Mirror:
             if total >= self._max_rows:
                 break
             if self.fence is not None and target.company_id in self.fence.unconfirmed:
-                continue  # re-validated first: never written under an epoch that may be gone
+                self._count(target)  # re-validated first: never written under a lost epoch
+                continue
             prefix = self._read(target)
             if prefix is None:
                 continue
@@ -281,6 +284,16 @@ class Mirror:
         if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
             target.schema = None
         return prefix
+
+    def _count(self, target: _Target) -> None:
+        """Keep the pending rows shown (at most once a second) for a store not read now."""
+        now = self._clock.monotonic()
+        if now - target.counted_at < 1.0:
+            return
+        target.counted_at = now
+        with contextlib.suppress(sqlite3.Error, OSError, StoreFault):
+            pending = changelog.pending(self._conn(target))
+            target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
 
     def _settle(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
         with self._sqlite_lock:
