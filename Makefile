@@ -54,6 +54,8 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/coldstart.py --companies 500 2000
+	$(BIN)/python bench/sidebyside.py
 
 ## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
 ## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves

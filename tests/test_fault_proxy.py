@@ -80,3 +80,30 @@ async def test_blackhole_accepts_but_never_answers(echo_port: int) -> None:
         await proxy.restore()
         writer.close()
         assert await _roundtrip(proxy.port) == b"ping"
+
+
+async def test_delay_holds_each_direction_and_pipelines(echo_port: int) -> None:
+    """A delay each way costs twice it per round trip; chunks in flight are not serialised."""
+    async with FaultProxy("127.0.0.1", echo_port, delay=0.1) as proxy:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await _roundtrip(proxy.port) == b"ping"
+        assert loop.time() - started >= 0.2
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        started = loop.time()
+        for n in range(10):
+            writer.write(b"%d" % n)
+            await writer.drain()
+            await asyncio.sleep(0.02)
+        echoed = await asyncio.wait_for(reader.readexactly(10), 5)
+        took = loop.time() - started
+        writer.close()
+        assert echoed == b"0123456789"  # in order
+        assert took >= 0.2 + 9 * 0.02
+        assert took < 10 * 0.2  # serialised, ten round trips would take at least 2 s
+
+        proxy.delay = 0.0  # changed on the fly
+        started = loop.time()
+        assert await _roundtrip(proxy.port) == b"ping"
+        assert loop.time() - started < 0.2

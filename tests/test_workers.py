@@ -35,6 +35,9 @@ pytestmark = pytest.mark.timeout(90)
         (b'{"v": 1, "type": "heartbeat", "fds": true}\n', "field 'fds' missing or not int"),
         (b"\xff\xfe\n", "not JSON"),
         (b"x" * (protocol.MAX_LINE + 1), "longer than"),
+        (b'{"v": 1, "type": "inbox", "company": "a", "seq": "7", "messages": 1}\n', "'seq'"),
+        (b'{"v": 1, "type": "inbox", "company": "a", "seq": -1, "messages": 1}\n', "negative"),
+        (b'{"v": 1, "type": "inbox", "company": "a", "seq": 3}\n', "'messages' missing"),
     ],
 )
 def test_malformed_messages_are_rejected(line: bytes, error: str) -> None:

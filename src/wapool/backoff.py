@@ -24,7 +24,12 @@ class Backoff:
 
     def ceiling(self) -> float:
         """The largest delay the next call to ``next_delay`` can return."""
-        return min(self.cap, self.base * self.factor**self.failures)
+        # The exponent stops growing once the cap is reached (2.0**1024 would overflow: a
+        # webhook retried for a day fails that often).
+        return min(
+            self.cap,
+            self.base * self.factor ** min(self.failures, 64),
+        )
 
     def next_delay(self) -> float:
         delay = self._rand() * self.ceiling()

@@ -1,7 +1,11 @@
 """``wapool run``: settings -> pool -> schema check -> registry -> serve until told to stop.
 
 The first SIGTERM or SIGINT starts a clean shutdown (exit 0); a second SIGINT forces the
-process out at once (exit 130).
+process out at once (exit 130). Without PostgreSQL at start, the companies held before may be
+resumed from the state directory (``outage``).
+
+It is one module because it is the process's life in order — startup, the tasks, their
+teardown — which reads best top to bottom in one place.
 """
 
 from __future__ import annotations
@@ -12,19 +16,16 @@ import fcntl
 import logging
 import os
 import signal
-import time
 
 from wapool.backoff import Backoff
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
+from wapool.messaging.api import Api
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
-from wapool.outage import offline_start
-from wapool.outage.last_seen import LastSeenStore
-from wapool.outage.offline_start import OfflineStart
-from wapool.outage.resume import revalidate, start_offline
+from wapool.outage.resume import offline_plan, recover, start_offline
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
@@ -95,39 +96,6 @@ async def _wait_for_schema(
     return None
 
 
-async def _first_contact(db: Database, settings: Settings) -> int | str:
-    """The schema version, or why PostgreSQL cannot be reached (raises when waiting cannot
-    help, as ``_wait_for_schema`` does)."""
-    try:
-        return await db.run(check_schema)
-    except DatabaseUnavailable as exc:
-        return await _why_unavailable(db, settings) or str(exc)
-
-
-def _offline_plan(settings: Settings) -> OfflineStart | None:
-    """What to resume without PostgreSQL (the policy, the state directory), or None."""
-    store = LastSeenStore(settings.state_dir, settings.lease_holder)
-    return offline_start.plan(settings.partition_policy, store.load(), time.time())
-
-
-async def _recover(
-    runtime: Runtime, plan: OfflineStart, stop: asyncio.Event, notify: Notifier
-) -> None:
-    """Started without PostgreSQL: wait for it, check the schema, re-validate every lease."""
-    settings, backoff = runtime.settings, Backoff(base=0.5, cap=5.0)
-    while not stop.is_set():
-        if await _wait_for_schema(runtime.db, stop, notify, settings) is None:
-            return
-        try:
-            await revalidate(runtime, plan)
-        except DatabaseUnavailable:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), backoff.next_delay())
-            continue
-        notify.status(f"running {len(runtime.keeper.ready)} companies")
-        return
-
-
 async def _why_unavailable(db: Database, settings: Settings) -> str | None:
     """The real reason PostgreSQL cannot be used; raises when waiting cannot help."""
     try:
@@ -135,6 +103,15 @@ async def _why_unavailable(db: Database, settings: Settings) -> str | None:
     except DatabaseUnavailable as exc:
         return str(exc)
     return None
+
+
+async def _first_contact(db: Database, settings: Settings) -> int | str:
+    """The schema version, or why PostgreSQL cannot be reached (raises when waiting cannot
+    help, as ``_wait_for_schema`` does)."""
+    try:
+        return await db.run(check_schema)
+    except DatabaseUnavailable as exc:
+        return await _why_unavailable(db, settings) or str(exc)
 
 
 def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
@@ -154,6 +131,7 @@ def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
 async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None:
     """Serve /healthz /readyz /metrics /status; a busy port is reported, never fatal."""
     host, port = split_host_port(settings.http_addr)
+    max_body = int(settings.api_max_body_mb * (1 << 20))
     if not is_loopback(host):
         log.warning(
             "http_not_loopback",
@@ -163,7 +141,12 @@ async def _start_http(settings: Settings, runtime: Runtime) -> HttpServer | None
                 "to anyone who can reach this address",
             },
         )
-    server = HttpServer(host, port, Views(runtime).endpoints())
+    api = None
+    if runtime.outbound is not None:
+        api = Api(runtime.outbound, settings.api_token_list(), max_body)
+        if not settings.api_tokens:
+            log.info("api_off", extra={"reason": "WAPOOL_API_TOKENS is not set"})
+    server = HttpServer(host, port, Views(runtime).endpoints(), api, max_body)
     try:
         await server.start()
     except OSError as exc:
@@ -211,13 +194,14 @@ async def run_daemon(settings: Settings) -> int:
     http: HttpServer | None = None
     try:
         first = await _first_contact(db, settings)
-        plan = _offline_plan(settings) if isinstance(first, str) else None
+        plan = offline_plan(settings) if isinstance(first, str) else None
         version = first if isinstance(first, int) else None
         if plan is None and version is None:
             version = await _wait_for_schema(db, signals.stop, notify, settings)
             if version is None:
                 return ExitCode.OK
         runtime = Runtime.build(settings, db)
+        runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         if plan is not None:
             start_offline(runtime, plan, str(first))
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
@@ -252,9 +236,18 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
+            asyncio.create_task(runtime.messaging.run(signals.stop), name="messaging"),
         ]
+        if runtime.outbound is not None:
+            outbound = runtime.outbound
+            tasks += [
+                asyncio.create_task(outbound.run(signals.stop), name="outbound"),
+                asyncio.create_task(outbound.sync.run(signals.stop), name="outbound-sync"),
+                asyncio.create_task(outbound.sync.listen(signals.stop), name="outbound-listen"),
+                asyncio.create_task(outbound.receipts.run(signals.stop), name="receipts"),
+            ]
         if plan is not None:
-            recovery = _recover(runtime, plan, signals.stop, notify)
+            recovery = recover(runtime, plan, signals.stop, notify, _wait_for_schema)
             tasks.append(asyncio.create_task(recovery, name="offline-recovery"))
         for task in tasks:
             _stop_if_it_dies(task, signals)
@@ -266,7 +259,7 @@ async def run_daemon(settings: Settings) -> int:
         for task in tasks:
             # The mirror finishes its tick (its SQLite work runs in a thread that a cancel
             # would not stop); the others are simply cancelled.
-            if task.get_name() != "mirror":
+            if task.get_name() not in ("mirror", "messaging"):  # both save their progress
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_DRAIN_SECONDS)

@@ -30,6 +30,9 @@ from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+from wapool.messaging import outbound_receipts
+from wapool.messaging.outbound_service import OutboundService
+from wapool.messaging.service import InboundMessaging
 from wapool.outage.last_seen import LastSeenStore
 from wapool.outage.offline_start import OfflineStart
 from wapool.outage.resume import remember_leases, remember_registry
@@ -67,12 +70,16 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
+    #: Inbound messages: inboxes -> inbound_messages (through the mirror) and the webhook.
+    messaging: InboundMessaging
     #: The registry as last seen and the leases held, kept in the state directory.
     last_seen: LastSeenStore
     #: Set when this daemon started without PostgreSQL (``outage.offline_start``).
     offline: OfflineStart | None = None
     #: Companies wait for a lease this daemon will take as soon as it has room.
     backlog: bool = False
+    #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
+    outbound: OutboundService | None = None
 
     @classmethod
     def build(cls, settings: Settings, db: Database) -> Runtime:
@@ -99,6 +106,7 @@ class Runtime:
             db, settings.state_dir, mirror, snapshots,
             delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
             prekey_gap=settings.prekey_restore_gap,
+            parallel=settings.max_concurrent_connects,
         )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
         latest = LatestSizes(db)
@@ -106,15 +114,20 @@ class Runtime:
             settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
             resume=cleanup.resume_interrupted,
         )  # fmt: skip
+        messaging = InboundMessaging(settings, db, mirror, mirror.fence)
+        messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
+        supervisor = build_supervisor(settings, actions, bringup)
         return cls(
-            db, settings, registry, snapshots, leases, mirror, keeper,
-            build_supervisor(settings, actions, bringup), pairing, cleanup, scheduler, latest,
-            bringup, LastSeenStore(settings.state_dir, leases.holder),
+            db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
+            cleanup, scheduler, latest, bringup, messaging,
+            LastSeenStore(settings.state_dir, leases.holder),
+            outbound=OutboundService(settings, db, leases, supervisor, messaging.cursors),
         )  # fmt: skip
 
     def __post_init__(self) -> None:
         # A client whose store failed restarts only once the keeper has repaired the store.
         self.supervisor.repair = self.keeper.recover
+        self.supervisor.inbox_listeners.append(self.messaging.on_inbox)
 
     async def follow(self, companies: list[Company]) -> None:
         """Take the next batch of leases, provision their stores, run what we hold and want."""
@@ -128,6 +141,7 @@ class Runtime:
             await self.mirror.drain(timeout=5.0)
         await self.keeper.reconcile(wanted)
         wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
+        self.messaging.serve(wanted & self.keeper.ready)
         for company in self.supervisor.want(wanted & self.keeper.ready):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
@@ -194,11 +208,16 @@ class Runtime:
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
         await self.scheduler.stop(timeout=drain_seconds)
+        if self.outbound is not None:  # no new sends; those in flight answered (bounded)
+            await self.outbound.stop_sending(drain_seconds / 2)
         await self.supervisor.close()  # clients stop (bounded) before the last drain
         log.info("clients_stopped")
         drained = await self.mirror.drain(timeout=drain_seconds)
         log.info("mirror_final_drain", extra={"drained": drained})
         self.mirror.close()
+        self.messaging.close()
+        if self.outbound is not None:  # statuses mirrored, queued messages handed back
+            await self.outbound.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.release()

@@ -71,9 +71,24 @@ class Settings(BaseSettings):
     #: Socket of the simulated WhatsApp server shared by the daemons on this machine (tests,
     #: staging); unset: each simulated client works alone.
     simulated_server: Path | None = None
-    #: Extra seconds each working store takes to prepare (drills of a slow bring-up).
+    #: Extra seconds each working store takes to prepare, one at a time (slow bring-up drills).
     simulated_store_delay_seconds: float = Field(0.0, ge=0, le=60)
+    #: Simulated backend: inbound messages per second per company (0: none but scripted ones).
+    simulated_inbound_per_second: float = Field(0.0, ge=0, le=1000)
     http_addr: str = "127.0.0.1:8787"
+
+    # --- inbound messaging (issue 10; docs/messaging.md) ---
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    #: Seconds after which an event the receiver never accepted becomes a dead letter.
+    webhook_max_age: float = Field(86_400.0, gt=0)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    webhook_max_in_flight: int = Field(64, ge=1, le=10_000)
+    webhook_retry_base_seconds: float = Field(0.5, gt=0)
+    webhook_retry_cap_seconds: float = Field(60.0, gt=0)
+    #: Hours an inbox keeps events every consumer has passed (``wapool messages`` during an
+    #: outage, investigations) before the daemon deletes them.
+    inbox_keep_hours: float = Field(24.0, ge=0)
 
     db_pool_min_size: int = Field(2, ge=1)
     db_pool_max_size: int = Field(6, ge=2)
@@ -94,6 +109,15 @@ class Settings(BaseSettings):
     telegram_bot_token: SecretStr | None = None
     telegram_chat_id: str | None = None
     telegram_api_url: str = "https://api.telegram.org"
+
+    # --- outbound messaging: the /v1 API, pacing (issue 10; docs/messaging.md) ---
+    #: Bearer tokens of the /v1 API, comma-separated; unset: the /v1 routes are off.
+    api_tokens: SecretStr | None = None
+    api_max_body_mb: float = Field(16.0, gt=0, le=64)
+    send_per_minute: float = Field(20.0, gt=0, le=6000)
+    send_burst: int = Field(5, ge=1, le=1000)
+    send_global_per_second: float = Field(20.0, gt=0, le=10_000)
+    send_result_timeout_seconds: float = Field(120.0, ge=1, le=3600)
 
     @field_validator("database_url")
     @classmethod
@@ -143,12 +167,46 @@ class Settings(BaseSettings):
         split_host_port(value)
         return value
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _api_tokens_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            tokens = value.get_secret_value().split(",")
+            if any(len(t.strip()) < 16 or any(c.isspace() for c in t.strip()) for t in tokens):
+                raise ValueError(
+                    "each comma-separated token must be at least 16 characters without spaces "
+                    "(e.g. from `openssl rand -hex 32`)"
+                )
+        return value
+
+    def api_token_list(self) -> list[bytes]:
+        """The /v1 API's bearer tokens (none: the API is off)."""
+        if self.api_tokens is None:
+            return []
+        return [t.strip().encode() for t in self.api_tokens.get_secret_value().split(",")]
+
     @field_validator("telegram_api_url")
     @classmethod
     def _telegram_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http:// or https:// base URL")
         return value.rstrip("/")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s/]+[^\s]*$", value):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _webhook_signed(self) -> Settings:
+        if self.webhook_url is not None and self.webhook_secret is None:
+            raise ValueError(
+                "WAPOOL_WEBHOOK_SECRET: required with WAPOOL_WEBHOOK_URL (every delivery is "
+                "signed with it); for example the output of: openssl rand -hex 32"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pool_sizes(self) -> Settings:

@@ -21,6 +21,11 @@ def register(commands: Any) -> None:
     add.add_argument("company_id", metavar="COMPANY")
     add.add_argument("--name", default="", help="display name")
     add.add_argument("--restore", action="store_true", help="bring back a removed company")
+    add.add_argument(
+        "--disabled",
+        action="store_true",
+        help="register it disabled (no client starts): e.g. to `wapool adopt` it first",
+    )
     add.set_defaults(handler=_add)
 
     listing = actions.add_parser("list", help="list companies")
@@ -40,8 +45,11 @@ def register(commands: Any) -> None:
 
 async def _add(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as db:
-        company = await CompanyRepository(db).add(args.company_id, args.name, restore=args.restore)
-    print(f"added company {company.id}" + (" (restored)" if args.restore else ""))
+        company = await CompanyRepository(db).add(
+            args.company_id, args.name, restore=args.restore, enabled=not args.disabled
+        )
+    notes = [n for n, on in (("restored", args.restore), ("disabled", not company.enabled)) if on]
+    print(f"added company {company.id}" + (f" ({', '.join(notes)})" if notes else ""))
     return 0
 
 

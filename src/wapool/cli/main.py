@@ -23,7 +23,7 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import cleanup, company, database, doctor, pair, run, status, store
+    from wapool.cli import adopt, cleanup, company, database, doctor, pair, run, status, store
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     database.register(commands)
     company.register(commands)
     store.register(commands)
+    adopt.register(commands)
     cleanup.register(commands)
     pair.register(commands)
     status.register(commands)

@@ -3,20 +3,31 @@ leases current, resuming from them, and re-validating every lease when PostgreSQ
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine, Mapping
+from typing import TYPE_CHECKING, Any
 
+from wapool.backoff import Backoff
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import current_holders
+from wapool.observability.sdnotify import Notifier
+from wapool.outage import offline_start
 from wapool.outage.last_seen import LastSeenStore
 from wapool.outage.offline_start import OfflineStart
 from wapool.registry.company import Company
+from wapool.settings import Settings
 
 if TYPE_CHECKING:
     from wapool.runtime import Runtime
+
+#: The daemon's wait for PostgreSQL and its schema check (None: stopped while waiting).
+WaitForSchema = Callable[
+    [Database, asyncio.Event, Notifier, Settings], Coroutine[Any, Any, int | None]
+]
 
 log = logging.getLogger(__name__)
 
@@ -66,3 +77,31 @@ async def revalidate(runtime: Runtime, plan: OfflineStart) -> None:
     runtime.mirror.wake.set()
     log.info("leases_revalidated", extra={"kept": len(kept), "lost": ", ".join(sorted(lost))})
     plan.recovered(kept, sorted(lost), pending, time.time())
+
+
+def offline_plan(settings: Settings) -> OfflineStart | None:
+    """What to resume without PostgreSQL (the policy, the state directory), or None."""
+    store = LastSeenStore(settings.state_dir, settings.lease_holder)
+    return offline_start.plan(settings.partition_policy, store.load(), time.time())
+
+
+async def recover(
+    runtime: Runtime,
+    plan: OfflineStart,
+    stop: asyncio.Event,
+    notify: Notifier,
+    wait_for_schema: WaitForSchema,
+) -> None:
+    """Started without PostgreSQL: wait for it, check the schema, re-validate every lease."""
+    settings, backoff = runtime.settings, Backoff(base=0.5, cap=5.0)
+    while not stop.is_set():
+        if await wait_for_schema(runtime.db, stop, notify, settings) is None:
+            return
+        try:
+            await revalidate(runtime, plan)
+        except DatabaseUnavailable:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff.next_delay())
+            continue
+        notify.status(f"running {len(runtime.keeper.ready)} companies")
+        return

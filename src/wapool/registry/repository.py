@@ -47,7 +47,12 @@ class CompanyRepository:
         return company
 
     async def add(
-        self, company_id: str, display_name: str = "", *, restore: bool = False
+        self,
+        company_id: str,
+        display_name: str = "",
+        *,
+        restore: bool = False,
+        enabled: bool = True,
     ) -> Company:
         validate_company_id(company_id)
         validate_display_name(display_name)
@@ -69,16 +74,16 @@ class CompanyRepository:
             if existing is not None:
                 await cur.execute(
                     f"UPDATE companies SET removed_at = NULL, updated_at = now(), "
-                    f"display_name = COALESCE(NULLIF(%s, ''), display_name) "
-                    f"WHERE id = %s RETURNING {_COLUMNS}",
-                    (display_name, company_id),
+                    f"display_name = COALESCE(NULLIF(%s, ''), display_name), "
+                    f"enabled = enabled AND %s WHERE id = %s RETURNING {_COLUMNS}",
+                    (display_name, enabled, company_id),
                 )
             else:
                 try:
                     await cur.execute(
-                        f"INSERT INTO companies (id, display_name) VALUES (%s, %s) "
+                        f"INSERT INTO companies (id, display_name, enabled) VALUES (%s, %s, %s) "
                         f"RETURNING {_COLUMNS}",
-                        (company_id, display_name),
+                        (company_id, display_name, enabled),
                     )
                 except pg_errors.UniqueViolation:
                     raise CompanyExists(f"company {company_id!r} already exists") from None

@@ -1,6 +1,8 @@
 """Keeps the set of mirrored working stores in step with the active companies.
 
-New companies get their store provisioned (created, kept or restored) and join the mirror; a
+New companies get their store provisioned (created, kept or restored) and join the mirror, up to
+``parallel`` at a time (the daemon uses its connect limit: no more stores are made ready at once
+than clients can connect at once, and a fresh store is a file copy, see ``template``); a
 company whose store cannot be provisioned now (PostgreSQL down and no usable snapshot, a store
 that cannot be read or written) is retried with backoff, and a store that cannot be read is
 alerted once per episode. ``failing`` says why each such store is not ready (``/readyz``).
@@ -52,11 +54,15 @@ class StoreKeeper:
         clock: Clock | None = None,
         delay: float = 0.0,
         prekey_gap: int = 0,
+        parallel: int = 1,
     ) -> None:
         self._db = db
-        #: Extra seconds per store (WAPOOL_SIMULATED_STORE_DELAY_SECONDS: slow bring-up drills).
+        self._parallel = max(1, parallel)
+        #: Extra seconds per store (WAPOOL_SIMULATED_STORE_DELAY_SECONDS: slow bring-up drills),
+        #: one store at a time, as a slow disk or neonize helper would.
         self._delay = delay
         self._prekey_gap = prekey_gap
+        self._slow = asyncio.Lock()
         self._state_dir = state_dir
         self._mirror = mirror
         self._snapshots = snapshots
@@ -92,15 +98,27 @@ class StoreKeeper:
         for company_id in (set(self.failing) | set(self._retry)) - wanted:
             self._forget(company_id)
             self._retry.pop(company_id, None)
-        for company_id in sorted(wanted - self._ready):
-            await self._provision(company_id)
+        waiting = sorted(wanted - self._ready)
+        slots = asyncio.Semaphore(self._parallel)
+
+        async def one(company_id: str) -> None:
+            async with slots:
+                await self._provision(company_id)
+
+        # Each provisioning catches what may be retried; anything else (a bug) is raised once
+        # every store has had its turn.
+        outcomes = await asyncio.gather(*map(one, waiting), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def _provision(self, company_id: str) -> None:
         backoff, due = self._retry.get(company_id, (Backoff(base=1.0, cap=60.0), 0.0))
         if self._clock.monotonic() < due:
             return
         if self._delay:
-            await asyncio.sleep(self._delay)
+            async with self._slow:
+                await asyncio.sleep(self._delay)
         try:
             result = await self._run(company_id)
         except RETRIED as exc:

@@ -95,7 +95,7 @@ def stale_temporaries(directory: Path) -> list[Path]:
     return sorted(
         entry
         for entry in _entries(directory)
-        if (match := _RESTORING.match(entry.name)) and not _alive(int(match.group("pid")))
+        if (match := _RESTORING.match(entry.name)) and not alive(int(match.group("pid")))
     )
 
 
@@ -135,7 +135,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:

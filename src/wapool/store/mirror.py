@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from wapool.backoff import Backoff
 from wapool.cache import FallbackCache
@@ -62,6 +63,17 @@ class _Target:
     quiet: bool = False
     #: When its pending rows were last counted while its lease was unconfirmed.
     counted_at: float = float("-inf")
+
+
+class MirrorPart(Protocol):
+    """Something else the mirror's loop drains into PostgreSQL, after the change logs."""
+
+    @property
+    def pending(self) -> int: ...
+
+    async def tick(self) -> int:
+        """Apply what is pending; the rows applied. Raises ``DatabaseUnavailable`` in outages."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,9 @@ class Mirror:
         # thread by a cancelled tick.
         self._tick_lock = asyncio.Lock()
         self._sqlite_lock = threading.Lock()
+        #: Further sources drained by this loop after the change logs (the inbound messages:
+        #: ``messaging.inbound_mirror``), each with ``tick() -> rows`` and ``pending``.
+        self.parts: list[MirrorPart] = []
         #: Test seam: called at the points where a crash is most interesting ("collected",
         #: "applied" = committed in PostgreSQL but not yet trimmed, "trimming").
         self.fault: Callable[[str], None] = lambda _point: None
@@ -189,7 +204,9 @@ class Mirror:
         while self._clock.monotonic() < deadline:
             with contextlib.suppress(DatabaseUnavailable):
                 await self.tick()
-                if all(t.pending_rows == 0 for t in self._targets.values()):
+                if all(t.pending_rows == 0 for t in self._targets.values()) and not any(
+                    p.pending for p in self.parts
+                ):
                     return True
             await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
@@ -206,7 +223,10 @@ class Mirror:
     async def tick(self) -> int:
         """One round: read, apply, trim. Returns log entries applied (0: nothing was pending)."""
         async with self._tick_lock:
-            return await self._tick()
+            applied = await self._tick()
+            for part in self.parts:
+                applied += await part.tick()
+            return applied
 
     async def _tick(self) -> int:
         self.stats.ticks += 1

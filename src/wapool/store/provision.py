@@ -8,12 +8,14 @@ The decision, in order (PostgreSQL is the system of record):
   store identity, or is behind the copy  ->  restore from PostgreSQL, after saving to it what
   the old store still owes (``rescue``: a corrupt store's readable change log; what cannot be
   saved is named in a report beside the kept copy and alerted);
-* PostgreSQL has no copy and there is no local store  ->  create one through neonize; a corrupt
-  one whose change log can be read becomes the copy (``rescue``), else it is left alone;
+* PostgreSQL has no copy and there is no local store  ->  create one: a copy of the template
+  neonize made for this whatsmeow schema version (``template``); a corrupt one whose change
+  log can be read becomes the copy (``rescue``), else it is left alone;
 * PostgreSQL is down and the local store is missing or corrupt  ->  restore from the cached
   snapshot if it is younger than the TTL and the old store owes nothing beyond it, else
   ``StoreUnavailable`` (retry with backoff, until PostgreSQL can take what it owes);
-* otherwise the local store is used as it is (neonize upgrades its schema if needed).
+* otherwise the local store is used as it is (neonize upgrades its schema if it is not the
+  template's).
 
 Temporaries a killed restore left behind are removed first (``leftovers``).
 """
@@ -24,7 +26,6 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -34,7 +35,7 @@ from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, WapoolError
 from wapool.leases import Fence
 from wapool.observability import alerts
-from wapool.store import pg_copy, restore
+from wapool.store import pg_copy, restore, template
 from wapool.store.capture import drop_capture, install_capture
 from wapool.store.faults import Fault, StoreFault, as_fault
 from wapool.store.fork import fork
@@ -44,12 +45,11 @@ from wapool.store.monotonic import highest_prekey
 from wapool.store.rescue import Report, read, rescue
 from wapool.store.salvage import read_salvage
 from wapool.store.snapshot import Snapshot
+from wapool.store.template import SchemaMaker
 from wapool.store.working_store import connection, prepare_dir
 from wapool.whatsapp.neonize_store import create_schema
 
 log = logging.getLogger(__name__)
-
-SchemaMaker = Callable[[Sequence[Path]], object]
 
 
 class StoreUnavailable(WapoolError):
@@ -97,23 +97,24 @@ async def provision(
         meta = await pg_copy.fetch_meta(db, company_id)
     except DatabaseUnavailable as exc:
         if local.usable:
-            await _prepare_existing(company_id, path, make_schema)
+            await _prepare_existing(company_id, state_dir, path, make_schema)
             return Provisioned(path, "kept", "PostgreSQL unavailable; local store is sound")
         return await _from_snapshot(path, company_id, snapshots, local, str(exc), prekey_gap)
 
     reason = _restore_reason(local, meta)
     if reason is not None and (meta is not None or local.fault is Fault.CORRUPT):
         log.info("store_freshness", extra=_freshness(company_id, local, meta, "restore", reason))
-        restoring = _Restoring(path, company_id, meta, local, reason, fence, prekey_gap)
+        restoring = _Restoring(state_dir, path, company_id, meta, local, reason, fence,
+                               prekey_gap)  # fmt: skip
         return await _restore(db, restoring, make_schema)
     if meta is not None and local.last_seq > meta.applied_seq:
         # Never restore an older copy over it: the mirror brings the copy up to it.
         reason = "working store is ahead of the PostgreSQL copy; kept, the mirror catches up"
         log.info("store_freshness", extra=_freshness(company_id, local, meta, "keep", reason))
     if meta is None and not local.usable:
-        await asyncio.to_thread(_create, path, make_schema)
+        await asyncio.to_thread(_create, state_dir, path, make_schema)
         return Provisioned(path, "created", "new company")
-    await _prepare_existing(company_id, path, make_schema)
+    await _prepare_existing(company_id, state_dir, path, make_schema)
     return Provisioned(path, "kept", "local store matches the PostgreSQL copy")
 
 
@@ -146,6 +147,7 @@ def _freshness(
 
 @dataclass(frozen=True)
 class _Restoring:
+    state_dir: Path
     path: Path
     company_id: str
     meta: pg_copy.CopyMeta | None
@@ -156,8 +158,8 @@ class _Restoring:
 
 
 async def _restore(db: Database, r: _Restoring, make_schema: SchemaMaker) -> Provisioned:
-    path, company_id, meta, local, reason, fence = (
-        r.path, r.company_id, r.meta, r.local, r.reason, r.fence,
+    state_dir, path, company_id, meta, local, reason, fence = (
+        r.state_dir, r.path, r.company_id, r.meta, r.local, r.reason, r.fence,
     )  # fmt: skip
     keep_as = restore.replaced_name(path)
     report = None
@@ -178,7 +180,7 @@ async def _restore(db: Database, r: _Restoring, make_schema: SchemaMaker) -> Pro
                           prekey_mark=mark, prekey_gap=r.prekey_gap)
     )  # fmt: skip
     alerts.store_restored(company_id, "postgres", reason)
-    await _prepare_existing(company_id, path, make_schema)
+    await _prepare_existing(company_id, state_dir, path, make_schema)
     return Provisioned(path, "restored-postgres", reason, report)
 
 
@@ -224,23 +226,28 @@ async def _from_snapshot(
     return Provisioned(path, "restored-cache", f"snapshot {recalled.age_seconds:.0f} s old")
 
 
-def _create(path: Path, make_schema: SchemaMaker) -> None:
-    make_schema([path])
-    with connection(path) as conn:
-        install_capture(conn)
+def _create(state_dir: Path, path: Path, make_schema: SchemaMaker) -> None:
+    template.new_store(path, template.template_for(state_dir, make_schema))
 
 
-async def _prepare_existing(company_id: str, path: Path, make_schema: SchemaMaker) -> None:
+async def _prepare_existing(
+    company_id: str, state_dir: Path, path: Path, make_schema: SchemaMaker
+) -> None:
+    current = await asyncio.to_thread(template.template_for, state_dir, make_schema)
     try:
-        await asyncio.to_thread(_upgrade, path, make_schema)
+        await asyncio.to_thread(_upgrade, path, make_schema, current)
     except (sqlite3.Error, OSError, StoreFault) as exc:
         # Proven damage shows in the next inspection, which restores; anything else is retried.
         raise StoreUnreadable(company_id, as_fault(exc, path)) from None
 
 
-def _upgrade(path: Path, make_schema: SchemaMaker) -> None:
-    """Let neonize upgrade the schema with our triggers out of the way, then reinstall them."""
+def _upgrade(path: Path, make_schema: SchemaMaker, current: template.Template) -> None:
+    """Let neonize upgrade the schema with our triggers out of the way, then reinstall them;
+    a store already at the template's schema needs no upgrade (neonize would change nothing)."""
     with connection(path) as conn:
+        if current.current(conn):
+            install_capture(conn)
+            return
         drop_capture(conn)
         make_schema([path])
         install_capture(conn)

@@ -57,7 +57,7 @@ def build_from_rows(
     What must stay monotonic is then seen to (``monotonic``): pre-keys numbered beyond
     ``prekey_mark + prekey_gap``, our own sender keys gone; both are logged changes, so the
     mirror carries them to the copy."""
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = OFF")
@@ -70,7 +70,7 @@ def build_from_rows(
             changelog.continue_after(conn, meta.applied_seq)
             _never_go_back(conn, meta.company_id, prekey_mark, prekey_gap)
             conn.execute("PRAGMA journal_mode = DELETE")
-        return _install(temp, path, keep_as or replaced_name(path))
+        return install(temp, path, keep_as or replaced_name(path))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -105,17 +105,17 @@ def _never_go_back(conn: sqlite3.Connection, company_id: str, mark: int, gap: in
 def build_from_snapshot(
     path: Path, snapshot: Snapshot, keep_as: Path | None = None, prekey_gap: int = 0
 ) -> Path | None:
-    with _temporary(path) as temp:
+    with temporary(path) as temp:
         with open(temp, "wb") as out:
             out.write(snapshot.image)
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
             _never_go_back(conn, snapshot.company_id, 0, prekey_gap)
-        return _install(temp, path, keep_as or replaced_name(path))
+        return install(temp, path, keep_as or replaced_name(path))
 
 
 @contextmanager
-def _temporary(path: Path) -> Iterator[Path]:
+def temporary(path: Path) -> Iterator[Path]:
     """A private file beside ``path``; whatever is left of it is removed when the block ends."""
     temp = path.with_name(f"{path.name}.restoring-{os.getpid()}")
     remove_file_set(temp)
@@ -126,7 +126,7 @@ def _temporary(path: Path) -> Iterator[Path]:
         remove_file_set(temp)
 
 
-def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
+def install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
     _fsync(temp)

@@ -28,5 +28,5 @@ def simulated_args(settings: Settings) -> tuple[str, ...]:
     server = str(settings.simulated_server) if settings.simulated_server else "-"
     return (
         str(settings.simulated_churn_per_second), settings.simulated_pairing,
-        server, settings.lease_holder,
+        server, settings.lease_holder, str(settings.simulated_inbound_per_second),
     )  # fmt: skip

@@ -82,6 +82,11 @@ class Supervisor:
             backend, per_worker, self._on_event, self._on_crash,
             heartbeat_timeout=heartbeat_timeout, backend_args=backend_args,
         )  # fmt: skip
+        #: Called with (company, new state) on every change of a session's state.
+        self.state_listeners: list[Callable[[str, State], None]] = []
+        self.pool.on_inbox = self._on_inbox
+        #: Called with (company, seq) whenever a company's inbox advances (messaging readers).
+        self.inbox_listeners: list[Callable[[str, int], None]] = []
         self._wake = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._on_transition = on_transition
@@ -156,6 +161,8 @@ class Supervisor:
         if isinstance(event, _SETTLING):
             self.gate.release(company)
         if session.state is not before:
+            for listener in self.state_listeners:
+                listener(company, session.state)
             log.info(
                 "session_state",
                 extra={
@@ -200,6 +207,13 @@ class Supervisor:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
+
+    def _on_inbox(self, company: str, seq: int, messages: int) -> None:
+        session = self.sessions.get(company)
+        if session is not None:
+            session.messages += messages
+        for listener in self.inbox_listeners:
+            listener(company, seq)
 
     def _on_crash(self, company: str, reason: str) -> None:
         session = self.sessions.get(company)

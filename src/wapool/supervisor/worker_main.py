@@ -1,7 +1,8 @@
 """A worker process: hosts up to WAPOOL_COMPANIES_PER_WORKER WhatsApp clients.
 
     python -m wapool.supervisor.worker_main neonize
-    python -m wapool.supervisor.worker_main simulated [CHURN_PER_SECOND [instant|qr [SERVER NODE]]]
+    python -m wapool.supervisor.worker_main simulated [CHURN_PER_SECOND [instant|qr [SERVER NODE
+                                                      [INBOUND_PER_SECOND]]]]
 
 (``SERVER``: the simulated WhatsApp server's socket, or ``-`` for none; ``NODE``: the daemon's
 name, which the server records with each connection.)
@@ -28,9 +29,14 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from wapool.messaging.inbox import InboxWriter, inbox_path
+from wapool.messaging.model import InboundMessage, Receipt
+from wapool.observability.redact import describe_error
 from wapool.supervisor import protocol
-from wapool.whatsapp.events import StoreFailed, WhatsAppEvent
-from wapool.whatsapp.port import Backend, WhatsAppClient
+from wapool.supervisor.worker_sends import SendQueues
+from wapool.whatsapp.events import StoreFailed
+from wapool.whatsapp.port import Backend, ClientEvent, WhatsAppClient
+from wapool.whatsapp.sending import Outcome, SendResult
 
 log = logging.getLogger("wapool.worker")
 HEARTBEAT_SECONDS = 1.0
@@ -54,6 +60,9 @@ class Worker:
         self._done = threading.Event()
         #: Companies whose client reported a failed store (written from client threads).
         self._store_failed: set[str] = set()
+        self._sends = SendQueues(self.send)
+        #: Each running company's inbox (written from client threads, inside their handlers).
+        self._inboxes: dict[str, InboxWriter] = {}
 
     def send(self, message: bytes) -> None:
         self._outbox.put(message)
@@ -76,18 +85,28 @@ class Worker:
                 client.stop(STOP_TIMEOUT)
                 client = None
             if client is None:
+                store = Path(fields["store"])
+                self._inboxes[company] = InboxWriter(inbox_path(store))
 
-                def emit(event: WhatsAppEvent, company: str = company) -> None:
+                def emit(event: ClientEvent, company: str = company) -> None:
+                    if isinstance(event, InboundMessage | Receipt):
+                        self.record(company, event)
+                        return
                     if isinstance(event, StoreFailed):
                         self._store_failed.add(company)
                     self.send(protocol.encode_event(company, event))
 
-                client = self._backend.client(company, Path(fields["store"]), emit)
+                client = self._backend.client(company, store, emit)
                 self._clients[company] = client
             client.start()
+        elif kind == "send":
+            self._submit(company, client, fields)
         elif kind == "stop" and client is not None:
+            self._sends.close(company)
             clean = client.stop(STOP_TIMEOUT)
             del self._clients[company]
+            if (inbox := self._inboxes.pop(company, None)) is not None:
+                inbox.close()
             self.send(protocol.encode("stopped", company=company, clean=clean))
         elif kind == "logout" and client is not None:
             client.logout()
@@ -100,6 +119,33 @@ class Worker:
         elif client is None:
             self.send(protocol.encode("error", company=company, message=f"{kind}: no such client"))
 
+    def _submit(self, company: str, client: WhatsAppClient | None, fields: dict[str, Any]) -> None:
+        command = protocol.decode_send(fields)
+        if client is None:  # nothing was sent: the main process keeps the message queued
+            result = SendResult(command.id, Outcome.NOT_SENT, reason="not_connected: no client")
+            self.send(protocol.encode_send_result(company, result))
+            return
+        self._sends.submit(company, client, command)
+
+    def record(self, company: str, event: InboundMessage | Receipt) -> None:
+        """Write an inbound event to the company's inbox (durable on return), then tell the
+        main process. Runs on the client's handler thread; a failed write is reported and the
+        event is lost (whatsmeow has acknowledged it already: docs/messaging.md)."""
+        inbox = self._inboxes.get(company)
+        try:
+            if inbox is None:
+                raise RuntimeError("no inbox open for this company")
+            seq = inbox.append(event)
+        except Exception as exc:  # a full disk, a broken file: say so, never crash the handler
+            log.error(
+                "inbox_write_failed", extra={"company": company, "error": describe_error(exc)}
+            )
+            self.send(protocol.encode("error", company=company, message="inbox write failed"))
+            return
+        if seq is not None:
+            messages = 1 if isinstance(event, InboundMessage) else 0
+            self.send(protocol.encode("inbox", company=company, seq=seq, messages=messages))
+
     def serve(self, commands: BinaryIO) -> None:
         writer = threading.Thread(target=self._writer, daemon=True)
         writer.start()
@@ -107,7 +153,7 @@ class Worker:
         self.send(protocol.encode("hello", pid=os.getpid()))
         for line in commands:
             try:
-                kind, fields = protocol.decode(line)
+                kind, fields = protocol.decode(line, protocol.MAX_COMMAND_LINE)
                 self.handle(kind, fields)
             except protocol.ProtocolError as exc:
                 log.warning("bad_command", extra={"error": str(exc)})
@@ -139,10 +185,14 @@ def _backend(name: str, args: list[str]) -> Backend:
     from wapool.whatsapp.simulated import Script, ServerLink, SimulatedBackend
 
     churn = float(args[0]) if args else 1.0
-    script = Script(churn_per_second=churn)
+    inbound = float(args[4]) if len(args) > 4 else 0.0
+    script = Script(churn_per_second=churn, inbound_per_second=inbound)
     if len(args) > 1 and args[1] == "qr":
         # Staging drills of `wapool pair`: QR codes rotate every second until one is "scanned".
-        script = Script(pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn)
+        script = Script(
+            pair_with_qr=True, qr_rotations=3, qr_interval=1.0, churn_per_second=churn,
+            inbound_per_second=inbound,
+        )  # fmt: skip
     server = None
     if len(args) > 3 and args[2] != "-":
         server = ServerLink(Path(args[2]), args[3])

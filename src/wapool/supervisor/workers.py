@@ -20,11 +20,16 @@ from pathlib import Path
 
 from wapool.supervisor import protocol
 from wapool.whatsapp.events import WhatsAppEvent
+from wapool.whatsapp.sending import SendCommand, SendResult
 
 log = logging.getLogger(__name__)
 
 OnEvent = Callable[[str, WhatsAppEvent], None]
 OnCrash = Callable[[str, str], None]
+#: (company, result): a worker answered a ``send``.
+OnSendResult = Callable[[str, SendResult], None]
+#: (company, inbox seq, new messages): the company's inbox advanced.
+OnInbox = Callable[[str, int, int], None]
 
 
 @dataclass
@@ -62,6 +67,10 @@ class WorkerPool:
         self._next_index = 0
         self.restarts = 0
         self.rejected_messages = 0
+        self.on_send_result: OnSendResult | None = None
+        #: Also told of each company whose worker died (messaging: sends in flight).
+        self.crash_listeners: list[OnCrash] = []
+        self.on_inbox: OnInbox = lambda _company, _seq, _messages: None
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -92,6 +101,16 @@ class WorkerPool:
         if worker is None:
             raise LookupError(f"company {company!r} runs on no worker")
         await self._send(worker, protocol.encode(kind, company=company, **fields))
+
+    async def send(self, company: str, command: SendCommand) -> bool:
+        """Hand a message to the worker hosting ``company``; False if none could take it (then
+        it certainly was not sent)."""
+        worker = self.worker_of(company)
+        stdin = worker.process.stdin if worker is not None else None
+        if worker is None or worker.doomed or stdin is None or stdin.is_closing():
+            return False
+        await self._send(worker, protocol.encode_send(company, command))
+        return True
 
     async def check(self) -> None:
         """Kill workers that stopped answering or leak descriptors (called periodically)."""
@@ -167,6 +186,9 @@ class WorkerPool:
             )
             for company in list(worker.companies):
                 self._on_crash(company, reason)
+        for company in list(worker.companies):
+            for listener in self.crash_listeners:
+                listener(company, reason)
 
     def _dispatch(self, worker: WorkerHandle, kind: str, fields: dict[str, object]) -> None:
         worker.last_heartbeat = time.monotonic()
@@ -176,9 +198,15 @@ class WorkerPool:
             company = str(fields["company"])
             if company in worker.companies:
                 self._on_event(company, protocol.decode_event(fields))
+        elif kind == "inbox":
+            company = str(fields["company"])
+            if company in worker.companies:
+                self.on_inbox(company, int(str(fields["seq"])), int(str(fields["messages"])))
         elif kind == "stopped" and fields.get("clean") is False:
             # A client that would not stop (neonize can hang a minute): recycle the process.
             self._kill(worker, f"client {fields['company']} did not stop in time")
+        elif kind == "send_result" and self.on_send_result is not None:
+            self.on_send_result(str(fields["company"]), protocol.decode_send_result(fields))
         elif kind == "error":
             log.warning("worker_error", extra={"worker": worker.index, **fields})
 

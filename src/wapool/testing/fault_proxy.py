@@ -6,6 +6,10 @@ Put it between wapool and PostgreSQL, then:
 * ``refuse()``    reset live connections and refuse new ones (nothing listens);
 * ``blackhole()`` keep accepting, but never forward a byte either way (a dead route);
 * ``restore()``   back to a transparent proxy.
+
+``delay`` (seconds, settable at any time) holds every chunk that long in each direction before
+it is passed on, as a database in another datacentre would: a round trip costs twice the delay,
+and data in flight is pipelined, not serialised (the order is kept).
 """
 
 from __future__ import annotations
@@ -24,8 +28,16 @@ class Mode(Enum):
 
 
 class FaultProxy:
-    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        target_host: str,
+        target_port: int,
+        listen_host: str = "127.0.0.1",
+        delay: float = 0.0,
+    ) -> None:
         self.target = (target_host, target_port)
+        #: Seconds each chunk is held, each way.
+        self.delay = delay
         self.listen_host = listen_host
         self.port = 0
         self.mode = Mode.FORWARD
@@ -123,6 +135,9 @@ class FaultProxy:
     async def _pump(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link
     ) -> None:
+        loop = asyncio.get_running_loop()
+        pending: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        sender = loop.create_task(self._deliver(pending, writer, link))
         try:
             while not link.closed.is_set():
                 data = await reader.read(65536)
@@ -131,11 +146,36 @@ class FaultProxy:
                 if self.mode is Mode.BLACKHOLE:
                     await link.closed.wait()  # swallow it and go silent
                     break
-                writer.write(data)
-                await writer.drain()
+                pending.put_nowait((loop.time() + self.delay, data))
         except (ConnectionError, OSError):
             pass
         finally:
+            pending.put_nowait(None)  # what was read still arrives (late), then the end
+            try:
+                await sender
+            except asyncio.CancelledError:
+                sender.cancel()
+                raise
+            finally:
+                link.close()
+
+    async def _deliver(
+        self,
+        pending: asyncio.Queue[tuple[float, bytes] | None],
+        writer: asyncio.StreamWriter,
+        link: _Link,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while (item := await pending.get()) is not None:
+                due, data = item
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
+                if link.closed.is_set() or self.mode is Mode.BLACKHOLE:
+                    return
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
             link.close()
 
 

@@ -3,7 +3,8 @@
 Rules it enforces, from what neonize 0.5.2 really does:
 
 * event handlers only translate and hand the event to ``emit`` (they run on whatsmeow's Go
-  thread with a 100-slot buffer; a slow handler stalls whatsmeow);
+  thread with a 100-slot buffer; a slow handler stalls whatsmeow); a message or receipt is in
+  the company's inbox when ``emit`` returns (``neonize_events``, ``messaging.inbox``);
 * ``uuid`` is always set (else neonize uses the database path as the Go key);
 * nothing calls into a client outside a live ``connect()`` (``get_me()`` then is a Go panic that
   kills the process);
@@ -31,7 +32,9 @@ from wapool.observability.redact import describe_error
 from wapool.store.faults import classify_text
 from wapool.whatsapp import events as ev
 from wapool.whatsapp import media_tools
+from wapool.whatsapp.neonize_events import translate_message, translate_receipt
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sending import SendCommand, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ class NeonizeClient:
         self._client = NewClient(str(store), uuid=f"wapool-{company_id}")
         self._thread: threading.Thread | None = None
         self._connecting = threading.Event()
+        #: Phone JIDs found on WhatsApp (asked once per client).
+        self._on_whatsapp: set[str] = set()
         self._register()
 
     def _register(self) -> None:
@@ -61,12 +66,18 @@ class NeonizeClient:
             (ne.ClientOutdatedEv, lambda _c, _e: emit(ev.ClientOutdated())),
             (ne.KeepAliveTimeoutEv, lambda _c, _e: emit(ev.KeepAliveTimeout())),
             (ne.KeepAliveRestoredEv, lambda _c, _e: emit(ev.KeepAliveRestored())),
-            (ne.MessageEv, lambda _c, _e: emit(ev.MessageReceived())),
+            (ne.MessageEv, lambda _c, e: emit(translate_message(self.company_id, e))),
+            (ne.ReceiptEv, self._on_receipt),
             (ne.ConnectFailureEv, lambda _c, e: emit(ev.ConnectFailed(f"{e.Reason}: {e.Message}"))),
         ]
         for event_class, handler in handlers:
             client.event(event_class)(handler)
         client.event.qr(lambda _c, data: emit(ev.QrCode(data.decode(errors="replace"))))
+
+    def _on_receipt(self, _client: Any, event: Any) -> None:
+        receipt = translate_receipt(self.company_id, event)
+        if receipt is not None:
+            self._emit(receipt)
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -101,6 +112,11 @@ class NeonizeClient:
         if not self._connecting.is_set():
             raise RuntimeError("logout needs a live connection")
         self._client.logout()
+
+    def send(self, command: SendCommand) -> SendResult:
+        from wapool.whatsapp.neonize_send import send
+
+        return send(self._client, command, self._on_whatsapp)
 
     def pair_phone(self, phone: str) -> str:
         if not self._connecting.is_set():

@@ -12,9 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
+from wapool.messaging.model import InboundEvent
 from wapool.whatsapp.events import WhatsAppEvent
+from wapool.whatsapp.sending import SendCommand, SendResult
 
-Emit = Callable[[WhatsAppEvent], None]
+#: What a client reports: session events, and inbound messages and receipts. The host writes an
+#: ``InboundEvent`` to the company's inbox before ``emit`` returns (so a client calls it from its
+#: event handler, before that handler returns to the library).
+ClientEvent = WhatsAppEvent | InboundEvent
+Emit = Callable[[ClientEvent], None]
 
 
 class WhatsAppClient(Protocol):
@@ -31,6 +37,9 @@ class WhatsAppClient(Protocol):
 
     def pair_phone(self, phone: str) -> str:
         """Ask for a pair code for ``phone``; only while connecting/connected."""
+
+    def send(self, command: SendCommand) -> SendResult:
+        """Send one message (blocking; never raises: failures are a ``SendResult``)."""
 
 
 class Backend(Protocol):

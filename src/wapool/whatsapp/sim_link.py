@@ -2,7 +2,7 @@
 
 A ``SimLink`` is one device's connection: a blocking Unix socket and a reader thread that hands
 what the server pushes to callbacks (``replaced``: another client took the device; ``closed``:
-the server went away). ``server_stats`` asks a server what it recorded (tests, benchmarks).
+the server went away; ``pushed``: a receipt or an inbound message, see ``sim_messages``). ``server_stats`` asks a server what it recorded (tests, benchmarks).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from wapool.whatsapp.sending import Outcome, SendFailure
 from wapool.whatsapp.sim_server import encode
 
 #: Seconds to wait for the server to answer a request.
@@ -32,10 +33,13 @@ class SimLink:
         path: Path,
         on_replaced: Callable[[], None],
         on_closed: Callable[[str], None] = lambda _reason: None,
+        on_push: Callable[[dict[str, Any]], None] = lambda _message: None,
     ) -> None:
         self._path = path
         self._on_replaced = on_replaced
         self._on_closed = on_closed
+        self._on_push = on_push
+        self._request_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -62,6 +66,17 @@ class SimLink:
         self.conn_id = int(reply["conn"])
         return self.conn_id
 
+    def send(self, message_id: str, to: str, body: str) -> str:
+        """Send a message; return the WhatsApp id the server gave it."""
+        if self._sock is None:
+            raise SimLinkError("not connected to the simulated WhatsApp server")
+        reply = self._request(encode("send", id=message_id, to=to, body=body))
+        if reply.get("op") == "nack":
+            raise SendFailure(Outcome.FAILED, f"not_on_whatsapp: {reply.get('error')}")
+        if reply.get("op") != "ack" or reply.get("id") != message_id:
+            raise SimLinkError(f"simulated WhatsApp server refused: {reply.get('message')}")
+        return str(reply["wa_id"])
+
     def close(self) -> None:
         """Disconnect cleanly: returns once the server has let the device go (bounded)."""
         sock, self._sock = self._sock, None
@@ -82,12 +97,14 @@ class SimLink:
             sock.close()
 
     def _request(self, line: bytes) -> dict[str, Any]:
-        assert self._sock is not None
-        try:
-            self._sock.sendall(line)
-            return self._replies.get(timeout=REPLY_TIMEOUT)
-        except (OSError, queue.Empty):
-            raise SimLinkError("simulated WhatsApp server did not answer") from None
+        sock = self._sock
+        assert sock is not None
+        with self._request_lock:  # one request at a time: replies come back in order
+            try:
+                sock.sendall(line)
+                return self._replies.get(timeout=REPLY_TIMEOUT)
+            except (OSError, queue.Empty):
+                raise SimLinkError("simulated WhatsApp server did not answer") from None
 
     def _read(self) -> None:
         sock = self._sock
@@ -100,6 +117,8 @@ class SimLink:
                     if message.get("op") == "replaced":
                         self._closing.set()
                         self._on_replaced()
+                    elif message.get("op") in ("receipt", "message"):
+                        self._on_push(message)
                     elif message.get("op") != "disconnected":
                         self._replies.put(message)
             except (OSError, ValueError) as exc:

@@ -12,17 +12,21 @@ Protocol v1 on a Unix socket: one JSON object per line, field ``op``.
 client -> server
     connect {device, company, node, pid}  ->  connected {conn}
     disconnect {}                         ->  disconnected {}, then the server closes
-    send {id, to, body}                   ->  ack {id, ts}   (a repeated id is a duplicate)
+    send {id, to, body}                   ->  ack {id, wa_id, ts}   (a repeated id is a
+                                              duplicate; receipts and the echo contact's
+                                              replies follow: ``sim_messages``)
+                                          ->  nack {id, error}   (recipient not on WhatsApp:
+                                              numbers starting with 999)
     stats {}                              ->  stats {overlaps, connections, live, sends,
                                                      duplicates}
 server -> client
     replaced {}       another connection took this device; the server closes this one
+    receipt {...} / message {...}   see ``sim_messages``
     error {message}   the line was not understood; the connection carries on
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
 (one object per record, field ``kind``) that a test can read after the server stopped. Lines
 are bounded (``MAX_LINE``); bad input is answered with ``error`` and never stops the server.
-Receipts, the echo contact and the offline queue (messaging) plug in as further ops.
 
 One module because it is one small program run on its own (``python -m``): protocol,
 bookkeeping and journal are read together.
@@ -47,9 +51,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from wapool.whatsapp.sim_messages import Delays, Deliveries, whatsapp_id
+
 log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
+#: Recipients whose number starts so are "not on WhatsApp": a send to them is refused (nack).
+NOT_ON_WHATSAPP_PREFIX = "999"
 
 #: op -> required fields and their types.
 REQUESTS: dict[str, dict[str, type]] = {
@@ -108,12 +116,20 @@ class Record:
     connections: Counter[str] = field(default_factory=Counter)
     sends: Counter[str] = field(default_factory=Counter)
     send_ids: set[tuple[str, str]] = field(default_factory=set)
+    #: Messages per recipient JID.
+    received: Counter[str] = field(default_factory=Counter)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
 
 
 class SimServer:
-    def __init__(self, journal: TextIO | None = None, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        journal: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
+        delays: Delays | None = None,
+    ):
         self.live: dict[str, Connection] = {}
+        self.deliveries = Deliveries(self._push, encode, clock, delays or Delays())
         self.record = Record()
         self._journal = journal
         self._clock = clock
@@ -137,6 +153,8 @@ class SimServer:
             "live": {d: c.describe() | {"since": c.since} for d, c in self.live.items()},
             "sends": dict(rec.sends),
             "duplicates": rec.duplicates,
+            "received": dict(rec.received),
+            "echoes": self.deliveries.echoes,
         }
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -176,7 +194,10 @@ class SimServer:
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
         self._journal_write("connect", device=conn.device, **conn.describe())
-        return encode("connected", conn=conn.id)
+        reply = encode("connected", conn=conn.id)
+        device = conn.device
+        asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
+        return reply
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
         overlap = {
@@ -198,6 +219,8 @@ class SimServer:
 
     def _send(self, conn: Connection, fields: dict[str, Any]) -> bytes:
         device = conn.device or ""
+        if str(fields["to"]).startswith(NOT_ON_WHATSAPP_PREFIX):
+            return encode("nack", id=fields["id"], error="the recipient is not on WhatsApp")
         key = (device, fields["id"])
         if key in self.record.send_ids:
             duplicate = {"device": device, "id": fields["id"], "at": self._clock()}
@@ -205,7 +228,19 @@ class SimServer:
             self._journal_write("duplicate", **duplicate)
         self.record.send_ids.add(key)
         self.record.sends[device] += 1
-        return encode("ack", id=fields["id"], ts=self._clock())
+        self.record.received[fields["to"]] += 1
+        wa_id = whatsapp_id()
+        self._journal_write("send", device=device, id=fields["id"], to=fields["to"], wa_id=wa_id)
+        if device:
+            self.deliveries.sent(device, fields, wa_id)
+        return encode("ack", id=fields["id"], wa_id=wa_id, ts=self._clock())
+
+    def _push(self, device: str, line: bytes) -> bool:
+        conn = self.live.get(device)
+        if conn is None or conn.writer.is_closing():
+            return False
+        conn.writer.write(line)
+        return True
 
     def _stats(self, _conn: Connection, _fields: dict[str, Any]) -> bytes:
         return encode("stats", **self.stats())
@@ -256,8 +291,8 @@ def _claim_socket(path: Path) -> None:
     raise SystemExit(f"a simulated WhatsApp server already listens on {path}")
 
 
-async def _serve(path: Path, journal: TextIO | None) -> None:
-    server = SimServer(journal)
+async def _serve(path: Path, journal: TextIO | None, delays: Delays) -> None:
+    server = SimServer(journal, delays=delays)
     listener = await server.serve(path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -281,11 +316,24 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m wapool.whatsapp.sim_server")
     parser.add_argument("socket", type=Path, help="Unix socket to listen on")
     parser.add_argument("--state", type=Path, help="append every record to this JSON-lines file")
+    parser.add_argument(
+        "--receipt-delays",
+        default="0.05,0.2",
+        metavar="DELIVERED[,READ]",
+        help="seconds after a send until its delivered (and read) receipt",
+    )
+    parser.add_argument(
+        "--echo-delay", type=float, default=0.05, help="seconds until the echo contact answers"
+    )
     args = parser.parse_args(argv)
+    try:
+        delays = Delays.parse(args.receipt_delays, args.echo_delay)
+    except ValueError as exc:
+        parser.error(str(exc))
     configure_logging("INFO")
     journal = open(args.state, "a", encoding="utf-8") if args.state else None  # noqa: SIM115
     try:
-        asyncio.run(_serve(args.socket, journal))
+        asyncio.run(_serve(args.socket, journal, delays))
     finally:
         if journal is not None:
             journal.close()

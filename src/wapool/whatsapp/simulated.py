@@ -19,17 +19,23 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from wapool.messaging.model import InboundMessage, Receipt
 from wapool.observability.redact import describe_error
 from wapool.store.faults import SQLITE_ERRORS, StoreFault, classify
 from wapool.store.working_store import connect
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 from wapool.whatsapp import events as ev
 from wapool.whatsapp.port import Emit
+from wapool.whatsapp.sending import Outcome, SendCommand, SendFailure, SendResult
 from wapool.whatsapp.sim_link import SimLink, SimLinkError
+from wapool.whatsapp.sim_messages import whatsapp_id
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,10 @@ class Script:
     qr_rotations: int = 1
     qr_interval: float = 0.05
     churn_per_second: float = 1.0
+    #: Inbound text messages per second from a few simulated contacts (0: none).
+    inbound_per_second: float = 0.0
+    #: Simulated contacts the inbound messages come from (one chat each).
+    contacts: int = 5
     #: (delay in seconds, event) pairs, played in order after connecting.
     events: Sequence[tuple[float, ev.WhatsAppEvent]] = field(default_factory=tuple)
     seed: int | None = None
@@ -68,6 +78,9 @@ class SimulatedClient:
         self._writer: WhatsmeowWriter | None = None
         self._lock = threading.Lock()
         self._phone_pairing = threading.Event()
+        #: Set while the session is connected (and, with a server, holds its link).
+        self._connected = threading.Event()
+        self._link: SimLink | None = None
 
     def start(self) -> None:
         if self._thread is not None and self._thread.is_alive():
@@ -115,18 +128,92 @@ class SimulatedClient:
         """Hold the device on the server (if any) while the session plays."""
         link = None
         if self._server is not None:
-            link = SimLink(self._server.socket, self._replaced, self._server_lost)
+            link = SimLink(self._server.socket, self._replaced, self._server_lost, self._pushed)
             try:
                 link.connect(writer.jid, self.company_id, self._server.node, os.getpid())
             except SimLinkError as exc:
                 self._emit(ev.ConnectFailed(str(exc)))
                 return
+        inbound = self._start_inbound(writer.jid)
         try:
+            self._link = link
+            self._connected.set()
             self._emit(ev.Connected())
             self._play(writer)
         finally:
+            self._connected.clear()
+            self._link = None
+            self._stop.set()
+            if inbound is not None:
+                inbound.join(5)
             if link is not None:
                 link.close()
+
+    def send(self, command: SendCommand) -> SendResult:
+        """Through the simulated server when there is one (it records every send, so a repeat
+        is counted); alone, any send while connected succeeds with a generated id."""
+        link = self._link
+        if not self._connected.is_set() or (self._server is not None and link is None):
+            return SendResult(command.id, Outcome.NOT_SENT, reason="not_connected: simulated")
+        if link is None:
+            return SendResult(command.id, Outcome.SENT, whatsapp_id=whatsapp_id())
+        try:
+            wa_id = link.send(command.id, command.to, command.text)
+        except SendFailure as exc:
+            return SendResult(command.id, exc.outcome, reason=exc.reason)
+        except SimLinkError as exc:  # the request may have reached the server
+            return SendResult(command.id, Outcome.UNCERTAIN, reason=str(exc))
+        return SendResult(command.id, Outcome.SENT, whatsapp_id=wa_id)
+
+    def _pushed(self, message: dict[str, Any]) -> None:
+        """A receipt or an inbound message (the echo contact's answer) from the simulated
+        server, handed over as whatsmeow's handlers would."""
+        if message.get("op") == "receipt":
+            chat = str(message["chat"])
+            self._emit(Receipt(
+                company=self.company_id, chat=chat, sender=chat, status=str(message["status"]),
+                message_ids=tuple(str(i) for i in message["ids"]), timestamp=float(message["ts"]),
+            ))  # fmt: skip
+        elif message.get("op") == "message":
+            self._emit(InboundMessage(
+                company=self.company_id, message_id=str(message["id"]),
+                chat=str(message["chat"]), sender=str(message["sender"]),
+                timestamp=float(message["ts"]), kind="text", push_name="Echo",
+                text=str(message["text"]), quoted_id=str(message.get("quoted") or ""),
+            ))  # fmt: skip
+
+    # -- inbound messages ------------------------------------------------------------------------
+
+    def _start_inbound(self, own_jid: str) -> threading.Thread | None:
+        if self._script.inbound_per_second <= 0:
+            return None
+        thread = threading.Thread(
+            target=self._inbound, args=(own_jid,), name=f"sim-in-{self.company_id}", daemon=True
+        )
+        thread.start()
+        return thread
+
+    def _inbound(self, _own_jid: str) -> None:
+        """Random texts at the scripted rate, each handed over as whatsmeow's handler would:
+        ``emit`` returns once the message is in the inbox."""
+        interval = 1.0 / self._script.inbound_per_second
+        run = uuid.uuid4().hex[:8].upper()
+        rng = random.Random(self._script.seed)  # noqa: S311 - simulated traffic
+        n = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            next_at += interval
+            if self._stop.wait(max(0.0, next_at - time.monotonic())):
+                return
+            n += 1
+            contact = f"5511900000{rng.randrange(self._script.contacts):03d}@s.whatsapp.net"
+            self._emit(
+                InboundMessage(
+                    company=self.company_id, message_id=f"SIM{run}{n:08d}", chat=contact,
+                    sender=contact, timestamp=time.time(), kind="text",
+                    push_name="Simulated contact", text=f"sim {run}:{n}",
+                )
+            )  # fmt: skip
 
     def _replaced(self) -> None:
         self._stop.set()
