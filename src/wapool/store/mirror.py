@@ -6,7 +6,8 @@ PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it
 full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
 one warning goes to Sentry; when the backlog is applied, one recovery event follows. While
 ``quiet`` (a daemon started without PostgreSQL: its own warning covers every company) neither is
-sent. A company whose lease is unconfirmed (see ``leases``) is not read until it is confirmed.
+sent. A company whose lease is unconfirmed (see ``leases``) or no longer held is not read
+while so.
 
 It is one module because a tick is one invariant (a consistent prefix per company, applied
 in one fenced transaction, trimmed only after commit); splitting the tick would split it.
@@ -272,7 +273,7 @@ class Mirror:
             target = targets[order[(self._start + i) % count]]
             if total >= self._max_rows:
                 break
-            if self.fence is not None and target.company_id in self.fence.unconfirmed:
+            if self.fence is not None and not self._may_write(target.company_id):
                 self._count(target)  # re-validated first: never written under a lost epoch
                 continue
             prefix = self._read(target)
@@ -304,6 +305,11 @@ class Mirror:
         if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
             target.schema = None
         return prefix
+
+    def _may_write(self, company_id: str) -> bool:
+        """Held under a confirmed epoch (a lease just lost is being let go: not an error)."""
+        assert self.fence is not None
+        return company_id in self.fence.epochs and company_id not in self.fence.unconfirmed
 
     def _count(self, target: _Target) -> None:
         """Keep the pending rows shown (at most once a second) for a store not read now."""
