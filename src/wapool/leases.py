@@ -31,15 +31,19 @@ cleanup asks before it prunes a company).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
+
+import psycopg
 
 from wapool.clock import Clock, SystemClock
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Leases:
@@ -111,7 +115,7 @@ class Leases:
         sent = self._clock.monotonic()
         params = {"holder": self.holder, "secs": self.seconds, "companies": wanted,
                   "limit": limit}  # fmt: skip
-        taken = await self._db.run(lambda conn: _take(conn, params))
+        taken = await self._run(lambda conn: _take(conn, params))
         for company, epoch in taken.items():
             self._held[company] = epoch
             self._valid_until[company] = sent + self.seconds
@@ -134,7 +138,7 @@ class Leases:
             return {str(c) for c, e in await cur.fetchall() if asked.get(str(c)) == int(e)}
 
         try:
-            kept = await self._db.run(work)
+            kept = await self._run(work)
         except DatabaseUnavailable:
             now = self._clock.monotonic()  # past their end, they may have been taken over
             self._unconfirmed.update(c for c in asked if self._valid_until.get(c, now) <= now)
@@ -166,9 +170,18 @@ class Leases:
                 (self.holder, names),
             )
 
-        await self._db.run(work)
+        await self._run(work)
         for company in names:
             self._forget(company)
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """A lease row locked by a peer's backend that died mid-transaction (a partition: PostgreSQL
+        has not noticed yet) times the statement out: for leases that is PostgreSQL not
+        answering, like any outage, never an error that stops the daemon."""
+        try:
+            return await self._db.run(work)
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            raise DatabaseUnavailable(f"lease rows busy: {type(exc).__name__}") from None
 
     def _forget(self, company: str) -> None:
         self._held.pop(company, None)
