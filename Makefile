@@ -40,13 +40,13 @@ test-slow: venv
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_offline_start.py tests/test_install.py
 
 lint: venv
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy src
 
 format: venv
-	$(BIN)/ruff check --fix src tests bench
-	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench examples
+	$(BIN)/ruff format src tests bench examples
 
 ## Benchmarks: figures printed, recorded in docs/ (see docs/development.md).
 bench: venv

@@ -44,6 +44,20 @@ def send(port: int, company: str, body: dict[str, Any]) -> tuple[int, dict[str, 
     return call(port, "POST", f"/v1/companies/{company}/messages", body)
 
 
+def send_accepted(
+    port: int, company: str, body: dict[str, Any], timeout: float = 60
+) -> dict[str, Any]:
+    """Send, retrying while the daemon is not up or not accepting yet (no answer, 503)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, _, answer = send(port, company, body)
+        if code == 202:
+            return dict(answer)
+        assert code in (0, 503), (code, answer)
+        assert time.monotonic() < deadline, f"not accepted: {code} {answer}"
+        time.sleep(0.2)
+
+
 def wait_status(
     port: int, company: str, message_id: str, done: Callable[[str], bool], timeout: float = 30
 ) -> dict[str, Any]:

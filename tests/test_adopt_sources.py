@@ -4,6 +4,7 @@ and sources refused before anything is built."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -11,9 +12,16 @@ from pathlib import Path
 import pytest
 from neonize.proto.waE2E import WAWebProtobufsE2E_pb2 as e2e
 
-from wapool.store.adopt.baileys_source import _buffer, _device_jid, _fingerprint_proto, take_baileys
+from wapool.store.adopt.baileys_source import (
+    _buffer,
+    _device_jid,
+    _fingerprint_proto,
+    _Reader,
+    take_baileys,
+)
 from wapool.store.adopt.source import BadSource
 from wapool.store.adopt.sqlite_source import take_sqlite
+from wapool.store.leftovers import stale_temporaries
 
 
 def test_bytes_in_every_form_bufferjson_and_protobuf_json_write() -> None:
@@ -23,6 +31,15 @@ def test_bytes_in_every_form_bufferjson_and_protobuf_json_write() -> None:
     assert _buffer("AQID") == b"\x01\x02\x03"  # protobuf JSON (app-state keys)
     assert _buffer("not base64!") is None
     assert _buffer({"type": "Buffer", "data": [1, 999]}) is None
+
+
+def test_int64_in_every_form_protobuf_json_writes() -> None:
+    reader = _Reader("baileys x", {}, {})
+    assert reader._long("1767225600000", "t") == 1767225600000
+    assert reader._long(1767225600000, "t") == 1767225600000
+    assert reader._long({"low": -1, "high": 1, "unsigned": False}, "t") == (1 << 33) - 1
+    with pytest.raises(BadSource, match=r"^baileys x: t is not a number$"):
+        reader._long("soon", "t")
 
 
 def test_device_jids_take_whatsmeows_form() -> None:
@@ -77,3 +94,13 @@ def test_sqlite_sources_refused_before_anything_is_built(
         take_sqlite(text, None, work)
     with pytest.raises(BadSource, match="no such file"):
         take_sqlite(tmp_path / "missing.db", None, work)
+
+
+def test_a_killed_adoptions_store_is_a_leftover(tmp_path: Path) -> None:
+    for name in ("store.db.adopting-99999999", "store.db.adopting-99999999-wal", "store.db"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / f"store.db.adopting-{os.getpid()}").write_bytes(b"")  # still running: kept
+    assert [p.name for p in stale_temporaries(tmp_path)] == [
+        "store.db.adopting-99999999",
+        "store.db.adopting-99999999-wal",
+    ]

@@ -290,3 +290,14 @@ def test_bad_files_are_refused_and_change_nothing(
         ).fetchone()
     assert after == before
     assert dump_store(mirrored) == local_before
+
+
+def test_verify_calls_an_older_state_of_the_same_store_stale(
+    mirrored: Path, database_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    """Another node drove the company since this host's store was handed over."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE store_copies SET applied_seq = applied_seq + 5")
+    result = run_cli("verify", env=_env(database_url, settings), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("962302: STALE")

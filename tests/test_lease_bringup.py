@@ -1,7 +1,8 @@
 """Issue 11's scenario: a daemon brings up many companies slowly, a second daemon starts on the
 same database mid-way, and the simulated WhatsApp server counts the companies that ever had two
 clients. It must count none: leases are renewed while stores are provisioned, taken in batches
-the daemon can bring up, and no client starts without a live lease.
+the daemon can bring up, and no client starts without a live lease. And the two end with fair
+shares (the second gets its half through graceful handoffs), every store equal to its copy.
 
 The reduced size runs in ``make test``; the issue's full size (200 companies, 30 s leases, the
 second daemon 40 s later) runs with ``WAPOOL_SLOW=1``.
@@ -98,7 +99,8 @@ def _daemon(
 
 def _holders(url: str) -> dict[str, str]:
     with psycopg.connect(url) as conn:
-        return dict(conn.execute("SELECT company_id, holder FROM company_leases").fetchall())
+        rows = conn.execute("SELECT company_id, holder FROM company_leases WHERE holder <> ''")
+        return dict(rows.fetchall())
 
 
 def _run(scenario: Scenario, url: str, template: Path, tmp_path: Path) -> None:
@@ -116,8 +118,8 @@ def _run(scenario: Scenario, url: str, template: Path, tmp_path: Path) -> None:
             up_before_second = len(server.stats()["live"])
             assert up_before_second < scenario.companies  # the second starts mid-bring-up
             daemons.append(_daemon(url, tmp_path / "two", "two", server, scenario, slow=False))
-            _wait(lambda: len(server.stats()["live"]) == scenario.companies, scenario.timeout,
-                  "every company connected")  # fmt: skip
+            _wait(lambda: _shared(server, url, scenario.companies), scenario.timeout,
+                  "every company connected, each daemon with its fair share")  # fmt: skip
             _wait(lambda: all(b"event=daemon_ready" in log.read_bytes() for log in logs.values()),
                   scenario.timeout, "both daemons through their first follow")  # fmt: skip
             # Two renewals more: a lease lapsing or a late second client would show now.
@@ -136,27 +138,40 @@ def _run(scenario: Scenario, url: str, template: Path, tmp_path: Path) -> None:
     text = {name: log.read_text() for name, log in logs.items()}
     assert stats["overlaps"] == []
     assert journal_overlaps == []
-    assert set(stats["connections"].values()) == {1}  # no client ever started twice
+    assert max(stats["connections"].values()) <= 2  # a company moved once at most
     assert "lease_lost" not in text["one"] + text["two"]
     assert "stream_replaced" not in text["one"] + text["two"]
     assert codes == [0, 0], text
     nodes = {node: sum(1 for h in holders.values() if h == node) for node in ("one", "two")}
     assert sum(nodes.values()) == scenario.companies, nodes
-    assert nodes["two"] > 0, nodes  # the second daemon took what was free
+    share = scenario.companies // 2  # the issue asks for 100 ± 10 of 200; the slack is 2
+    assert all(abs(n - share) <= 2 for n in nodes.values()), nodes
     batches = [int(n) for n in re.findall(r"event=leases_taken count=(\d+)", text["one"])]
     assert batches[0] <= 8  # the first batch: WAPOOL_MAX_CONCURRENT_CONNECTS
     _verify_all(url, tmp_path, scenario.companies)
 
 
+def _shared(server: SimServerProcess, url: str, companies: int) -> bool:
+    """Every company connected on the daemon holding its lease, each within its share."""
+    live = {c["company"]: c["node"] for c in server.stats()["live"].values()}
+    holders = _holders(url)
+    counts = [sum(1 for h in holders.values() if h == n) for n in ("one", "two")]
+    return (
+        len(live) == companies
+        and all(holders.get(c) == n for c, n in live.items())
+        and all(abs(n - companies // 2) <= 2 for n in counts)
+    )
+
+
 def _verify_all(url: str, tmp_path: Path, companies: int) -> None:
     """Each company's store is on the host that drove it, equal to its PostgreSQL copy."""
-    equal = 0
+    equal: set[str] = set()
     for name in ("one", "two"):
         env = {"WAPOOL_DATABASE_URL": url, "WAPOOL_STATE_DIR": str(tmp_path / name)}
         result = run_cli("verify", env=env, cwd=tmp_path, timeout=120)
         assert result.returncode == 0, result.stdout + result.stderr
-        equal += result.stdout.count(": EQUAL")
-    assert equal == companies
+        equal |= {line.split(":")[0] for line in result.stdout.splitlines() if ": EQUAL" in line}
+    assert len(equal) == companies
 
 
 @pytest.mark.timeout(600)

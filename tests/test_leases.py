@@ -66,7 +66,8 @@ def _daemon(daemons: Daemons, database_url: str, state: Path, name: str) -> Daem
 
 def _holders(database_url: str) -> dict[str, str]:
     with psycopg.connect(database_url) as conn:
-        return dict(conn.execute("SELECT company_id, holder FROM company_leases").fetchall())
+        rows = conn.execute("SELECT company_id, holder FROM company_leases WHERE holder <> ''")
+        return dict(rows.fetchall())
 
 
 def _wait(predicate: object, timeout: float) -> None:

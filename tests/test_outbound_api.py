@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.api_client import TOKEN, call, send, wait_status
+from tests.conftest import run_cli
 from tests.daemon import Daemon, Daemons
 from tests.simserver import running_sim_server
 from wapool.whatsapp.sim_messages import ECHO_JID
@@ -129,9 +130,24 @@ def test_send_through_the_api_and_through_sql(
         failed = wait_status(port, "acme", refused["id"], lambda s: s == "failed")
         assert failed["reason"].startswith("not_on_whatsapp")
 
+        env = {"WAPOOL_DATABASE_URL": database_url}
+        cli = [run_cli("send", "acme", ECHO_PHONE, "via cli", "--key", "cli-1", "--wait",
+                       env=env) for _ in range(2)]  # fmt: skip
+        for result in cli:
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.splitlines()
+            assert lines[0].startswith("message ")
+            assert lines[-1].startswith("read 3EB0")
+        assert cli[0].stdout.splitlines()[0] == cli[1].stdout.splitlines()[0]  # one message
+        bad = run_cli("send", "acme", "not-a-number", "x", env=env)
+        assert bad.returncode == 1
+        assert "TO must be a phone number" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        assert run_cli("send", "nope", ECHO_PHONE, "x", env=env).returncode == 1
+
         stats = server.stats()
         assert stats["duplicates"] == []
-        assert stats["received"][ECHO_JID] == 3  # api, sql, media: each once
+        assert stats["received"][ECHO_JID] == 4  # api, sql, media, cli: each once
 
 
 def daemon_node(daemon: Daemon) -> str:

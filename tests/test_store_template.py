@@ -125,8 +125,11 @@ def test_a_damaged_template_is_made_again_never_copied(
         rebuilt = template_for(tmp_path, neonize, library="lib1")
     assert len(neonize.calls) == 2
     assert [r.message for r in caplog.records] == ["store_template_invalid"]
-    assert rebuilt.image == image
-    assert rebuilt.path.read_bytes() == image
+    assert rebuilt.fingerprint == first.fingerprint
+    assert rebuilt.path.read_bytes() == rebuilt.image
+    template.forget_loaded()
+    assert template_for(tmp_path, neonize, library="lib1") == rebuilt  # sound again
+    assert len(neonize.calls) == 2
     path = tmp_path / "c1" / "store.db"
     path.parent.mkdir()
     new_store(path, rebuilt)

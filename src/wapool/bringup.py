@@ -59,6 +59,8 @@ class BringUp:
         self._batches: list[_Batch] = []
         #: Measured companies brought up per second (None until a batch was measured).
         self.rate: float | None = None
+        #: Companies wait for a lease this daemon will take as soon as it has room.
+        self.backlog = False
 
     @property
     def budget(self) -> int:
@@ -76,22 +78,29 @@ class BringUp:
         """How many more leases to take now."""
         return max(0, self.budget - self.pending())
 
-    async def take(self, waiting: set[str]) -> bool:
-        """Take the next batch of leases among ``waiting``; is there a backlog, that is, more
-        companies this daemon will take as soon as it has room?"""
+    async def take(self, waiting: set[str], share: int | None = None) -> dict[str, int]:
+        """Take the next batch of leases among ``waiting``: those handed to this daemon
+        (``wapool move``) first, then free ones up to ``share`` more (``balance``; None: no
+        cap). Sets ``backlog``: more companies this daemon will take as soon as it has room."""
         room = self.room()
+        self.backlog = bool(waiting) and room == 0 and share != 0
         if not waiting or not room:
-            return bool(waiting) and room == 0
+            return {}
         try:
-            taken = await self._leases.acquire(waiting, limit=room)
+            taken = await self._leases.acquire(waiting, limit=room, reserved_only=True)
+            limit = room - len(taken) if share is None else min(room - len(taken), share)
+            free = await self._leases.acquire(waiting - taken.keys(), limit=max(0, limit))
         except DatabaseUnavailable:
-            return False  # no hurry while PostgreSQL is away
+            self.backlog = False  # no hurry while PostgreSQL is away
+            return {}
+        taken |= free
         self.taken(taken)
         if taken:
             extra = {"count": len(taken), "budget": self.budget}
             log.info("leases_taken", extra=extra | {"waiting": len(waiting) - len(taken)})
         # A full batch: more may be free. Fewer: the rest is held by other daemons.
-        return len(taken) >= room and len(waiting) > len(taken)
+        self.backlog = limit > 0 and len(free) >= limit and len(waiting) > len(taken)
+        return taken
 
     def taken(self, companies: Iterable[str]) -> None:
         now = self._clock.monotonic()

@@ -208,6 +208,15 @@ async def run_daemon(settings: Settings) -> int:
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
         _stop_if_it_dies(renewal, signals)
+        changed = asyncio.Event()
+        if plan is None:  # (without PostgreSQL, the first heartbeat that reaches it registers)
+            with contextlib.suppress(DatabaseUnavailable):
+                await runtime.nodes.register()  # the others count this node before it takes a lease
+        heartbeat = asyncio.create_task(
+            runtime.heartbeat_loop(signals.stop, changed), name="heartbeat"
+        )
+        _stop_if_it_dies(heartbeat, signals)
+        tasks = [heartbeat]
         companies: list[Company] = plan.companies if plan else []
         if plan is None:
             with contextlib.suppress(DatabaseUnavailable):
@@ -229,8 +238,7 @@ async def run_daemon(settings: Settings) -> int:
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
-        changed = asyncio.Event()
-        tasks = [
+        tasks += [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),
             asyncio.create_task(runtime.reconcile_loop(signals.stop, changed), name="reconcile"),
@@ -249,7 +257,7 @@ async def run_daemon(settings: Settings) -> int:
         if plan is not None:
             recovery = recover(runtime, plan, signals.stop, notify, _wait_for_schema)
             tasks.append(asyncio.create_task(recovery, name="offline-recovery"))
-        for task in tasks:
+        for task in tasks[1:]:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()
         return ExitCode.FAILURE if signals.failure else ExitCode.OK

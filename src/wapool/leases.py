@@ -23,9 +23,14 @@ unreachable (``adopt``, issue 13): they count as held but stay *unconfirmed*, as
 renewal failed past their end, until a renewal reaches PostgreSQL: the same epoch is renewed,
 a lease taken over is lost. The mirror writes nothing for an unconfirmed lease.
 
-Everything about the ``company_leases`` table lives here: this daemon's own leases (``Leases``),
-the fence the mirror writes under (``Fence``) and who drives what (``current_holders``, which the
-cleanup asks before it prunes a company).
+A graceful handoff (``hand_over``) leaves the row expired with no holder, recording the
+PostgreSQL copy's applied sequence then (``released_seq``: the taker restores at or beyond it)
+and, for a ``wapool move``, the node it is reserved for during one lease length; the release
+wakes the other daemons (``NOTIFY wapool_leases``).
+
+Everything about the ``company_leases`` table lives here (hence one module over 250 lines):
+this daemon's own leases (``Leases``), the fence the mirror writes under (``Fence``) and who
+drives what (``current_holders``, which the cleanup asks before it prunes a company).
 """
 
 from __future__ import annotations
@@ -58,6 +63,10 @@ class Leases:
         self._valid_until: dict[str, float] = {}
         self._unconfirmed: set[str] = set()
         self._adopted: set[str] = set()
+        #: Company -> the applied sequence its previous holder handed it over at (taken ones).
+        self.handed_at: dict[str, int] = {}
+        self.renewals = 0
+        self.losses = 0
 
     @property
     def held(self) -> Mapping[str, int]:
@@ -106,21 +115,49 @@ class Leases:
         """Adopted from the state directory and not yet re-validated."""
         return company in self._adopted and company in self._held
 
-    async def acquire(self, companies: Iterable[str], limit: int | None = None) -> dict[str, int]:
-        """Take free or expired leases among ``companies`` (at most ``limit``, in company
-        order); return the ones newly held."""
+    async def acquire(
+        self, companies: Iterable[str], limit: int | None = None, *, reserved_only: bool = False
+    ) -> dict[str, int]:
+        """Take free or expired leases among ``companies`` (at most ``limit``; those handed to
+        this daemon first, then in company order); return the ones newly held. A lease handed
+        to another node is left to it for one lease length. ``reserved_only``: only leases
+        handed to this daemon."""
         wanted = sorted(set(companies) - self._held.keys())
         if not wanted or limit == 0:
             return {}
         sent = self._clock.monotonic()
         params = {"holder": self.holder, "secs": self.seconds, "companies": wanted,
-                  "limit": limit}  # fmt: skip
+                  "limit": limit, "reserved_only": reserved_only}  # fmt: skip
         taken = await self._run(lambda conn: _take(conn, params))
-        for company, epoch in taken.items():
+        for company, (epoch, seq) in taken.items():
             self._held[company] = epoch
             self._valid_until[company] = sent + self.seconds
-            log.info("lease_acquired", extra={"company": company, "epoch": epoch})
-        return taken
+            if seq is not None:
+                self.handed_at[company] = seq
+            log.info("lease_acquired", extra={"company": company, "epoch": epoch,
+                                              "handed_at_seq": seq})  # fmt: skip
+        return {company: epoch for company, (epoch, _) in taken.items()}
+
+    async def hand_over(self, companies: Mapping[str, str | None]) -> dict[str, int]:
+        """Give these leases up for another daemon to take (company -> the node it is reserved
+        for, or None for anyone), recording the copy's applied sequence; return company ->
+        that sequence for the leases that were still ours. The caller stopped the clients and
+        drained the mirror first."""
+        names = sorted(set(companies) & self._held.keys())
+        if not names:
+            return {}
+        for company in names:  # from now on no new client may start under these leases
+            self._valid_until.pop(company, None)
+        params: dict[str, object] = {"holder": self.holder, "companies": names,
+                  "epochs": [self._held[c] for c in names],
+                  "targets": [companies[c] for c in names]}  # fmt: skip
+        released = await self._run(lambda conn: _hand_over(conn, params))
+        for company in names:
+            self._forget(company)
+        for company, seq in released.items():
+            log.info("lease_handed_over", extra={"company": company, "seq": seq,
+                                                 "to": companies[company] or "any"})  # fmt: skip
+        return released
 
     async def renew(self) -> list[str]:
         """Extend every held lease; return the companies whose lease was lost to another holder."""
@@ -138,11 +175,12 @@ class Leases:
             return {str(c) for c, e in await cur.fetchall() if asked.get(str(c)) == int(e)}
 
         try:
-            kept = await self._run(work)
-        except DatabaseUnavailable:
+            kept = await self._db.run(work)  # a timeout on busy rows: the runtime retries it
+        except (DatabaseUnavailable, psycopg.errors.QueryCanceled):
             now = self._clock.monotonic()  # past their end, they may have been taken over
             self._unconfirmed.update(c for c in asked if self._valid_until.get(c, now) <= now)
             raise
+        self.renewals += 1
         lost = []
         for company, epoch in asked.items():
             if self._held.get(company) != epoch:
@@ -153,6 +191,7 @@ class Leases:
                 self._valid_until[company] = sent + self.seconds
             else:
                 lost.append(company)
+                self.losses += 1
                 self._forget(company)
                 log.error("lease_lost", extra={"company": company})
         return lost
@@ -188,25 +227,52 @@ class Leases:
         self._valid_until.pop(company, None)
         self._unconfirmed.discard(company)
         self._adopted.discard(company)
+        self.handed_at.pop(company, None)
 
 
-async def _take(conn: Conn, params: dict[str, object]) -> dict[str, int]:
+async def _take(conn: Conn, params: dict[str, object]) -> dict[str, tuple[int, int | None]]:
     # Only rows that are free, expired or ours are candidates, so a limit is not spent on
-    # leases another daemon holds; the conflict clause re-checks under the row lock.
+    # leases another daemon holds; the conflict clause re-checks under the row lock. The
+    # handoff's sequence is returned only when the previous holder handed the lease over.
+    # A lease handed to another node (reserved_for) stays its own for one lease length.
     cur = await conn.execute(
         "INSERT INTO company_leases (company_id, holder, epoch, expires_at) "
         "SELECT c, %(holder)s, 1, now() + make_interval(secs => %(secs)s) "
         "FROM unnest(%(companies)s::text[]) AS w(c) "
         "LEFT JOIN company_leases l ON l.company_id = c "
-        "WHERE l.company_id IS NULL OR l.expires_at < now() OR l.holder = %(holder)s "
-        "ORDER BY c LIMIT %(limit)s "
+        "WHERE (l.company_id IS NULL OR l.expires_at < now() OR l.holder = %(holder)s) "
+        "AND (l.reserved_for IS NULL OR l.reserved_for = %(holder)s "
+        "OR l.expires_at < now() - make_interval(secs => %(secs)s)) "
+        "AND (NOT %(reserved_only)s OR l.reserved_for = %(holder)s) "
+        "ORDER BY l.reserved_for IS NOT DISTINCT FROM %(holder)s DESC, c LIMIT %(limit)s "
         "ON CONFLICT (company_id) DO UPDATE SET holder = EXCLUDED.holder, "
-        "epoch = company_leases.epoch + 1, expires_at = EXCLUDED.expires_at "
-        "WHERE company_leases.expires_at < now() OR company_leases.holder = EXCLUDED.holder "
-        "RETURNING company_id, epoch",
+        "epoch = company_leases.epoch + 1, expires_at = EXCLUDED.expires_at, "
+        "reserved_for = NULL, move_to = NULL, released_seq = CASE WHEN "
+        "company_leases.holder = '' THEN company_leases.released_seq END "
+        "WHERE (company_leases.expires_at < now() OR company_leases.holder = EXCLUDED.holder) "
+        "AND (company_leases.reserved_for IS NULL OR company_leases.reserved_for = "
+        "EXCLUDED.holder OR company_leases.expires_at < now() - make_interval(secs => %(secs)s)) "
+        "RETURNING company_id, epoch, released_seq",
         params,
     )
-    return {str(c): int(e) for c, e in await cur.fetchall()}
+    return {str(c): (int(e), None if s is None else int(s)) for c, e, s in await cur.fetchall()}
+
+
+async def _hand_over(conn: Conn, params: dict[str, object]) -> dict[str, int]:
+    cur = await conn.execute(
+        "UPDATE company_leases l SET holder = '', expires_at = now(), move_to = NULL, "
+        "reserved_for = h.target, released_seq = COALESCE((SELECT applied_seq FROM store_copies "
+        "s WHERE s.company_id = l.company_id), 0) "
+        "FROM unnest(%(companies)s::text[], %(epochs)s::bigint[], %(targets)s::text[]) "
+        "AS h(company, epoch, target) "
+        "WHERE l.company_id = h.company AND l.epoch = h.epoch AND l.holder = %(holder)s "
+        "RETURNING l.company_id, l.released_seq",
+        params,
+    )
+    released = {str(c): int(s) for c, s in await cur.fetchall()}
+    if released:
+        await conn.execute("SELECT pg_notify('wapool_leases', %s)", (",".join(released),))
+    return released
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,12 @@ Leases are renewed by their own loop, started before the first lease is taken, s
 (provisioning, a long reconcile) can let them lapse; they are taken in batches no larger than
 this daemon can bring up within half a lease (``bringup``), the next batch as soon as there is
 room.
+
+Several daemons share the companies (``balance``): at each reconcile this one reads the live
+nodes (``nodes``), takes free leases only up to its fair share, and hands its excess over
+gracefully (``handoff``), a batch at a time. A heartbeat loop keeps its ``nodes`` row fresh and
+wakes the reconcile when the set of nodes changes. One module over 250 lines: it is the
+composition root, and the loops share its parts.
 """
 
 from __future__ import annotations
@@ -19,8 +25,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass
 
+import psycopg
+
+from wapool import balance
 from wapool.bringup import BringUp
 from wapool.cache import FallbackCache
 from wapool.cleanup.scheduler import CleanupScheduler
@@ -29,10 +39,13 @@ from wapool.cleanup.sizes import LatestSizes
 from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
+from wapool.handoff import FleetStats, Handoffs
 from wapool.leases import Leases
 from wapool.messaging import outbound_receipts
 from wapool.messaging.outbound_service import OutboundService
 from wapool.messaging.service import InboundMessaging
+from wapool.nodes import ClusterView, Nodes
+from wapool.observability.redact import describe_error
 from wapool.outage.last_seen import LastSeenStore
 from wapool.outage.offline_start import OfflineStart
 from wapool.outage.resume import remember_leases, remember_registry
@@ -46,7 +59,9 @@ from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot, snapshot_cache
 from wapool.supervisor.factory import build_supervisor
-from wapool.supervisor.reconciler import Supervisor
+from wapool.supervisor.reconciler import OnTransition, Supervisor
+from wapool.supervisor.session import State
+from wapool.whatsapp import events as ev
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +85,21 @@ class Runtime:
     #: The latest database size sample (per company and table), for /metrics.
     sizes: LatestSizes
     bringup: BringUp
+    nodes: Nodes
+    handoffs: Handoffs
     #: Inbound messages: inboxes -> inbound_messages (through the mirror) and the webhook.
     messaging: InboundMessaging
     #: The registry as last seen and the leases held, kept in the state directory.
     last_seen: LastSeenStore
     #: Set when this daemon started without PostgreSQL (``outage.offline_start``).
     offline: OfflineStart | None = None
-    #: Companies wait for a lease this daemon will take as soon as it has room.
+    #: Companies wait for a lease this daemon will take as soon as it has room, or more are
+    #: to be handed over.
     backlog: bool = False
+    #: This node's fair share at the last reconcile (None: not computed yet).
+    share: int | None = None
+    #: The cluster as last read (nodes, draining, moves).
+    view: ClusterView | None = None
     #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
     outbound: OutboundService | None = None
 
@@ -100,7 +122,8 @@ class Runtime:
             snapshot_every=settings.cache_sweep_seconds,
             fence=leases.fence(),
         )
-        actions = session_actions(registry.repository, pairing, db, leases.holder)
+        fleet = FleetStats()
+        actions = _timed(session_actions(registry.repository, pairing, db, leases.holder), fleet)
         delay = settings.simulated_store_delay_seconds
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
@@ -117,11 +140,15 @@ class Runtime:
         messaging = InboundMessaging(settings, db, mirror, mirror.fence)
         messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
         supervisor = build_supervisor(settings, actions, bringup)
+        nodes = Nodes(db, leases.holder, settings.lease_seconds, _address(settings))
+        outbound = OutboundService(settings, db, leases, supervisor, messaging.cursors)
+        # A handed-over company's queued messages go back to PostgreSQL for the next holder.
+        handoffs = Handoffs(leases, supervisor, mirror, settings.state_dir, fleet,
+                            before_release=outbound.sync.release)  # fmt: skip
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
-            cleanup, scheduler, latest, bringup, messaging,
-            LastSeenStore(settings.state_dir, leases.holder),
-            outbound=OutboundService(settings, db, leases, supervisor, messaging.cursors),
+            cleanup, scheduler, latest, bringup, nodes, handoffs, messaging,
+            LastSeenStore(settings.state_dir, leases.holder), outbound=outbound,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -130,19 +157,33 @@ class Runtime:
         self.supervisor.inbox_listeners.append(self.messaging.on_inbox)
 
     async def follow(self, companies: list[Company]) -> None:
-        """Take the next batch of leases, provision their stores, run what we hold and want."""
+        """Take the next batch of leases up to our share, hand the excess over, provision the
+        stores, run what we hold and want."""
         active = {c.id for c in companies}
-        self.backlog = await self.bringup.take(active - self.leases.held.keys())
-        wanted = active & self.leases.held.keys()
-        leaving = self.supervisor.want(wanted & self.keeper.ready)
+        plan = await self._plan(active)
+        taken = await self.bringup.take(
+            active - self.leases.held.keys(), None if plan is None else plan.take
+        )
+        self.backlog = self.bringup.backlog
+        for company in taken:
+            self.handoffs.stats.lease_taken(company)
+        handed: list[str] = []
+        if (plan is not None and plan.hand_over) or self.handoffs.pending:
+            handed = await self.handoffs.run(plan.hand_over if plan else {})
+        if plan is not None and (plan.more or self.handoffs.pending):
+            self.backlog = True
+        wanted = active & self.leases.held.keys() - self.handoffs.pending.keys()
+        leaving = self.supervisor.want(await self._startable(wanted & self.keeper.ready))
         for company in leaving:
             await self.supervisor.stop(company)
         if leaving:
             await self.mirror.drain(timeout=5.0)
-        await self.keeper.reconcile(wanted)
-        wanted = active & self.leases.held.keys()  # a lease may have been lost meanwhile
+        await self.keeper.reconcile(wanted | self.handoffs.pending.keys())
+        await self.handoffs.discard_stores(handed)
+        # A lease may have been lost meanwhile.
+        wanted = active & self.leases.held.keys() - self.handoffs.pending.keys()
         self.messaging.serve(wanted & self.keeper.ready)
-        for company in self.supervisor.want(wanted & self.keeper.ready):
+        for company in self.supervisor.want(await self._startable(wanted & self.keeper.ready)):
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
@@ -155,6 +196,26 @@ class Runtime:
         if self.db.health.snapshot().up:
             await remember_registry(self.db, self.last_seen, companies)
         return companies
+
+    async def _plan(self, active: set[str]) -> balance.Plan | None:
+        """Our share and what to hand over now; None while PostgreSQL cannot say."""
+        try:
+            self.view = await self.nodes.view()
+        except DatabaseUnavailable:
+            return None
+        connected = {c for c, s in self.supervisor.sessions.items() if s.state is State.CONNECTED}
+        held = self.leases.held.keys() - self.handoffs.pending.keys()
+        plan = balance.plan(
+            self.leases.holder, len(active), held, self.view,
+            slack=self.settings.balance_slack, batch=self.settings.handoff_batch,
+            not_connected=held - connected,
+        )  # fmt: skip
+        self.share = plan.share
+        return plan
+
+    async def _startable(self, companies: set[str]) -> set[str]:
+        """Those whose store is at or beyond the sequence they were handed over at."""
+        return {c for c in companies if await self.handoffs.reached(c)}
 
     async def reconcile_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Every sweep interval, or at once when the registry changes: refresh and follow it.
@@ -195,6 +256,11 @@ class Runtime:
                 lost = await self.leases.renew()
             except DatabaseUnavailable:
                 continue  # an outage alone never stops a client
+            except psycopg.errors.QueryCanceled as exc:
+                # Waited too long on lease rows a long mirror transaction holds (a loaded host):
+                # the renewal is retried, the leases still last two more renewals.
+                log.warning("lease_renewal_slow", extra={"error": describe_error(exc)})
+                continue
             await self.lost(lost)
 
     async def lost(self, companies: list[str]) -> None:
@@ -204,6 +270,22 @@ class Runtime:
             await self.supervisor.stop(company)
             await self.keeper.set_aside(company, "lease taken over by another daemon")
         remember_leases(self.last_seen, self.leases.held)
+
+    async def heartbeat_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
+        """Keep this node's row fresh (every third of a lease, like the renewals); wake the
+        reconcile when the live nodes change, this node is told to drain, or a move waits."""
+        seen: tuple[frozenset[str], bool] | None = None
+        while not stop.is_set():
+            try:
+                await self.nodes.beat(len(self.leases.held))
+                view = await self.nodes.view()
+            except DatabaseUnavailable:
+                view = None
+            if view is not None and ((view.sharing, view.draining) != seen or view.moves):
+                seen = (view.sharing, view.draining)
+                changed.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.leases.renew_every)
 
     async def shutdown(self, drain_seconds: float) -> None:
         self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
@@ -220,5 +302,23 @@ class Runtime:
             await self.outbound.close()
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
-                await self.leases.release()
+                await self.leases.hand_over(dict.fromkeys(self.leases.held))
         remember_leases(self.last_seen, self.leases.held)
+        with contextlib.suppress(DatabaseUnavailable):
+            await self.nodes.deregister()
+
+
+def _timed(actions: OnTransition, fleet: FleetStats) -> OnTransition:
+    """The session actions, timing each company from its lease to its client connected."""
+
+    async def on_transition(company: str, state: State, event: ev.WhatsAppEvent) -> None:
+        if state is State.CONNECTED:
+            fleet.connected(company)
+        await actions(company, state, event)
+
+    return on_transition
+
+
+def _address(settings: Settings) -> str:
+    """How operators reach this node: its host name and HTTP address."""
+    return f"{socket.gethostname()} http={settings.http_addr}"

@@ -8,9 +8,13 @@ never the alerts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 
-from wapool.db.pool import Database
+from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
 from wapool.registry.pairing import PairingRepository
@@ -19,46 +23,91 @@ from wapool.supervisor.reconciler import OnTransition, Supervisor
 from wapool.supervisor.session import State
 from wapool.whatsapp import events as ev
 
+log = logging.getLogger(__name__)
 
-async def record_state(
-    db: Database, company: str, state: State, event: ev.WhatsAppEvent, holder: str
-) -> None:
-    error = getattr(event, "reason", None)
-    await db.execute(
-        "INSERT INTO session_states (company_id, state, since, last_error, holder) "
-        "VALUES (%(c)s, %(s)s, now(), %(e)s, %(h)s) ON CONFLICT (company_id) DO UPDATE SET "
-        "since = CASE WHEN session_states.state = EXCLUDED.state THEN session_states.since "
-        "ELSE now() END, state = EXCLUDED.state, "
-        "last_error = coalesce(EXCLUDED.last_error, session_states.last_error), "
-        "holder = EXCLUDED.holder, updated_at = now()",
-        {"c": company, "s": state.value, "e": error, "h": holder},
-    )
+
+_RECORD = (
+    "INSERT INTO session_states (company_id, state, since, last_error, holder) "
+    "VALUES (%(c)s, %(s)s, now(), %(e)s, %(h)s) ON CONFLICT (company_id) DO UPDATE SET "
+    "since = CASE WHEN session_states.state = EXCLUDED.state THEN session_states.since "
+    "ELSE now() END, state = EXCLUDED.state, "
+    "last_error = coalesce(EXCLUDED.last_error, session_states.last_error), "
+    "holder = EXCLUDED.holder, updated_at = now()"
+)
+
+Then = Callable[[], Awaitable[object]]
+
+
+class StateRecorder:
+    """Records transitions in ``session_states``, all those waiting in one transaction (in
+    order), then runs what each transition does next in PostgreSQL. One round trip per
+    transition, one after another, made a cold start of hundreds of companies wait for
+    thousands of round trips before ``wapool status`` showed them connected."""
+
+    def __init__(self, db: Database, holder: str) -> None:
+        self._db = db
+        self._holder = holder
+        self._waiting: list[tuple[dict[str, object], Then | None]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def add(self, company: str, state: State, event: ev.WhatsAppEvent, then: Then | None) -> None:
+        error = getattr(event, "reason", None)
+        params = {"c": company, "s": state.value, "e": error, "h": self._holder}
+        self._waiting.append((params, then))
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            rows = [params for params, _ in batch]
+            try:
+                with contextlib.suppress(DatabaseUnavailable):
+                    await self._db.run(partial(_write, rows))
+                for _, then in batch:
+                    if then is not None:
+                        with contextlib.suppress(DatabaseUnavailable):
+                            await then()
+            except Exception:
+                log.exception("session_state_record_failed")
+
+
+async def _write(rows: list[dict[str, object]], conn: Conn) -> None:
+    async with conn.cursor() as cur:
+        await cur.executemany(_RECORD, rows)
 
 
 def session_actions(
     repository: CompanyRepository, pairing: PairingRepository, db: Database, holder: str
 ) -> OnTransition:
-    """What the daemon does when a session changes state: status, registry, pairing, alerts."""
+    """What the daemon does when a session changes state: status, registry, pairing, alerts.
+
+    The records in PostgreSQL are written behind (``StateRecorder``, in order); the alerts
+    at once."""
+    recorder = StateRecorder(db, holder)
 
     async def act(company: str, state: State, event: ev.WhatsAppEvent) -> None:
-        with contextlib.suppress(DatabaseUnavailable):
-            await record_state(db, company, state, event, holder)
+        then: Then | None = None
         match event:
             case ev.QrCode(code=code):
-                with contextlib.suppress(DatabaseUnavailable):
-                    await pairing.publish_code(company, "qr", code)
+                then = partial(pairing.publish_code, company, "qr", code)
             case ev.PairCode(code=code):
-                with contextlib.suppress(DatabaseUnavailable):
-                    await pairing.publish_code(company, "pair_code", code)
+                then = partial(pairing.publish_code, company, "pair_code", code)
             case ev.Paired(jid=jid):
-                with contextlib.suppress(DatabaseUnavailable):
+
+                async def paired(jid: str = jid) -> None:
                     await repository.set_paired_jid(company, jid)
                     await pairing.finish(company, jid=jid)
+
+                then = paired
             case ev.LoggedOut(reason=reason):
                 alerts.session_logged_out(company, reason)
-                with contextlib.suppress(DatabaseUnavailable):
+
+                async def logged_out(reason: str = reason) -> None:
                     await repository.set_paired_jid(company, None)
                     await pairing.finish(company, error=f"logged out: {reason}")
+
+                then = logged_out
             case ev.StreamReplaced():
                 alerts.session_replaced(company)
             case ev.TemporaryBan(code=code, expires_in=seconds):
@@ -69,6 +118,7 @@ def session_actions(
                 alerts.store_failed(company, f"{fault}: {reason}")
             case _:
                 pass
+        recorder.add(company, state, event, then)
 
     return act
 

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     companies_per_worker: int = Field(50, ge=1, le=1000)
     max_concurrent_connects: int = Field(8, ge=1, le=1000)
     lease_seconds: float = Field(30.0, ge=3)
+    balance_slack: int = Field(2, ge=0, le=10_000)
+    handoff_batch: int = Field(2, ge=1, le=1000)
     node_name: str | None = None
     #: Started without PostgreSQL: resume the leases held from the state directory (issue 13).
     partition_policy: Literal["auto", "resume", "wait"] = "auto"

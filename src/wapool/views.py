@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from wapool.cleanup import sizes
@@ -83,6 +84,9 @@ class Views:
         self._caches(out)
         self._database(out)
         self._workers_and_cleanup(out)
+        if self._rt.outbound is not None:
+            self._rt.outbound.metrics(out)
+        self._fleet(out)
         return out.render() + sizes.metrics_text(self._rt.sizes.rows)
 
     def status(self) -> dict[str, Any]:
@@ -105,6 +109,8 @@ class Views:
         offline = rt.offline
         return {
             "node": rt.leases.holder,
+            "share": rt.share,
+            "draining": rt.view.draining if rt.view else False,
             "mode": "degraded" if offline is not None and offline.degraded else "normal",
             "offline_start": None
             if offline is None
@@ -119,6 +125,7 @@ class Views:
             "database": {"up": health.up, "last_error": health.last_error},
             "state_dir": self._disk(),
             "companies": companies,
+            "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
         }
 
     # -- /metrics, family by family (the order is the exposition's) ----------------------------
@@ -195,3 +202,38 @@ class Views:
         last = self._rt.cleanup.last
         out.family("wapool_cleanup_last_deleted_rows", "gauge", "Rows deleted by the last cleanup.",
                    [({}, float(last.rows if last else 0))])  # fmt: skip
+
+    def _fleet(self, out: Exposition) -> None:
+        """Several hosts: this node's companies and share, leases, handoffs."""
+        rt = self._rt
+        node = {"node": rt.leases.holder}
+        stats = rt.handoffs.stats
+        out.family("wapool_node_companies", "gauge", "Companies whose lease this node holds.",
+                   [(node, float(len(rt.leases.held)))])  # fmt: skip
+        out.family("wapool_node_share", "gauge", "This node's fair share of the companies.",
+                   [(node, float(rt.share or 0))])  # fmt: skip
+        out.family("wapool_lease_renewals_total", "counter", "Lease renewal rounds done.",
+                   [(node, float(rt.leases.renewals))])  # fmt: skip
+        out.family("wapool_lease_losses_total", "counter", "Leases lost to another holder.",
+                   [(node, float(rt.leases.losses))])  # fmt: skip
+        out.family("wapool_handoffs_total", "counter", "Companies handed over (out) or taken "
+                   "through a handoff (in).", [(node | {"direction": "out"}, float(stats.handoffs_out)),
+                   (node | {"direction": "in"}, float(stats.handoffs_in))])  # fmt: skip
+        out.family("wapool_handoff_failures_total", "counter", "Handoff rounds that had to wait.",
+                   [(node, float(stats.handoff_failures))])  # fmt: skip
+        _summary(out, "wapool_handoff_seconds", "Stop of a handed-over client to its lease "
+                 "given up.", node, stats.handoff_seconds)  # fmt: skip
+        _summary(out, "wapool_lease_to_connected_seconds", "Lease taken to client connected.",
+                 node, stats.lease_to_connected)  # fmt: skip
+
+
+def _summary(
+    out: Exposition, name: str, help_text: str, labels: dict[str, str], samples: Iterable[float]
+) -> None:
+    """p50 and p99 of the latest samples, as a gauge with a ``quantile`` label."""
+    values = sorted(samples)
+    quantiles = [
+        (labels | {"quantile": q}, values[min(len(values) - 1, int(float(q) * len(values)))])
+        for q in ("0.5", "0.99") if values
+    ]  # fmt: skip
+    out.family(name, "gauge", help_text + " Latest samples, by quantile.", quantiles)

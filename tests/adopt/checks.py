@@ -83,5 +83,5 @@ def changed_nothing(database_url: str, company: str, state_dir: Path) -> None:
         ).fetchone()
     assert (copies, rows, imports, paired) == ((0,), (0,), (0,), (None,))
     assert not store_path(state_dir, company).exists()
-    leftovers = list(state_dir.glob(".adopt-*")) if state_dir.exists() else []
+    leftovers = list(state_dir.glob("*/store.db.adopting-*")) if state_dir.exists() else []
     assert leftovers == []

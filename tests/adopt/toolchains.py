@@ -34,7 +34,7 @@ INSTALL_TIMEOUT = 600
 
 def old_neonize(version: str) -> Path:
     """The python of a virtualenv holding ``neonize==version``."""
-    py = f"py{sys.version_info.major}{sys.version_info.minor}"
+    py = "py" + ".".join(map(str, sys.version_info[:3]))
     target = CACHE / f"neonize-{version}-{py}"
 
     def make(temp: Path) -> None:
@@ -45,7 +45,7 @@ def old_neonize(version: str) -> Path:
             "pypi",
         )  # fmt: skip
 
-    _ensure(target, make)
+    _ensure(target, make, target / "bin" / "python")
     return target / "bin" / "python"
 
 
@@ -65,19 +65,20 @@ def node_modules() -> Path:
             "npm",
         )  # fmt: skip
 
-    _ensure(target, make)
+    _ensure(target, make, target / "node_modules" / "baileys" / "package.json")
     return target / "node_modules"
 
 
-def _ensure(target: Path, make: Callable[[Path], None]) -> None:
+def _ensure(target: Path, make: Callable[[Path], None], product: Path) -> None:
     """Build ``target`` once (under a lock: parallel runs wait), where it will stay (a
-    virtualenv records its own path); the stamp, written last, marks it complete."""
+    virtualenv records its own path); the stamp, written last, marks it complete, and a build
+    whose ``product`` has gone (or whose interpreter has) is made again."""
     stamp = target / ".complete"
-    if stamp.exists():
+    if _usable(stamp, product):
         return
     CACHE.mkdir(parents=True, exist_ok=True)
     with _locked(CACHE / f".{target.name}.lock"):
-        if stamp.exists():
+        if _usable(stamp, product):
             return
         shutil.rmtree(target, ignore_errors=True)
         try:
@@ -86,6 +87,10 @@ def _ensure(target: Path, make: Callable[[Path], None]) -> None:
             shutil.rmtree(target, ignore_errors=True)
             raise
         stamp.write_text(target.name + "\n")
+
+
+def _usable(stamp: Path, product: Path) -> bool:
+    return stamp.exists() and product.exists() and product.resolve().exists()
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from wapool.whatsapp import media_tools
 
 TABLES = (
     "companies", "store_copies", "store_rows", "store_tombstones", "company_leases",
-    "cleanup_runs", "store_size_history", "pairing_requests", "session_states",
+    "cleanup_runs", "store_size_history", "pairing_requests", "session_states", "nodes",
 )  # fmt: skip
 
 

@@ -23,7 +23,19 @@ Command = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from wapool.cli import adopt, cleanup, company, database, doctor, pair, run, status, store
+    from wapool.cli import (
+        adopt,
+        cleanup,
+        company,
+        database,
+        doctor,
+        nodes,
+        pair,
+        run,
+        send,
+        status,
+        store,
+    )  # fmt: skip
 
     parser = argparse.ArgumentParser(
         prog="wapool", description="Keeps one WhatsApp client per company connected."
@@ -41,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     adopt.register(commands)
     cleanup.register(commands)
     pair.register(commands)
+    send.register(commands)
     status.register(commands)
     doctor.register(commands)
+    nodes.register(commands)
     return parser
 
 

@@ -86,7 +86,23 @@ CREATE TABLE company_leases (
     company_id text PRIMARY KEY REFERENCES companies (id) ON DELETE CASCADE,
     holder     text NOT NULL,
     epoch      bigint NOT NULL,
-    expires_at timestamptz NOT NULL
+    expires_at timestamptz NOT NULL,
+    -- a graceful handoff: holder '', expired, the copy's applied sequence at the release, the
+    -- node it was handed to (for one lease length); move_to: `wapool move` asks for a handoff
+    released_seq bigint,
+    reserved_for text,
+    move_to      text
+);
+
+-- Several hosts: every daemon registers and beats its heart; `wapool drain` sets draining.
+CREATE TABLE nodes (
+    name         text PRIMARY KEY,
+    address      text NOT NULL DEFAULT '',
+    version      text NOT NULL DEFAULT '',
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    draining     boolean NOT NULL DEFAULT false,
+    companies    integer NOT NULL DEFAULT 0
 );
 
 -- The expired-key cleanup: one row per run (scheduled runs carry their cron slot, so a slot runs

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from typing import Any
 
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
@@ -23,6 +25,7 @@ from wapool.messaging.outbound_receipts import ReceiptReader
 from wapool.messaging.outbox import Outbox
 from wapool.messaging.pacing import Pacer
 from wapool.messaging.sender import Sender
+from wapool.observability.metrics import Exposition
 from wapool.settings import Settings
 from wapool.supervisor.reconciler import Supervisor
 from wapool.supervisor.session import State
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 
 #: How often the set of companies the sender drives is brought in line with the leases.
 DRIVE_EVERY = 0.25
+#: Finished messages stay in the outbox this long (status look-ups, idempotency keys), then
+#: only in PostgreSQL.
+KEEP_SECONDS = 7 * 86_400.0
+PRUNE_EVERY = 600.0
 
 
 class OutboundService:
@@ -120,9 +127,13 @@ class OutboundService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Keep the sender on the companies this daemon drives and has adopted."""
+        next_prune = time.monotonic() + PRUNE_EVERY
         while not stop.is_set():
             driven = self.sync.ready & set(self._leases.held) & set(self._supervisor.sessions)
             self.sender.drive(driven)
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_EVERY
+                await self.outbox.prune(time.time() - KEEP_SECONDS)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DRIVE_EVERY)
 
@@ -136,6 +147,35 @@ class OutboundService:
             await self.sync.mirror()
             await self.sync.release(sorted(self._leases.held))
         self.outbox.close()
+
+    def status(self) -> dict[str, Any]:
+        """For /status: per company, messages queued, sending and uncertain."""
+        companies: dict[str, dict[str, int]] = {}
+        for (company, status), count in self.outbox.open_counts().items():
+            companies.setdefault(company, {})[status] = count
+        return {
+            "interrupted_at_start": len(self.outbox.interrupted),
+            "in_flight": self.sender.in_flight,
+            "accepting": sorted(self.sync.ready),
+            "companies": companies,
+        }
+
+    def metrics(self, out: Exposition) -> None:
+        counts = self.outbox.open_counts()
+        out.family("wapool_outbound_messages", "gauge",
+                   "Outbound messages queued, sending or uncertain (uncertain: may have been sent; alert).",
+                   [({"company": c, "status": s}, float(n)) for (c, s), n in sorted(counts.items())])  # fmt: skip
+        stats = self.sender.stats
+        out.family("wapool_outbound_sends_total", "counter", "Send attempts by outcome.",
+                   [({"outcome": o}, float(n)) for o, n in sorted(stats.outcomes.items())])  # fmt: skip
+        out.family("wapool_outbound_receipts_applied_total", "counter",
+                   "Receipts that moved an outbound message forward.",
+                   [({}, float(self.receipts.applied))])  # fmt: skip
+        out.family("wapool_outbound_mirrored_rows_total", "counter",
+                   "Outbox rows written to PostgreSQL.", [({}, float(self.sync.mirrored_rows))])  # fmt: skip
+        out.family("wapool_outbound_claimed_rows_total", "counter",
+                   "Producers' rows claimed from outbound_messages.",
+                   [({}, float(self.sync.claimed_rows))])  # fmt: skip
 
     def _connected(self, company: str) -> bool:
         session = self._supervisor.sessions.get(company)

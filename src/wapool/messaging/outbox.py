@@ -55,6 +55,8 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_idem ON outbox (company, idem_key)
     WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_queued ON outbox (company, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS outbox_open ON outbox (status, company)
+    WHERE status IN ('queued', 'sending', 'uncertain');
 CREATE INDEX IF NOT EXISTS outbox_unmirrored ON outbox (seq) WHERE version > pg_version;
 CREATE INDEX IF NOT EXISTS outbox_wa ON outbox (company, wa_id) WHERE wa_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS early_receipts (
@@ -207,6 +209,18 @@ class Outbox:
 
         await self._writer.write(change)
 
+    async def prune(self, older_than: float) -> int:
+        """Delete finished messages PostgreSQL has, last changed before ``older_than``."""
+        return await self._writer.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM outbox WHERE updated_at < ? AND version <= pg_version AND status "
+                    "IN ('sent', 'delivered', 'read', 'failed')",
+                    (older_than,),
+                ).rowcount
+            )
+        )
+
     async def forget(self, ids: list[str]) -> None:
         """These messages were handed to another daemon: they leave this outbox."""
         await self._writer.write(
@@ -256,9 +270,12 @@ class Outbox:
         ).fetchall()
         return [(_record(r[:-2]), int(r[-2]), r[-1]) for r in rows]
 
-    def counts(self) -> dict[tuple[str, str], int]:
-        """(company, status) -> messages, for /metrics and /status."""
-        rows = self._read.execute("SELECT company, status, count(*) FROM outbox GROUP BY 1, 2")
+    def open_counts(self) -> dict[tuple[str, str], int]:
+        """(company, status) -> messages still queued or sending, or uncertain (/metrics)."""
+        rows = self._read.execute(
+            "SELECT company, status, count(*) FROM outbox "
+            "WHERE status IN ('queued', 'sending', 'uncertain') GROUP BY 1, 2"
+        )
         return {(str(c), str(s)): int(n) for c, s, n in rows}
 
     def recent(self, company: str, limit: int = 50) -> list[Record]:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+
 from wapool.backoff import Backoff
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
@@ -99,7 +101,7 @@ async def recover(
             return
         try:
             await revalidate(runtime, plan)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, psycopg.errors.QueryCanceled):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff.next_delay())
             continue

@@ -1,4 +1,4 @@
-"""Prompt reaction to ``wapool company ...`` and ``wapool pair``: LISTEN on their channels.
+"""Prompt reaction to ``wapool company ...``, ``wapool pair``, handoffs and nodes: LISTEN.
 
 While PostgreSQL is up, every change to ``companies`` wakes the daemon's reconcile at once;
 when it is down, the listener retries with backoff and the periodic reconcile still runs. It
@@ -18,7 +18,8 @@ from wapool.db.pool import Database
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("wapool_companies", "wapool_pairing")
+#: The registry, pairing requests, leases handed over, nodes joining or told to drain.
+CHANNELS = ("wapool_companies", "wapool_pairing", "wapool_leases", "wapool_nodes")
 
 
 async def listen(db: Database, changed: asyncio.Event, stop: asyncio.Event) -> None:

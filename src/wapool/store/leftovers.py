@@ -6,9 +6,10 @@ account's private keys, so none stays unaccounted for.
   operator's last resort, so it is kept for the key retention period
   (``WAPOOL_KEY_RETENTION_DAYS``), listed by ``wapool status`` and ``wapool doctor``, and
   removed by the cleanup after that.
-* ``store.db.restoring-<pid>`` (with ``-journal``/``-wal``/``-shm``): a restore in progress.
-  The restore removes it on every path; one left by a process that died (a kill) is removed
-  the next time the store is provisioned.
+* ``store.db.restoring-<pid>`` (with ``-journal``/``-wal``/``-shm``): a restore in progress;
+  ``store.db.adopting-<pid>``: a ``wapool adopt`` building the store. Each is removed on every
+  path; one left by a process that died (a kill) is removed the next time the store is
+  provisioned.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ REPORT_SUFFIX = ".salvage.json"
 _REPLACED = re.compile(
     r"^store\.db\.replaced-(?P<stamp>\d{8}T\d{6}(?:\.\d{1,6})?Z)(?P<part>-wal|-shm|\.salvage\.json)?$"
 )
-_RESTORING = re.compile(r"^store\.db\.restoring-(?P<pid>\d+)(?:-journal|-wal|-shm)?$")
+_RESTORING = re.compile(r"^store\.db\.(?:restoring|adopting)-(?P<pid>\d+)(?:-journal|-wal|-shm)?$")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ one warning goes to Sentry; when the backlog is applied, one recovery event foll
 ``quiet`` (a daemon started without PostgreSQL: its own warning covers every company) neither is
 sent. A company whose lease is unconfirmed (see ``leases``) or no longer held is not read
 while so.
+``drain_companies`` is a handoff's last step before the lease is given up.
 
 It is one module because a tick is one invariant (a consistent prefix per company, applied
 in one fenced transaction, trimmed only after commit); splitting the tick would split it.
@@ -21,7 +22,7 @@ import logging
 import sqlite3
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -64,6 +65,10 @@ class _Target:
     quiet: bool = False
     #: When its pending rows were last counted while its lease was unconfirmed.
     counted_at: float = float("-inf")
+    #: ``PRAGMA data_version`` of ``conn`` when nothing was pending (see ``Mirror._read``).
+    idle_version: int | None = None
+    #: The tick that last read the change log (or found it unchanged since an empty read).
+    read_tick: int = 0
 
 
 class MirrorPart(Protocol):
@@ -212,6 +217,25 @@ class Mirror:
             await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
 
+    async def drain_companies(self, companies: Iterable[str], timeout: float) -> bool:
+        """Tick until these companies' change logs, read after this call began, are empty and
+        applied (True), or the timeout passes (False: an outage, a rejection). For a handoff:
+        their clients are stopped, so nothing is added meanwhile."""
+        names = set(companies)
+        since = self.stats.ticks  # a tick already running may have read before the call
+        deadline = self._clock.monotonic() + timeout
+        while self._clock.monotonic() < deadline:
+            with contextlib.suppress(DatabaseUnavailable):
+                await self.tick()
+                targets = [self._targets[c] for c in names if c in self._targets]
+                if all(
+                    t.read_tick > since and t.pending_rows == 0 and t.rejected is None
+                    for t in targets
+                ):
+                    return True
+            await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
+        return False
+
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         self.wake.clear()
         waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())}
@@ -285,10 +309,21 @@ class Mirror:
         return batches
 
     def _read(self, target: _Target) -> changelog.Prefix | None:
+        """The store's pending prefix. A store found with nothing pending is not read again
+        until another connection commits to it: ``PRAGMA data_version`` (a look at the WAL
+        index, some 50 times cheaper than reading the log) changes at every such commit. It is
+        taken *before* looking, so a commit after the look always changes it."""
         try:
             conn = self._conn(target)
+            version = _data_version(conn)
+            if version == target.idle_version:
+                target.read_tick = self.stats.ticks  # known empty: as good as a read
+                return None
+            target.idle_version = None
             prefix = changelog.read_prefix(conn)
             pending = changelog.pending(conn) if prefix else changelog.Pending(0, None)
+            if prefix is None:
+                target.idle_version = version
         except (sqlite3.Error, OSError, StoreFault) as exc:
             error = describe_error(exc)
             if error != target.read_error:
@@ -302,6 +337,7 @@ class Mirror:
             log.warning("mirror_read_recovered", extra={"company": target.company_id})
             target.read_error = None
         target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
+        target.read_tick = self.stats.ticks
         if prefix and target.schema and target.schema.fingerprint != prefix.fingerprint:
             target.schema = None
         return prefix
@@ -359,7 +395,10 @@ class Mirror:
         conn = self._conn(target)
         self.fault("trimming")
         changelog.trim(conn, prefix.high_seq)
+        version = _data_version(conn)  # before looking: see ``_read``
         remaining = changelog.pending(conn)
+        if remaining.rows == 0:
+            target.idle_version = version
         target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
         if remaining.rows == 0 and self._snapshots is not None:
             self._snapshots.after_drain(target.company_id, conn, prefix.store_uuid, prefix.high_seq)
@@ -394,6 +433,7 @@ class Mirror:
                 target.conn.close()
         target.conn = None
         target.schema = None
+        target.idle_version = None  # data_version is counted per connection
 
     def _schema(self, target: _Target) -> StoreSchema:
         if target.schema is None:
@@ -410,3 +450,7 @@ class Mirror:
             )
             for t in self._targets.values()
         }
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])

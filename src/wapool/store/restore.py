@@ -70,7 +70,7 @@ def build_from_rows(
             changelog.continue_after(conn, meta.applied_seq)
             _never_go_back(conn, meta.company_id, prekey_mark, prekey_gap)
             conn.execute("PRAGMA journal_mode = DELETE")
-        return install(temp, path, keep_as or replaced_name(path))
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
 def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> None:
@@ -111,7 +111,7 @@ def build_from_snapshot(
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
             _never_go_back(conn, snapshot.company_id, 0, prekey_gap)
-        return install(temp, path, keep_as or replaced_name(path))
+        return _install(temp, path, keep_as or replaced_name(path))
 
 
 @contextmanager
@@ -126,7 +126,7 @@ def temporary(path: Path) -> Iterator[Path]:
         remove_file_set(temp)
 
 
-def install(temp: Path, path: Path, keep_as: Path) -> Path | None:
+def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
     _fsync(temp)

@@ -1,20 +1,24 @@
 """New working stores are copies of a template neonize made once per whatsmeow schema version.
 
 Creating whatsmeow's schema takes a neonize child process (half a second, seconds on a loaded
-host); copying a 160 KB file takes a millisecond. So neonize makes one *template* per whatsmeow
-library and it is kept in ``$WAPOOL_STATE_DIR/.templates/`` (a name no company id can take) as
-``whatsmeow-v<schema version>-<library>.db``, where ``<library>`` identifies neonize's version
-and its Go library (a digest of the file), with a ``.json`` beside it: schema version,
-fingerprint and the SHA-256 of the file. Another neonize gets its own template (the old ones
-are removed). A template whose file no longer matches its digest (truncated, damaged), fails
-``quick_check``, or whose schema is not the one recorded, is deleted and made again: it is never
-copied. Once checked, its bytes are kept in memory for the life of the process, so each copy
-writes exactly what was checked.
+host), and installing change capture means parsing some 100 KB of trigger SQL; copying a 300 KB
+file takes a millisecond. So neonize makes one *template* per whatsmeow library, wapool installs
+its change capture in it (``capture``: triggers, change log, metadata; no store identity), and
+it is kept in ``$WAPOOL_STATE_DIR/.templates/`` (a name no company id can take) as
+``whatsmeow-v<schema version>-<key>.db``, where ``<key>`` identifies neonize's version, its Go
+library (a digest of the file) and wapool's capture version, with a ``.json`` beside it: schema
+version, fingerprint and the SHA-256 of the file. Another neonize or capture gets its own
+template (the old ones are removed). A template whose file no longer matches its digest
+(truncated, damaged), fails ``quick_check``, or whose schema is not the one recorded, is
+deleted and made again: it is never copied. Once checked, its bytes are kept in memory for the
+life of the process, so each copy is exactly what was checked.
 
 A new store is the template's bytes written beside its final place
-(``store.db.restoring-<pid>``, which ``leftovers`` removes if the process dies), given change
-capture, checked, synced and renamed into place (``restore.install``). A store whose schema has
-the template's fingerprint needs no neonize upgrade either (``Template.current``).
+(``store.db.restoring-<pid>``, which ``leftovers`` removes if the process dies) and opened once:
+``install_capture`` finds its capture current and gives it an identity of its own, the change
+log's timestamps become the copy's, ``quick_check``; then it is synced and renamed into place.
+A store whose schema has the template's fingerprint needs no neonize upgrade either
+(``Template.current``).
 """
 
 from __future__ import annotations
@@ -33,12 +37,12 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from wapool.store.capture import install_capture
-from wapool.store.faults import SQLITE_ERRORS, StoreFault
+from wapool.store.capture import CAPTURE_VERSION, install_capture
+from wapool.store.faults import SQLITE_ERRORS, Fault, StoreFault
 from wapool.store.leftovers import alive
-from wapool.store.restore import install, replaced_name, temporary
+from wapool.store.restore import temporary
 from wapool.store.schema import read_schema
-from wapool.store.working_store import quick_check, read_only
+from wapool.store.working_store import quick_check, read_only, secure_files
 from wapool.whatsapp.neonize_store import SchemaCreationFailed
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,8 @@ log = logging.getLogger(__name__)
 SchemaMaker = Callable[[Sequence[Path]], object]
 TEMPLATE_DIR = ".templates"
 _LIBRARY_SUFFIXES = (".so", ".dylib", ".dll")
+#: The change log's default for ``at`` (``capture.CAPTURE_DDL``): now, in Unix seconds.
+NOW_SQL = "(julianday('now') - 2440587.5) * 86400.0"
 
 
 @dataclass(frozen=True)
@@ -67,9 +73,10 @@ class TemplateInvalid(Exception):
 
 @cache
 def library_key() -> str:
-    """neonize's version and a digest of its Go library: what decides whatsmeow's schema."""
+    """neonize's version and a digest of its Go library (what decides whatsmeow's schema), and
+    the capture version (what decides the triggers)."""
     spec = importlib.util.find_spec("neonize")
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(f"capture {CAPTURE_VERSION}".encode())
     try:
         digest.update(importlib.metadata.version("neonize").encode())
     except importlib.metadata.PackageNotFoundError:
@@ -109,11 +116,28 @@ def new_store(path: Path, template: Template) -> None:
     with temporary(path) as temp:
         with open(temp, "wb") as out:
             out.write(template.image)
-        # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
+        # One connection, one parse of the triggers: opening a store costs more than copying it.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
-            conn.execute("PRAGMA synchronous = OFF")
-            install_capture(conn)
-        install(temp, path, replaced_name(path))  # nothing is there to keep, normally
+            conn.execute("PRAGMA synchronous = OFF")  # synced once, below
+            install_capture(conn)  # current already: only the store identity is new
+            conn.execute(f"UPDATE wapool_changelog SET at = {NOW_SQL}")
+            rows = conn.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            raise StoreFault(Fault.CORRUPT, f"{temp}: quick_check of a new copy: {rows[:3]}")
+        _fsync(temp)
+        if path.exists():
+            raise FileExistsError(f"{path} appeared while a new store was being made")
+        os.replace(temp, path)
+        _fsync(path.parent)
+        secure_files(path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _load_or_build(directory: Path, library: str, make_schema: SchemaMaker) -> Template:
@@ -134,10 +158,12 @@ def _build(directory: Path, library: str, make_schema: SchemaMaker) -> Template:
     try:
         make_schema([temp])
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
-            conn.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
             schema = read_schema(conn)
-        if schema.version == 0:
-            raise SchemaCreationFailed(f"neonize made no whatsmeow schema in {temp.name}")
+            if schema.version == 0:
+                raise SchemaCreationFailed(f"neonize made no whatsmeow schema in {temp.name}")
+            install_capture(conn)
+            conn.execute("DELETE FROM wapool_meta WHERE key = 'store_uuid'")  # each copy its own
+            conn.execute("PRAGMA journal_mode = WAL")  # as working stores are; one file when closed
         image = temp.read_bytes()
         final = directory / f"whatsmeow-v{schema.version}-{library}.db"
         meta = {"schema_version": schema.version, "fingerprint": schema.fingerprint,

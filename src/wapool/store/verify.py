@@ -41,6 +41,17 @@ class Verdict:
     tables: list[TableReport] = field(default_factory=list)
 
     @property
+    def stale(self) -> bool:
+        """An older state of the same store, nothing pending: another node drove the company
+        since (it is restored when driven here again). Not a divergence."""
+        return (
+            self.pending == 0
+            and self.same_store
+            and self.postgres_seq is not None
+            and self.local_seq < self.postgres_seq
+        )
+
+    @property
     def equal(self) -> bool:
         return (
             self.pending == 0

@@ -17,6 +17,8 @@ client -> server
                                               replies follow: ``sim_messages``)
                                           ->  nack {id, error}   (recipient not on WhatsApp:
                                               numbers starting with 999)
+                                          ->  nothing, for numbers starting with 998 (a send
+                                              whose answer is lost: drills of ``uncertain``)
     stats {}                              ->  stats {overlaps, connections, live, sends,
                                                      duplicates}
 server -> client
@@ -25,7 +27,8 @@ server -> client
     error {message}   the line was not understood; the connection carries on
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
-(one object per record, field ``kind``) that a test can read after the server stopped. Lines
+(one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
+test can measure each device's downtime) that a test can read after the server stopped. Lines
 are bounded (``MAX_LINE``); bad input is answered with ``error`` and never stops the server.
 
 One module because it is one small program run on its own (``python -m``): protocol,
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
 #: Recipients whose number starts so are "not on WhatsApp": a send to them is refused (nack).
 NOT_ON_WHATSAPP_PREFIX = "999"
+#: Sends to numbers starting so are recorded but never answered (a send lost in flight).
+NO_ANSWER_PREFIX = "998"
 
 #: op -> required fields and their types.
 REQUESTS: dict[str, dict[str, type]] = {
@@ -193,7 +198,7 @@ class SimServer:
             self._overlap(older, conn)
         self.live[conn.device] = conn
         self.record.connections[conn.device] += 1
-        self._journal_write("connect", device=conn.device, **conn.describe())
+        self._journal_write("connect", device=conn.device, at=conn.since, **conn.describe())
         reply = encode("connected", conn=conn.id)
         device = conn.device
         asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
@@ -230,7 +235,13 @@ class SimServer:
         self.record.sends[device] += 1
         self.record.received[fields["to"]] += 1
         wa_id = whatsapp_id()
-        self._journal_write("send", device=device, id=fields["id"], to=fields["to"], wa_id=wa_id)
+        if str(fields["to"]).startswith(NO_ANSWER_PREFIX):
+            self._journal_write("send", device=device, id=fields["id"], to=fields["to"],
+                                wa_id=None, at=self._clock())  # fmt: skip
+            return b""
+        self._journal_write(
+            "send", device=device, id=fields["id"], to=fields["to"], wa_id=wa_id, at=self._clock()
+        )
         if device:
             self.deliveries.sent(device, fields, wa_id)
         return encode("ack", id=fields["id"], wa_id=wa_id, ts=self._clock())
@@ -249,7 +260,9 @@ class SimServer:
         device = conn.device
         if device is not None and self.live.get(device) is conn:
             del self.live[device]
-            self._journal_write("disconnect", device=device, how=how, **conn.describe())
+            self._journal_write(
+                "disconnect", device=device, how=how, at=self._clock(), **conn.describe()
+            )
         conn.device = None
 
     def _journal_write(self, kind: str, **fields: Any) -> None:

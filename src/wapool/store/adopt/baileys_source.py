@@ -158,7 +158,7 @@ class _Reader:
                 "jid": jid,
                 "key_id": self._base64(key_id, f"{label} (its id)"),
                 "key_data": self._bytes(data.get("keyData"), f"{label}.keyData", 32),
-                "timestamp": int(data.get("timestamp") or 0),
+                "timestamp": self._long(data.get("timestamp"), f"{label}.timestamp"),
                 "fingerprint": _fingerprint_proto(fingerprint),
             })  # fmt: skip
         return rows
@@ -212,6 +212,15 @@ class _Reader:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise BadSource(f"{self.where}: creds.{label or name} is not a non-negative integer")
         return value
+
+    def _long(self, value: Any, label: str) -> int:
+        """A protobuf int64 as JSON carries it: a number, a decimal string or ``{low, high}``."""
+        if isinstance(value, dict) and {"low", "high"} <= value.keys():
+            return (int(value["high"]) << 32) + (int(value["low"]) & 0xFFFFFFFF)
+        try:
+            return int(value or 0)
+        except (TypeError, ValueError):
+            raise BadSource(f"{self.where}: {label} is not a number") from None
 
     def _bytes(self, value: Any, label: str, length: int | None = None) -> bytes:
         raw = _buffer(value)

@@ -7,7 +7,8 @@ Order, so that a refusal changes nothing:
    needs ``--force`` (``--dry-run`` stops here and reports);
 3. the company's lease is taken as ``wapool import`` takes it (refused while a daemon drives the
    company), so no daemon starts it until the end;
-4. the working store is built and upgraded in a private temporary directory (``build``);
+4. the working store is built and upgraded in a temporary file beside the working store
+   (``build``; ``store.db.adopting-<pid>``, which ``leftovers`` removes if the process dies);
 5. the PostgreSQL copy is replaced in one transaction (``transfer.import_company``, which
    checks 2. again atomically and records the adoption in ``store_imports``), and this host's
    working store is rebuilt from the same rows.
@@ -16,8 +17,7 @@ Order, so that a refusal changes nothing:
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from wapool.store.adopt.build import Built, SchemaMaker, build
 from wapool.store.adopt.source import DEVICE_TABLE, AdoptRefused, Taken
 from wapool.store.devices import holders
 from wapool.store.import_lease import held_for_import
+from wapool.store.leftovers import remove_file_set
 from wapool.store.working_store import prepare_dir
 from wapool.whatsapp.neonize_store import create_schema
 
@@ -56,27 +57,26 @@ async def adopt(
     if dry_run:
         return Adopted(taken, None, None, paired)
     async with held_for_import(db, company_id, lease_seconds) as fence:
-        work = Path(tempfile.mkdtemp(prefix=".adopt-", dir=_work_parent(state_dir)))
+        path = prepare_dir(state_dir, company_id)
+        temp = adopting_name(path)
         try:
-            built = await asyncio.to_thread(
-                build, taken, work / "store.db", company_id, make_schema
-            )
+            await asyncio.to_thread(remove_file_set, temp)
+            built = await asyncio.to_thread(build, taken, temp, company_id, make_schema)
             meta = await transfer.import_company(
                 db, company_id, built.store, force=force, source=f"adopt {taken.source}",
                 fence=fence,
             )  # fmt: skip
-            path = prepare_dir(state_dir, company_id)
             await asyncio.to_thread(restore.build_from_rows, path, meta, built.store.rows)
             await CompanyRepository(db).set_paired_jid(company_id, built.jid)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            await asyncio.to_thread(remove_file_set, temp)
     return Adopted(taken, built, meta.store_uuid, paired)
 
 
-def _work_parent(state_dir: Path) -> Path:
-    """Private keys are written only where the working stores live (0700)."""
-    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return state_dir
+def adopting_name(path: Path) -> Path:
+    """Where the store is built: beside the working store (0700), under a name ``leftovers``
+    knows, so a killed adoption leaves no private keys behind for long."""
+    return path.with_name(f"{path.name}.adopting-{os.getpid()}")
 
 
 async def _precheck(
