@@ -128,7 +128,7 @@ class Runtime:
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
             delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
-            prekey_gap=settings.prekey_restore_gap,
+            prekey_gap=settings.prekey_restore_gap, handed=leases.handed_at,
             parallel=settings.max_concurrent_connects,
         )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))

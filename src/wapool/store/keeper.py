@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wapool.backoff import Backoff
@@ -54,6 +54,7 @@ class StoreKeeper:
         clock: Clock | None = None,
         delay: float = 0.0,
         prekey_gap: int = 0,
+        handed: Mapping[str, int] | None = None,
         parallel: int = 1,
     ) -> None:
         self._db = db
@@ -62,6 +63,9 @@ class StoreKeeper:
         #: one store at a time, as a slow disk or neonize helper would.
         self._delay = delay
         self._prekey_gap = prekey_gap
+        #: Companies taken through a graceful handoff (``Leases.handed_at``): their copy is
+        #: complete, so a restore needs no pre-key gap nor new sender keys.
+        self._handed: Mapping[str, int] = handed if handed is not None else {}
         self._slow = asyncio.Lock()
         self._state_dir = state_dir
         self._mirror = mirror
@@ -169,7 +173,7 @@ class StoreKeeper:
             self._snapshots,
             fence=self._mirror.fence,
             offline=self.offline,
-            prekey_gap=self._prekey_gap,
+            prekey_gap=None if company_id in self._handed else self._prekey_gap,
         )
         if company_id in self._alerted:
             log.warning("store_usable_again", extra={"company": company_id})

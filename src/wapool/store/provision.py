@@ -82,10 +82,11 @@ async def provision(
     make_schema: SchemaMaker = create_schema,
     fence: Fence | None = None,
     offline: bool = False,
-    prekey_gap: int = 0,
+    prekey_gap: int | None = 0,
 ) -> Provisioned:
     """``offline``: the daemon started without PostgreSQL; do not wait for it to fail.
-    ``prekey_gap``: pre-key ids a restored store skips (``monotonic``)."""
+    ``prekey_gap``: pre-key ids a restored store skips (``monotonic``); None when the copy is
+    known complete (a graceful handoff: the previous holder drained it)."""
     path = prepare_dir(state_dir, company_id)
     await asyncio.to_thread(remove_stale_temporaries, path.parent)
     local = await asyncio.to_thread(inspect_local, path)
@@ -99,7 +100,8 @@ async def provision(
         if local.usable:
             await _prepare_existing(company_id, state_dir, path, make_schema)
             return Provisioned(path, "kept", "PostgreSQL unavailable; local store is sound")
-        return await _from_snapshot(path, company_id, snapshots, local, str(exc), prekey_gap)
+        gap = 0 if prekey_gap is None else prekey_gap  # a snapshot may lag: always see to it
+        return await _from_snapshot(path, company_id, snapshots, local, str(exc), gap)
 
     reason = _restore_reason(local, meta)
     if reason is not None and (meta is not None or local.fault is Fault.CORRUPT):
@@ -154,7 +156,7 @@ class _Restoring:
     local: LocalState
     reason: str
     fence: Fence | None
-    prekey_gap: int
+    prekey_gap: int | None
 
 
 async def _restore(db: Database, r: _Restoring, make_schema: SchemaMaker) -> Provisioned:

@@ -49,14 +49,15 @@ def build_from_rows(
     keep_as: Path | None = None,
     *,
     prekey_mark: int = 0,
-    prekey_gap: int = 0,
+    prekey_gap: int | None = 0,
 ) -> Path | None:
     """Write a complete store for ``meta``'s copy at ``path``; the store it replaces (if any)
     is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned.
 
     What must stay monotonic is then seen to (``monotonic``): pre-keys numbered beyond
     ``prekey_mark + prekey_gap``, our own sender keys gone; both are logged changes, so the
-    mirror carries them to the copy."""
+    mirror carries them to the copy. ``prekey_gap=None``: the copy is known complete (a graceful
+    handoff drained it): nothing to see to."""
     with temporary(path) as temp:
         # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
@@ -68,7 +69,8 @@ def build_from_rows(
                 _insert_rows(conn, rows)
             install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
             changelog.continue_after(conn, meta.applied_seq)
-            _never_go_back(conn, meta.company_id, prekey_mark, prekey_gap)
+            if prekey_gap is not None:
+                _never_go_back(conn, meta.company_id, prekey_mark, prekey_gap)
             conn.execute("PRAGMA journal_mode = DELETE")
         return _install(temp, path, keep_as or replaced_name(path))
 
