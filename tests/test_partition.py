@@ -86,8 +86,9 @@ async def test_a_partitioned_daemon_never_overlaps_once_both_reach_postgres(
         await _until(lambda: json.loads(one.get("/status")[1])["companies"] == {}, 30,
                      "one stopped every client")  # fmt: skip
         assert _holders(database_url) == dict.fromkeys(COMPANIES, "two")  # one holder each
-        assert one.stop(signal.SIGTERM, 60) == 0
-        assert two.stop(signal.SIGTERM, 60) == 0
+        # In a thread: the fault proxy between one and PostgreSQL runs on this event loop.
+        assert await asyncio.to_thread(one.stop, signal.SIGTERM, 60) == 0
+        assert await asyncio.to_thread(two.stop, signal.SIGTERM, 60) == 0
         after = await asyncio.to_thread(lambda: server.stats()["overlaps"])
     assert after == during  # no overlap once both reach PostgreSQL
     one_text = one.text()
