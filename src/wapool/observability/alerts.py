@@ -136,12 +136,13 @@ def offline_start(error: str, registry_age_seconds: float, resumed: int, compani
 
 
 def offline_recovered(
-    outage_seconds: float, kept: list[str], lost: list[str], pending_rows: int
+    degraded_seconds: float, kept: list[str], lost: list[str], pending_rows: int
 ) -> None:
-    """PostgreSQL returned to a daemon started without it; every lease was re-validated."""
+    """PostgreSQL returned to a daemon started without it (``degraded_seconds`` after its
+    start); every lease was re-validated."""
     _send(
         "postgres_recovered_after_offline_start", "warning" if lost else "info", "-", "daemon",
-        outage_seconds=round(outage_seconds, 1), leases_kept=len(kept),
+        degraded_seconds=round(degraded_seconds, 1), leases_kept=len(kept),
         leases_lost=", ".join(lost), rows_pending=pending_rows,
     )  # fmt: skip
 

@@ -85,14 +85,15 @@ class LastSeenStore:
         )
 
     def save_registry(self, companies: Iterable[Company], other_holders: Iterable[str]) -> None:
+        confirmed = self._clock.time()
         body = {
             "holder": self.holder,
-            "confirmed_at": self._clock.time(),
+            "confirmed_at": confirmed,
             "other_holders": sorted(set(other_holders) - {self.holder}),
             "companies": [_company_to_json(c) for c in companies],
         }
         write_state(self.registry_path, "registry", body)
-        self.confirmed_at = float(body["confirmed_at"])  # type: ignore[arg-type]
+        self.confirmed_at = confirmed
 
     def save_leases(self, held: Mapping[str, int]) -> None:
         """Record the leases held now (nothing is written when they did not change)."""

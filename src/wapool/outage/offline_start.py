@@ -3,8 +3,8 @@
 A daemon that cannot reach PostgreSQL at start resumes the companies whose leases it held, from
 their working stores, when ``WAPOOL_PARTITION_POLICY`` allows it:
 
-* ``auto`` (default): only if no other daemon held a lease when the registry was last seen
-  (a single-host deployment); with several hosts it waits for PostgreSQL, as ``wait`` does;
+* ``auto`` (default): only if no other daemon held a lease or sent a heartbeat when the
+  registry was last seen (a single-host deployment); with several hosts it waits for PostgreSQL, as ``wait`` does;
 * ``resume``: always (several hosts, availability first: see docs/several-hosts.md);
 * ``wait``: never.
 

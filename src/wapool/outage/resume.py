@@ -15,7 +15,6 @@ import psycopg
 from wapool.backoff import Backoff
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
-from wapool.leases import current_holders
 from wapool.observability.sdnotify import Notifier
 from wapool.outage import offline_start
 from wapool.outage.last_seen import LastSeenStore
@@ -34,12 +33,23 @@ WaitForSchema = Callable[
 log = logging.getLogger(__name__)
 
 
+#: A node that sent a heartbeat this recently counts as another daemon of the deployment.
+OTHER_NODE_SECONDS = 600
+
+
 async def remember_registry(db: Database, store: LastSeenStore, companies: list[Company]) -> None:
-    """Write the registry PostgreSQL just gave (and who else holds leases) to the state dir."""
+    """Write the registry PostgreSQL just gave to the state dir, with the other daemons seen:
+    those holding leases, and the nodes that sent a heartbeat in the last ten minutes (a
+    standby holding none counts too: it could take companies over in a partition)."""
     try:
-        others = set((await current_holders(db)).values())
+        rows = await db.fetch(
+            "SELECT holder FROM company_leases WHERE expires_at > now() AND holder <> '' "
+            "UNION SELECT name FROM nodes WHERE heartbeat_at > now() - make_interval(secs => %s)",
+            (OTHER_NODE_SECONDS,),
+        )
     except DatabaseUnavailable:
         return  # confirmed only with both answers
+    others = {str(r[0]) for r in rows}
     try:
         store.save_registry(companies, others)
     except OSError as exc:
