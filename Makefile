@@ -32,11 +32,12 @@ test-fast: venv
 	$(BIN)/pytest -m unit
 
 ## The slow profile: 2,000 generated convergence histories instead of 200; issue 11's bring-up
-## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later); a real
+## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later); issue 13's
+## restart during an outage at full size (20 companies, killed 10 s into the outage); a real
 ## install from deploy/requirements.lock (downloads every package).
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
-	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_install.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_offline_start.py tests/test_install.py
 	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py tests/test_outbound_drill.py
 
 lint: venv

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     balance_slack: int = Field(2, ge=0, le=10_000)
     handoff_batch: int = Field(2, ge=1, le=1000)
     node_name: str | None = None
+    #: Started without PostgreSQL: resume the leases held from the state directory (issue 13).
+    partition_policy: Literal["auto", "resume", "wait"] = "auto"
+    #: Pre-key ids a restored store skips beyond the highest one PostgreSQL ever saw.
+    prekey_restore_gap: int = Field(2000, ge=0, le=1_000_000)
     worker_heartbeat_timeout_seconds: PositiveFloat = 10.0
     simulated_churn_per_second: float = Field(1.0, ge=0)
     simulated_pairing: Literal["instant", "qr"] = "instant"

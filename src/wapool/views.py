@@ -33,6 +33,8 @@ class Views:
     def ready(self) -> tuple[bool, str]:
         """Ready: PostgreSQL reachable (or down for less than the cache TTL) and no shard down."""
         rt = self._rt
+        if rt.offline is not None and rt.offline.degraded:
+            return False, "degraded: " + rt.offline.describe(time.time())
         health = rt.db.health.snapshot()
         down_for = 0.0 if health.up else time.monotonic() - health.since_monotonic
         if down_for > rt.settings.cache_ttl_seconds:
@@ -105,10 +107,22 @@ class Views:
                 "snapshot_age_seconds": rt.snapshots.peek_age(company),
             }
         health = rt.db.health.snapshot()
+        offline = rt.offline
         return {
             "node": rt.leases.holder,
             "share": rt.share,
             "draining": rt.view.draining if rt.view else False,
+            "mode": "degraded" if offline is not None and offline.degraded else "normal",
+            "offline_start": None
+            if offline is None
+            else {
+                "started_at": offline.started_wall,
+                "recovered_at": offline.recovered_wall,
+                "registry_age_seconds": offline.registry_age(offline.started_wall),
+                "resumed": sorted(offline.resumed),
+                "leases_lost": offline.lost,
+            },
+            "caches": self._cache_ages(),
             "database": {"up": health.up, "last_error": health.last_error},
             "state_dir": self._disk(),
             "companies": companies,
@@ -155,6 +169,18 @@ class Views:
         out.family("wapool_mirror_rows_applied_total", "counter", "Rows written to PostgreSQL.",
                    [({}, float(self._rt.mirror.stats.rows_applied))])  # fmt: skip
 
+    def _cache_ages(self) -> dict[str, Any]:
+        """Who answers for PostgreSQL while it is down, and how old their answers are."""
+        rt = self._rt
+        result: dict[str, Any] = {}
+        for name, cache in (("registry", rt.registry.cache), ("snapshots", rt.snapshots)):
+            stats = cache.stats()
+            result[name] = {"ttl_seconds": cache.ttl_seconds, "entries": stats.entries,
+                            "oldest_age_seconds": stats.oldest_entry_age_seconds,
+                            "last_hit_age_seconds": stats.last_hit_age_seconds}  # fmt: skip
+        result["registry_on_disk"] = {"age_seconds": rt.last_seen.age_seconds()}
+        return result
+
     def _caches(self, out: Exposition) -> None:
         for name, cache in (
             ("registry", self._rt.registry.cache.stats()),
@@ -167,6 +193,17 @@ class Views:
                        [(labels, float(cache.misses))])  # fmt: skip
             out.family(f"wapool_cache_{name}_last_hit_age_seconds", "gauge", "Age of the last value served.",
                        [(labels, cache.last_hit_age_seconds or 0.0)])  # fmt: skip
+            out.family(f"wapool_cache_{name}_oldest_age_seconds", "gauge", "Age of the oldest entry kept.",
+                       [(labels, cache.oldest_entry_age_seconds or 0.0)])  # fmt: skip
+            out.family(f"wapool_cache_{name}_entries", "gauge", "Entries kept.",
+                       [(labels, float(cache.entries))])  # fmt: skip
+        age = self._rt.last_seen.age_seconds()
+        out.family("wapool_registry_on_disk_age_seconds", "gauge",
+                   "Age of the registry kept in the state directory (-1: none yet).",
+                   [({}, -1.0 if age is None else age)])  # fmt: skip
+        offline = self._rt.offline
+        out.family("wapool_degraded", "gauge", "Running without PostgreSQL since the start.",
+                   [({}, float(offline is not None and offline.degraded))])  # fmt: skip
 
     def _database(self, out: Exposition) -> None:
         health = self._rt.db.health.snapshot()

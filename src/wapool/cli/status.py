@@ -5,7 +5,8 @@ and pending rows are read from the working stores on this host (``-`` when it ha
 are opened read-only, one at a time: a store that cannot be read is one row saying why
 (``store_error``), never a failed command. Replaced stores kept on this host (``leftovers``)
 are listed after the table, with what their salvage could not save, and so are the webhook's
-dead letters kept on this host (``webhook_dead_letters`` in JSON).
+dead letters kept on this host (``webhook_dead_letters`` in JSON). With PostgreSQL
+unreachable, the daemon on this host answers instead (``status_local``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from wapool.cli.database import open_database
+from wapool.cli.status_local import local_status, render_local
 from wapool.cli.table import render
 from wapool.messaging.cursors import CURSORS_FILE
+from wapool.errors import DatabaseUnavailable
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog
@@ -80,12 +83,17 @@ def _replaced(copy: Replaced) -> dict[str, Any]:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        rows = await db.fetch(
-            "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
-            "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
-            "WHERE c.removed_at IS NULL ORDER BY c.id"
-        )
+    try:
+        async with open_database(settings) as db:
+            rows = await db.fetch(
+                "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
+                "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
+                "WHERE c.removed_at IS NULL ORDER BY c.id"
+            )
+    except DatabaseUnavailable as exc:  # an outage: the local daemon is the witness left
+        local = await asyncio.to_thread(local_status, settings, exc)
+        print(json.dumps(local, indent=2) if args.json else render_local(local, exc))
+        return 0
     kept = await asyncio.to_thread(replaced_copies, settings.state_dir)
     dead = await asyncio.to_thread(_dead_letters, settings.state_dir)
     report = []

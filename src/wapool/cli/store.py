@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from wapool.store import pg_copy, restore, transfer
 from wapool.store.export_file import ExportFile, read_export
 from wapool.store.faults import SQLITE_ERRORS, StoreFault
 from wapool.store.import_lease import held_for_import
+from wapool.store.leftovers import replaced_copies
+from wapool.store.rescue import read_report
 from wapool.store.verify import Verdict, verify, wait_drained
 from wapool.store.working_store import store_path
 
@@ -82,10 +85,25 @@ async def _verify(settings: Settings, args: argparse.Namespace) -> int:
                 verdicts.append(f"{company_id}: UNREADABLE ({describe_error(exc)})")
     for verdict in verdicts:
         print(verdict if isinstance(verdict, str) else _report(verdict))
+    for note in await asyncio.to_thread(_kept_aside, settings.state_dir, set(companies)):
+        print(note)
     if not verdicts:
         print("no working stores on this host to verify")
     equal = all(not isinstance(v, str) and (v.equal or v.stale) for v in verdicts)
     return ExitCode.OK if equal else ExitCode.FAILURE
+
+
+def _kept_aside(state_dir: Path, companies: set[str]) -> list[str]:
+    """Changes a daemon kept aside when its lease was taken over (``store.aside``): never in
+    PostgreSQL, for an operator to look at; they do not make ``verify`` fail."""
+    notes = []
+    for copy in replaced_copies(state_dir):
+        if copy.company_id in companies and copy.report is not None:
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                report = read_report(copy.report)
+                if report.aside:
+                    notes.append(f"{copy.company_id}: KEPT ASIDE {report.describe()}")
+    return notes
 
 
 def _exists(path: Path) -> bool:

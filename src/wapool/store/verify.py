@@ -42,14 +42,14 @@ class Verdict:
 
     @property
     def stale(self) -> bool:
-        """An older state of the same store, nothing pending: another node drove the company
-        since (it is restored when driven here again). Not a divergence."""
-        return (
-            self.pending == 0
-            and self.same_store
-            and self.postgres_seq is not None
-            and self.local_seq < self.postgres_seq
-        )
+        """An older state of the store, nothing pending: another node drove the company since
+        (it is restored when driven here again). Not a divergence. A restore elsewhere gave
+        the copy a new identity (``store.fork``): an older line that owes nothing is stale too."""
+        if self.pending or self.postgres_seq is None:
+            return False
+        if self.same_store:
+            return self.local_seq < self.postgres_seq
+        return self.local_seq <= self.postgres_seq
 
     @property
     def equal(self) -> bool:
