@@ -128,7 +128,7 @@ class Fleet:
         picked up a company another released at its own stop); nothing DIFFERENT anywhere."""
         equal: set[str] = set()
         for name in names:
-            out = self.cli(name, "verify", timeout=240)
+            out = self.cli(name, "verify", "--timeout", "10", timeout=240)
             assert "DIFFERENT" not in out, out
             assert "UNREADABLE" not in out, out
             equal |= {line.split(":")[0] for line in out.splitlines() if ": EQUAL" in line}

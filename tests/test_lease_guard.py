@@ -200,3 +200,33 @@ def test_leases_given_back_or_lost_are_no_longer_pending() -> None:
     assert bringup.rate == pytest.approx(0.5)  # one started, two seconds after the batch
     assert bringup.may_start("a")
     assert not bringup.may_start("b")
+
+
+async def test_an_expired_lease_is_taken_over_only_once_seen_expired_for_the_grace(
+    db: Database, database_url: str
+) -> None:
+    """The holder, back from an outage, renews within a third of a lease: it goes first."""
+    add_companies(database_url, "a")
+    holder = Leases(db, "holder", seconds=30)
+    await holder.acquire(["a"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 hour'")
+    clock = ManualClock()
+    taker = Leases(db, "taker", seconds=30, clock=clock, takeover_grace=15)
+    assert await taker.acquire(["a"]) == {}  # first seen expired now
+    assert taker.ripening == 1
+    clock.advance(14)
+    assert await taker.acquire(["a"]) == {}
+    db.health.mark_down("an outage")  # seen through an outage: start again
+    db.health.mark_up()
+    clock.advance(5)
+    assert await taker.acquire(["a"]) == {}
+    assert await holder.renew() == []  # the holder renews an expired lease nobody took
+    clock.advance(60)
+    assert await taker.acquire(["a"]) == {}
+    assert taker.ripening == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
+    assert await taker.acquire(["a"]) == {}
+    clock.advance(15)
+    assert await taker.acquire(["a"]) == {"a": 2}

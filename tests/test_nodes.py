@@ -10,13 +10,23 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import mirror_once, new_store, run_cli
+from tests.conftest import (
+    make_settings,
+    mirror_once,
+    new_store,
+    proxied,
+    run_cli,
+    wait_until_up,
+)
 from tests.test_mirror import add_companies
 from wapool.db.pool import Database
 from wapool.errors import WapoolError
+from wapool.handoff import Handoffs, _last_seq
 from wapool.leases import Leases
 from wapool.nodes import Nodes, list_nodes, request_move, set_draining
+from wapool.store.mirror import Mirror
 from wapool.store.working_store import connect
+from wapool.testing.fault_proxy import FaultProxy
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 
 pytestmark = pytest.mark.timeout(120)
@@ -131,3 +141,67 @@ def test_operator_commands(database_url: str, tmp_path: Path) -> None:
     assert moved.returncode != 0
     assert moved.stderr.count("\n") == 1
     assert "nope" in moved.stderr
+
+
+class Stops:
+    """What a handoff asks of the supervisor: stop these clients (recorded)."""
+
+    def __init__(self) -> None:
+        self.stops: list[str] = []
+        self.pool = self
+
+    async def stop(self, company: str) -> None:
+        self.stops.append(company)
+
+    async def stopped(self, _company: str, _timeout: float) -> bool:
+        return True
+
+
+async def test_a_handoff_cut_by_an_outage_keeps_the_lease_then_completes(
+    database_url: str, proxy: FaultProxy, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    """Stopped, not released while PostgreSQL is away (driven by nobody, never by two); the
+    next round drains what was left and releases at the store's own sequence."""
+    add_companies(database_url, "a")
+    settings = make_settings(proxied(database_url, proxy), tmp_path, db_connect_timeout_seconds=1,
+                             db_pool_timeout_seconds=1, db_query_timeout_seconds=2)  # fmt: skip
+    db = Database.from_settings(settings)
+    await db.open(wait=True)
+    path = new_store(whatsmeow_template, tmp_path / "one", "a")
+    conn = connect(path)
+    writer = WhatsmeowWriter(conn, random.Random(1))
+    writer.pair()
+    leases = Leases(db, "one", seconds=30)
+    await leases.acquire(["a"])
+    mirror = Mirror(db, fence=leases.fence())
+    mirror.add("a", path)
+    stops = Stops()
+    handoffs = Handoffs(leases, stops, mirror, tmp_path / "one")  # type: ignore[arg-type]
+    try:
+        assert await mirror.drain(30)
+        for _ in range(20):  # changes the mirror has not seen yet
+            writer.random_transaction()
+        conn.close()
+        await proxy.refuse()
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr("wapool.handoff.DRAIN_SECONDS", 1.0)
+            assert await handoffs.run({"a": None}) == []
+        assert stops.stops == ["a"]
+        assert handoffs.pending == {"a": None}
+        assert "a" in leases.held  # still ours: nobody else may drive it
+        await proxy.restore()
+        await wait_until_up(db)
+        assert await handoffs.run({}) == ["a"]
+        with psycopg.connect(database_url) as pg:
+            row = pg.execute("SELECT holder, released_seq FROM company_leases").fetchone()
+            copy = pg.execute("SELECT applied_seq FROM store_copies").fetchone()
+        assert copy is not None
+        assert row == ("", copy[0])
+        assert copy[0] == _last_seq(path)
+        await handoffs.discard_stores(["a"])
+        assert not path.exists()
+        assert handoffs.stats.handoffs_out == 1
+        assert handoffs.stats.handoff_failures == 1
+    finally:
+        mirror.close()
+        await db.close()

@@ -40,15 +40,16 @@ def test_a_joining_daemon_gets_its_share_through_handoffs(
         time.sleep(fleet.lease * 2 / 3)  # two renewals more: nothing flaps back
         assert fleet.balanced(len(companies), ["one", "two"])
         nodes = fleet.cli("one", "nodes")
+        taken = fleet.counts()["two"]
         stats = server.stats()
         metrics = fleet.running["one"].get("/metrics")[1]
         fleet.stop_all()
     assert stats["overlaps"] == []
     assert max(stats["connections"].values()) <= 2  # a company moves once at most
-    assert sum(1 for n in stats["connections"].values() if n == 2) == len(companies) // 2
+    assert sum(1 for n in stats["connections"].values() if n == 2) == taken  # all handed over
     assert [line.split()[0] for line in nodes.splitlines()] == ["NODE", "one", "two"]
     assert nodes.count(" live") == 2
-    assert 'wapool_handoffs_total{direction="out",node="one"} 12.0' in metrics
+    assert f'wapool_handoffs_total{{direction="out",node="one"}} {float(taken)}' in metrics
     assert 'wapool_handoff_seconds{node="one",quantile="0.99"}' in metrics
     fleet.verify_all(["one", "two"], companies)
 

@@ -192,3 +192,30 @@ async def test_worker_past_its_descriptor_bound_is_recycled(
         assert pool.workers == []
     finally:
         await pool.close()
+
+
+async def test_a_stop_is_confirmed_by_the_worker_or_by_its_death(
+    whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    """What a handoff waits for before it releases a lease: the client is gone."""
+    stores = {c: new_store(whatsmeow_template, tmp_path, c) for c in ("a", "b")}
+    sup = Supervisor("simulated", 5, lambda c: stores[c])
+    stop = asyncio.Event()
+    sup.want(["a", "b"])
+    runner = asyncio.create_task(sup.run(stop))
+    try:
+        await _until(lambda: all(s.state is State.CONNECTED for s in sup.sessions.values()))
+        assert await sup.pool.stopped("a", 0.1)  # nothing asked: nothing to wait for
+        worker = sup.pool.worker_of("a")
+        assert worker is not None
+        await sup.stop("a")
+        assert await sup.pool.stopped("a", 15)
+        os.kill(worker.pid, signal.SIGSTOP)  # the next stop is never answered...
+        await sup.stop("b")
+        assert not await sup.pool.stopped("b", 0.5)
+        os.kill(worker.pid, signal.SIGKILL)  # ...until the worker dies: the client is gone
+        assert await sup.pool.stopped("b", 15)
+    finally:
+        stop.set()
+        await runner
+        await sup.close()

@@ -100,6 +100,8 @@ class BringUp:
             log.info("leases_taken", extra=extra | {"waiting": len(waiting) - len(taken)})
         # A full batch: more may be free. Fewer: the rest is held by other daemons.
         self.backlog = limit > 0 and len(free) >= limit and len(waiting) > len(taken)
+        # Expired leases of another holder, to be taken over once they are ripe: look again soon.
+        self.backlog = self.backlog or self._leases.ripening > 0
         return taken
 
     def taken(self, companies: Iterable[str]) -> None:

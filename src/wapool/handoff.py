@@ -1,7 +1,7 @@
 """A graceful handoff: stop the client, drain its changes, give the lease up with the sequence.
 
-Order, per batch of companies: their clients stop (nothing writes their stores any more), the
-mirror drains them (``Mirror.drain_companies``: every change read after the stop is applied),
+Order, per batch of companies: their clients stop (the workers confirm it: nothing writes their
+stores any more, nothing is connected), the mirror drains them (``Mirror.drain_companies``: every change read after the stop is applied),
 then (after the outbound messages queued here are given back to PostgreSQL)
 ``Leases.hand_over`` releases the leases, recording each PostgreSQL copy's applied
 sequence, and wakes the other daemons. The local store files are then removed: PostgreSQL holds
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 #: How long a handoff waits for the mirror to apply a batch's last changes.
 DRAIN_SECONDS = 10.0
+#: How long a handoff waits for the workers to confirm the clients stopped (a client that does
+#: not stop in time gets its worker recycled, which also ends it).
+STOP_SECONDS = 20.0
 #: Latest durations kept for the summaries in /metrics.
 SAMPLES = 1000
 

@@ -53,12 +53,25 @@ T = TypeVar("T")
 
 class Leases:
     def __init__(
-        self, db: Database, holder: str, seconds: float, clock: Clock | None = None
+        self,
+        db: Database,
+        holder: str,
+        seconds: float,
+        clock: Clock | None = None,
+        *,
+        takeover_grace: float = 0.0,
     ) -> None:
         self._db = db
         self.holder = holder
         self.seconds = seconds
         self._clock = clock or SystemClock()
+        #: How long a lease another holder let expire must be seen expired, with PostgreSQL
+        #: reachable all along, before it is taken over (see ``_ripe``).
+        self.takeover_grace = takeover_grace
+        #: Company -> (holder, epoch, first seen expired, outages counted then).
+        self._expired: dict[str, tuple[str, int, float, int]] = {}
+        #: Expired leases of other holders seen, not yet taken over.
+        self.ripening = 0
         self._held: dict[str, int] = {}
         self._valid_until: dict[str, float] = {}
         self._unconfirmed: set[str] = set()
@@ -126,9 +139,25 @@ class Leases:
         if not wanted or limit == 0:
             return {}
         sent = self._clock.monotonic()
-        params = {"holder": self.holder, "secs": self.seconds, "companies": wanted,
-                  "limit": limit, "reserved_only": reserved_only}  # fmt: skip
-        taken = await self._run(lambda conn: _take(conn, params))
+        params: dict[str, object] = {"holder": self.holder, "secs": self.seconds,
+                  "companies": wanted, "limit": limit, "reserved_only": reserved_only}  # fmt: skip
+
+        async def work(conn: Conn) -> dict[str, tuple[int, int | None]]:
+            cur = await conn.execute(
+                "SELECT company_id, holder, epoch FROM company_leases WHERE company_id = ANY(%s) "
+                "AND holder NOT IN ('', %s) AND expires_at < now()",
+                (wanted, self.holder),
+            )
+            params["ripe"] = self._ripe(
+                {str(c): (str(h), int(e)) for c, h, e in await cur.fetchall()}
+            )
+            return await _take(conn, params)
+
+        try:
+            taken = await self._run(work)
+        except DatabaseUnavailable:
+            self._expired.clear()  # seen through an outage: the holder may not have had its chance
+            raise
         for company, (epoch, seq) in taken.items():
             self._held[company] = epoch
             self._valid_until[company] = sent + self.seconds
@@ -137,6 +166,26 @@ class Leases:
             log.info("lease_acquired", extra={"company": company, "epoch": epoch,
                                               "handed_at_seq": seq})  # fmt: skip
         return {company: epoch for company, (epoch, _) in taken.items()}
+
+    def _ripe(self, expired: Mapping[str, tuple[str, int]]) -> list[str]:
+        """Which of these expired leases of other holders may be taken over now.
+
+        A holder cut off from PostgreSQL cannot renew; when PostgreSQL returns, it renews within
+        a third of a lease. Taking its lease before that would drive the company from a store
+        without the holder's last changes (its mirror is fenced off from then on). So a lease is
+        taken over only once it was seen expired, under the same holder and epoch, for
+        ``takeover_grace`` seconds during which this daemon saw no outage."""
+        now = self._clock.monotonic()
+        outages = self._db.health.snapshot().outages
+        seen = {}
+        for company, (holder, epoch) in expired.items():
+            before = self._expired.get(company)
+            same = before is not None and before[:2] == (holder, epoch) and before[3] == outages
+            seen[company] = before if same and before else (holder, epoch, now, outages)
+        self._expired = seen
+        ripe = [c for c, (_, _, first, _) in seen.items() if now - first >= self.takeover_grace]
+        self.ripening = len(seen) - len(ripe)
+        return ripe
 
     async def hand_over(self, companies: Mapping[str, str | None]) -> dict[str, int]:
         """Give these leases up for another daemon to take (company -> the node it is reserved
@@ -240,7 +289,8 @@ async def _take(conn: Conn, params: dict[str, object]) -> dict[str, tuple[int, i
         "SELECT c, %(holder)s, 1, now() + make_interval(secs => %(secs)s) "
         "FROM unnest(%(companies)s::text[]) AS w(c) "
         "LEFT JOIN company_leases l ON l.company_id = c "
-        "WHERE (l.company_id IS NULL OR l.expires_at < now() OR l.holder = %(holder)s) "
+        "WHERE (l.company_id IS NULL OR l.holder = %(holder)s OR (l.expires_at < now() "
+        "AND (l.holder = '' OR c = ANY(%(ripe)s)))) "
         "AND (l.reserved_for IS NULL OR l.reserved_for = %(holder)s "
         "OR l.expires_at < now() - make_interval(secs => %(secs)s)) "
         "AND (NOT %(reserved_only)s OR l.reserved_for = %(holder)s) "
@@ -249,7 +299,8 @@ async def _take(conn: Conn, params: dict[str, object]) -> dict[str, tuple[int, i
         "epoch = company_leases.epoch + 1, expires_at = EXCLUDED.expires_at, "
         "reserved_for = NULL, move_to = NULL, released_seq = CASE WHEN "
         "company_leases.holder = '' THEN company_leases.released_seq END "
-        "WHERE (company_leases.expires_at < now() OR company_leases.holder = EXCLUDED.holder) "
+        "WHERE (company_leases.holder = EXCLUDED.holder OR (company_leases.expires_at < now() "
+        "AND (company_leases.holder = '' OR company_leases.company_id = ANY(%(ripe)s)))) "
         "AND (company_leases.reserved_for IS NULL OR company_leases.reserved_for = "
         "EXCLUDED.holder OR company_leases.expires_at < now() - make_interval(secs => %(secs)s)) "
         "RETURNING company_id, epoch, released_seq",

@@ -113,7 +113,10 @@ class Runtime:
         )
         snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
         pairing = PairingRepository(db)
-        leases = Leases(db, settings.lease_holder, settings.lease_seconds)
+        leases = Leases(
+            db, settings.lease_holder, settings.lease_seconds,
+            takeover_grace=settings.lease_seconds / 2,  # the next renewal plus its margin
+        )  # fmt: skip
         bringup = BringUp(leases, settings.max_concurrent_connects)
         mirror = Mirror(
             db,

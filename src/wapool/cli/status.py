@@ -23,8 +23,8 @@ from typing import Any
 from wapool.cli.database import open_database
 from wapool.cli.status_local import local_status, render_local
 from wapool.cli.table import render
-from wapool.messaging.cursors import CURSORS_FILE
 from wapool.errors import DatabaseUnavailable
+from wapool.messaging.cursors import CURSORS_FILE
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog

@@ -226,7 +226,8 @@ class Mirror:
         deadline = self._clock.monotonic() + timeout
         while self._clock.monotonic() < deadline:
             with contextlib.suppress(DatabaseUnavailable):
-                await self.tick()
+                async with self._tick_lock:  # only theirs: the others wait for the next tick
+                    await self._tick(only=names)
                 targets = [self._targets[c] for c in names if c in self._targets]
                 if all(
                     t.read_tick > since and t.pending_rows == 0 and t.rejected is None
@@ -253,9 +254,9 @@ class Mirror:
                 applied += await part.tick()
             return applied
 
-    async def _tick(self) -> int:
+    async def _tick(self, only: set[str] | None = None) -> int:
         self.stats.ticks += 1
-        batches = await asyncio.to_thread(self._collect)
+        batches = await asyncio.to_thread(self._collect, only)
         self._publish_stats()
         if not batches:
             return 0
@@ -281,17 +282,19 @@ class Mirror:
 
     # -- steps (run in a worker thread) ------------------------------------------------------
 
-    def _collect(self) -> list[pg_copy.Batch]:
+    def _collect(self, only: set[str] | None = None) -> list[pg_copy.Batch]:
         with self._sqlite_lock:
-            return self._collect_locked()
+            return self._collect_locked(only)
 
-    def _collect_locked(self) -> list[pg_copy.Batch]:
+    def _collect_locked(self, only: set[str] | None = None) -> list[pg_copy.Batch]:
         self._close_leaving()
         if self._disk is not None:
             self._disk.check()
         batches: list[pg_copy.Batch] = []
         total = 0
         order, targets = list(self._order), dict(self._targets)  # the loop may change them
+        if only is not None:
+            order = [c for c in order if c in only]
         count = len(order)
         for i in range(count):
             target = targets[order[(self._start + i) % count]]
@@ -305,7 +308,8 @@ class Mirror:
                 continue
             batches.append(pg_copy.Batch(target.company_id, prefix, self._schema(target)))
             total += len(prefix.changes)
-        self._start = (self._start + 1) % max(count, 1)
+        if only is None:
+            self._start = (self._start + 1) % max(count, 1)
         return batches
 
     def _read(self, target: _Target) -> changelog.Prefix | None:

@@ -71,6 +71,8 @@ class WorkerPool:
         #: Also told of each company whose worker died (messaging: sends in flight).
         self.crash_listeners: list[OnCrash] = []
         self.on_inbox: OnInbox = lambda _company, _seq, _messages: None
+        #: Company -> (worker index, resolved once its client is gone): stops not yet confirmed.
+        self._stopping: dict[str, tuple[int, asyncio.Future[None]]] = {}
 
     @property
     def workers(self) -> list[WorkerHandle]:
@@ -91,10 +93,37 @@ class WorkerPool:
         await self._send(worker, protocol.encode("start", company=company, store=str(store)))
 
     async def stop_company(self, company: str) -> None:
+        """Ask the company's worker to stop its client (``stopped`` waits for the answer)."""
         worker = self.worker_of(company)
         if worker is not None:
             worker.companies.pop(company, None)
+            future = asyncio.get_running_loop().create_future()
+            self._stopping[company] = (worker.index, future)
             await self._send(worker, protocol.encode("stop", company=company))
+
+    async def stopped(self, company: str, timeout: float) -> bool:
+        """Wait until the company's client is gone: its worker said it stopped cleanly, or the
+        worker exited. False if that did not happen within ``timeout`` (it may still run)."""
+        entry = self._stopping.get(company)
+        if entry is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(entry[1]), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def _gone(self, company: str, worker: int | None = None) -> None:
+        """The company's client is gone (``worker``: every client of that worker is)."""
+        names = (
+            [c for c, (w, _) in self._stopping.items() if w == worker]
+            if worker is not None
+            else [company]
+        )
+        for name in names:
+            entry = self._stopping.pop(name, None)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(None)
 
     async def command(self, company: str, kind: str, **fields: str) -> None:
         worker = self.worker_of(company)
@@ -182,6 +211,7 @@ class WorkerPool:
                 log.warning("worker_bad_message", extra={"worker": worker.index, "error": str(exc)})
         code = await worker.process.wait()
         self._workers.pop(worker.index, None)
+        self._gone("", worker=worker.index)
         reason = worker.doomed or f"worker exited with status {code}"
         if worker.doomed != "shutdown":
             self.restarts += 1
@@ -206,6 +236,8 @@ class WorkerPool:
             company = str(fields["company"])
             if company in worker.companies:
                 self.on_inbox(company, int(str(fields["seq"])), int(str(fields["messages"])))
+        elif kind == "stopped" and fields.get("clean") is True:
+            self._gone(str(fields["company"]))
         elif kind == "stopped" and fields.get("clean") is False:
             # A client that would not stop (neonize can hang a minute): recycle the process.
             self._kill(worker, f"client {fields['company']} did not stop in time")
