@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         company,
         database,
         doctor,
+        keys,
         nodes,
         pair,
         run,
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.register(commands)
     doctor.register(commands)
     nodes.register(commands)
+    keys.register(commands)
     return parser
 
 

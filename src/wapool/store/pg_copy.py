@@ -12,6 +12,9 @@ being old: after a crash between the PostgreSQL commit and the local trim, the n
 starts with the same entries again and is applied in full. That replay is harmless because
 every write is idempotent (each key's latest image upserted, deletes of keys already gone,
 purges bounded by their ``read_seq``) and ``applied_seq`` only moves forward (``greatest``).
+
+With a master key configured, each image is sealed (``crypto.envelope.seal``) on its way into
+COPY, bound to its company, table, key and ``seq``; ``read_rows`` opens them again.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from wapool.crypto.envelope import DataKey, seal
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.store.changelog import Prefix
@@ -75,24 +79,38 @@ async def fetch_rows(
     """(table, key, image) of every row of the company's copy."""
 
     async def work(conn: Conn) -> list[tuple[str, str, str]]:
-        cur = await conn.execute(
-            "SELECT tbl, pk, image FROM store_rows WHERE company_id = %s", (company_id,)
-        )
-        return [(str(t), str(k), str(i)) for t, k, i in await cur.fetchall()]
+        return await read_rows(conn, db, company_id)
 
     return await db.run(work, timeout=timeout)
+
+
+async def read_rows(conn: Conn, db: Database, company_id: str) -> list[tuple[str, str, str]]:
+    """(table, key, plaintext image) of every row; ``RowUnreadable`` names the company and the
+    tables whose rows do not decrypt (see ``crypto.envelope``)."""
+    cur = await conn.execute(
+        "SELECT tbl, pk, seq, image FROM store_rows WHERE company_id = %s", (company_id,)
+    )
+    rows = [(str(t), str(k), int(q), str(i)) for t, k, q, i in await cur.fetchall()]
+    return await db.cipher.open_rows(conn, company_id, rows)
 
 
 async def apply(
     db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
 ) -> Outcome:
+    keys = await db.cipher.prepare(db, [b.company_id for b in batches])
+
     async def work(conn: Conn) -> Outcome:
-        return await _apply(conn, batches, fence)
+        return await _apply(conn, batches, fence, keys)
 
     return await db.run(work, timeout=timeout)
 
 
-async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -> Outcome:
+async def _apply(
+    conn: Conn,
+    batches: list[Batch],
+    fence: Fence | None = None,
+    keys: dict[str, DataKey] | None = None,
+) -> Outcome:
     fenced = await fence.refused(conn, [b.company_id for b in batches]) if fence else {}
     batches = [b for b in batches if b.company_id not in fenced]
     companies = [b.company_id for b in batches]
@@ -123,9 +141,13 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
         "COPY incoming (company_id, tbl, pk, image, at, seq, step) FROM STDIN"
     ) as copy:
         for batch in accepted:
-            seq = batch.prefix.high_seq
+            seq, company = batch.prefix.high_seq, batch.company_id
+            dk = keys.get(company) if keys else None
             for c in batch.prefix.changes:
-                await copy.write_row((batch.company_id, c.table, c.key, c.image, c.at, seq, c.step))
+                image = c.image
+                if dk is not None and image is not None:
+                    image = seal(dk, company, c.table, c.key, seq, image)
+                await copy.write_row((company, c.table, c.key, image, c.at, seq, c.step))
 
     for batch in accepted:
         meta = metas.get(batch.company_id)
@@ -135,8 +157,9 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
         if device_deleted(batch):
             # Keep what PostgreSQL held before the logout's cascade reaches it.
             await conn.execute(
-                "INSERT INTO store_tombstones (company_id, tombstoned_at, tbl, pk, image, written_at) "
-                "SELECT company_id, now(), tbl, pk, image, written_at FROM store_rows "
+                "INSERT INTO store_tombstones "
+                "(company_id, tombstoned_at, tbl, pk, image, written_at, seq) "
+                "SELECT company_id, now(), tbl, pk, image, written_at, seq FROM store_rows "
                 "WHERE company_id = %s ON CONFLICT DO NOTHING",
                 (batch.company_id,),
             )

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from wapool.crypto.envelope import seal
 from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
 from wapool.leases import Fence
@@ -70,6 +71,7 @@ async def import_company(
     """Replace the company's PostgreSQL copy with the export, under ``fence`` (the import's
     lease, see ``import_lease``); returns the new copy's metadata."""
     new_uuid = str(uuid.uuid4())
+    keys = await db.cipher.prepare(db, [company_id])
 
     async def work(conn: Conn) -> pg_copy.CopyMeta:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK_ID,))
@@ -114,11 +116,14 @@ async def import_company(
             ),
         )
         await conn.execute("DELETE FROM store_rows WHERE company_id = %s", (company_id,))
+        dk = keys.get(company_id)
         async with conn.cursor().copy(
             "COPY store_rows (company_id, tbl, pk, image, written_at) FROM STDIN"
         ) as copy:
             now = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
             for table, key, image in export.rows:
+                if dk is not None:  # imported rows are written at seq 0 (the column's default)
+                    image = seal(dk, company_id, table, key, 0, image)
                 await copy.write_row((company_id, table, key, image, now))
         await conn.execute(
             "INSERT INTO store_imports (company_id, store_uuid, rows, digest, forced, source) "
