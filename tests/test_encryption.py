@@ -21,8 +21,9 @@ from wapool.crypto.usage import usage
 from wapool.db.pool import Database
 from wapool.errors import ConfigError
 from wapool.store import pg_copy
+from wapool.store.mirror import Mirror
 from wapool.store.provision import provision
-from wapool.store.verify import verify
+from wapool.store.verify import verify, wait_drained
 from wapool.whatsapp.neonize_store import create_schema
 
 pytestmark = pytest.mark.timeout(180)
@@ -276,3 +277,92 @@ async def test_run_exits_78_naming_the_credential(
         tmp_path / "master.key")}, cwd=tmp_path)  # fmt: skip
     assert status.returncode == 0, status.stdout + status.stderr
     assert "current; wraps 1 companies' data keys" in status.stdout
+
+
+async def test_export_is_encrypted_by_default_and_a_tampered_file_is_refused(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    db.cipher = RowCipher(_key_file(tmp_path / "master.key"))
+    path = await _store(db, database_url, whatsmeow_template, tmp_path / "s", "exp")
+    secrets = _secrets(path)
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "s"),
+        "WAPOOL_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+    }
+    (tmp_path / "pass").write_text("correct horse battery\n")
+    backup = tmp_path / "exp.wapool"
+    no_tty = run_cli("export", "exp", str(backup), env=env, cwd=tmp_path)
+    assert no_tty.returncode == 1
+    assert "--passphrase-file" in no_tty.stderr
+    assert not backup.exists()
+    done = run_cli("export", "exp", str(backup), "--passphrase-file", str(tmp_path / "pass"),
+                   env=env, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(encrypted)" in done.stdout
+    data = backup.read_bytes()
+    assert data.startswith(b"wapool-sealed-export 1\n")
+    assert _leaks(data, secrets) == []
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+
+    tampered = tmp_path / "tampered.wapool"
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01
+    tampered.write_bytes(bytes(flipped))
+    before = await db.fetch("SELECT tbl, pk, image FROM store_rows ORDER BY 1, 2")
+    for bad, passfile in ((tampered, "pass"), (backup, "wrong")):
+        (tmp_path / "wrong").write_text("not the passphrase\n")
+        refused = run_cli("import", "exp", str(bad), "--force", "--passphrase-file",
+                          str(tmp_path / passfile), env=env, cwd=tmp_path)  # fmt: skip
+        assert refused.returncode == 1
+        assert refused.stderr.count("\n") == 1, refused.stderr
+        assert "fails authentication" in refused.stderr
+    assert await db.fetch("SELECT tbl, pk, image FROM store_rows ORDER BY 1, 2") == before
+
+    imported = run_cli("import", "exp", str(backup), "--force", "--passphrase-file",
+                       str(tmp_path / "pass"), env=env, cwd=tmp_path)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert (await verify(db, path, "exp")).equal
+    sealed = await db.fetch("SELECT count(*) FROM store_rows WHERE image NOT LIKE 'e1:%'")
+    assert sealed == [(0,)]  # imported rows are sealed too
+
+    plain = run_cli("export", "exp", str(tmp_path / "plain.db"), "--plaintext", env=env,
+                    cwd=tmp_path)  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
+    assert set(_leaks((tmp_path / "plain.db").read_bytes(), secrets))
+
+
+async def test_a_company_whose_data_key_is_unusable_waits_and_the_others_go_on(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    ring = _key_file(tmp_path / "master.key")
+    db.cipher = RowCipher(ring)
+    paths = {
+        company: await _store(db, database_url, whatsmeow_template, tmp_path / company, company)
+        for company in ("stuck", "fine")
+    }
+    # Another host rotated "stuck"'s data key to a master key this process does not have.
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE store_data_keys SET master_key_id = 'elsewhere' "
+                     "WHERE company_id = 'stuck'")  # fmt: skip
+    db.cipher = RowCipher(ring)  # a process started since: nothing cached
+    for path in paths.values():
+        writer = writer_for(path, 7)
+        for _ in range(20):
+            writer.random_transaction()
+        writer.conn.close()
+    mirror = Mirror(db)
+    for company, path in paths.items():
+        mirror.add(company, path)
+    try:
+        await mirror.tick()
+        await mirror.tick()
+    finally:
+        mirror.close()
+    assert await wait_drained(paths["fine"], 0) == 0
+    assert (await verify(db, paths["fine"], "fine")).equal
+    assert await wait_drained(paths["stuck"], 0) > 0  # kept locally, not written in plaintext
+    plain = await db.fetch("SELECT count(*) FROM store_rows WHERE image NOT LIKE 'e1:%'")
+    assert plain == [(0,)]
+    with pytest.raises(ConfigError, match="lacks master key elsewhere"):
+        await pg_copy.fetch_rows(db, "stuck")

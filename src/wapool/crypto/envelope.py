@@ -98,18 +98,33 @@ class RowCipher:
     def enabled(self) -> bool:
         return self.keyring is not None
 
-    async def prepare(self, db: Database, companies: Iterable[str]) -> dict[str, DataKey]:
-        """The current data key of each company, created (and committed) when it has none."""
+    async def prepare(
+        self, db: Database, companies: Iterable[str]
+    ) -> tuple[dict[str, DataKey], dict[str, str]]:
+        """The current data key of each company, created (and committed) when it has none; and
+        the companies whose key is unusable (say, wrapped by a master key this process lacks
+        after another host rotated), with why: only those wait, the others go on."""
         if self.keyring is None:
-            return {}
+            return {}, {}
         missing = [c for c in companies if c not in self._current]
+        failed: dict[str, str] = {}
         if missing:
 
             async def work(conn: Conn) -> None:
-                await self._load(conn, missing, create=True)
+                try:
+                    await self._load(conn, missing, create=True)
+                except WapoolError:  # find which ones, one by one
+                    for company_id in missing:
+                        try:
+                            await self._load(conn, [company_id], create=False)
+                        except WapoolError as exc:
+                            failed[company_id] = str(exc)
 
             await db.run(work)
-        return self._current
+        for company_id in companies:
+            if company_id not in self._current and company_id not in failed:
+                failed[company_id] = f"company {company_id!r} has no data key (unknown company)"
+        return self._current, failed
 
     async def keys_of(self, conn: Conn, company_id: str) -> dict[str, DataKey]:
         """Every data key of the company, for reading (nothing is created)."""

@@ -71,7 +71,7 @@ async def reencrypt(
 ) -> Progress:
     """Seal every row of the company not sealed with its current data key, ``batch`` rows per
     transaction, ``pause`` seconds between transactions (the mirror's writes go first)."""
-    keys = await db.cipher.prepare(db, [company_id])
+    keys, _ = await db.cipher.prepare(db, [company_id])
     current = keys.get(company_id)
     progress = Progress(company_id)
     if current is None:

@@ -97,10 +97,12 @@ async def read_rows(conn: Conn, db: Database, company_id: str) -> list[tuple[str
 async def apply(
     db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
 ) -> Outcome:
-    keys = await db.cipher.prepare(db, [b.company_id for b in batches])
+    keys, unusable = await db.cipher.prepare(db, [b.company_id for b in batches])
+    kept = [b for b in batches if b.company_id not in unusable]
 
     async def work(conn: Conn) -> Outcome:
-        return await _apply(conn, batches, fence, keys)
+        outcome = await _apply(conn, kept, fence, keys) if kept else Outcome({}, {})
+        return Outcome(outcome.applied, {**outcome.rejected, **unusable})
 
     return await db.run(work, timeout=timeout)
 
