@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psycopg
 
-from wapool.crypto import envelope, keyring
+from wapool.crypto import envelope, keyring, rotation
 from wapool.crypto.envelope import DataKey, RowCipher
 from wapool.db.migrations import migrate
 from wapool.db.pool import Database
@@ -166,6 +166,7 @@ async def main(
         db = Database.from_settings(settings)
         await db.open(wait=True)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        plaintext: list[str] = []
         for mode in modes:
             # Encryption on: every image sealed (AES-256-GCM) on its way into COPY, opened on
             # the way back (docs/encryption.md); off: plaintext, as without a master key.
@@ -179,7 +180,13 @@ async def main(
             paths = {c: _store(template, state, c, n) for n, c in enumerate(ids)}
             backlog = paths.pop(f"backlog-{mode}")
             print(f"--- encryption {mode} (load average {os.getloadavg()[0]:.2f})")
+            # With encryption on, the plaintext copies of the "off" round are re-encrypted
+            # online meanwhile (wapool keys reencrypt), as in a migration under load.
+            migrating = asyncio.create_task(_reencrypt(db, plaintext)) if mode == "on" else None
             await _lag(db, paths, rate, seconds)
+            if migrating is not None:
+                print(f"  meanwhile re-encrypted {await migrating} plaintext rows online")
+            plaintext = list(paths)
             await _backlog(db, backlog, f"backlog-{mode}", backlog_rows)
             await _restore_10k(db, template, state, f"r10k-{mode}")
         if "on" in modes:
@@ -189,6 +196,13 @@ async def main(
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def _reencrypt(db: Database, companies: list[str]) -> int:
+    done = 0
+    for company in companies:
+        done += (await rotation.reencrypt(db, company, batch=1000, pause=0.05)).rewritten
+    return done
 
 
 def _seal_cost(rows: int = 100_000) -> None:

@@ -366,3 +366,46 @@ async def test_a_company_whose_data_key_is_unusable_waits_and_the_others_go_on(
     assert plain == [(0,)]
     with pytest.raises(ConfigError, match="lacks master key elsewhere"):
         await pg_copy.fetch_rows(db, "stuck")
+
+
+async def test_keys_init_rotate_retire_from_the_command_line(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "master.key"
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "s"),
+        "WAPOOL_MASTER_KEY_FILE": str(key_file),
+    }
+    init = run_cli("keys", "init", env=env, cwd=tmp_path)
+    assert init.returncode == 0, init.stderr
+    assert "systemd-creds encrypt --name=wapool-master-key" in init.stdout
+    assert oct(key_file.stat().st_mode & 0o777) == "0o600"
+    again = run_cli("keys", "init", env=env, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "refusing to replace" in again.stderr
+    old = keyring.load(key_file)
+    assert old is not None
+    db.cipher = RowCipher(old)
+    path = await _store(db, database_url, whatsmeow_template, tmp_path / "s", "cli")
+    before = await db.fetch("SELECT tbl, pk, image FROM store_rows ORDER BY 1, 2")
+
+    rotated = run_cli("keys", "rotate", env=env, cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    assert "1 data keys re-wrapped" in rotated.stdout
+    new = keyring.load(key_file)
+    assert new is not None
+    assert new.keys[1:] == old.keys
+    assert await db.fetch("SELECT tbl, pk, image FROM store_rows ORDER BY 1, 2") == before
+    status = run_cli("keys", "status", env=env, cwd=tmp_path)
+    assert f"{old.current.key_id}  old, unused: can be retired" in status.stdout
+    refused = run_cli("keys", "retire", new.current.key_id, env=env, cwd=tmp_path)
+    assert refused.returncode == 1
+    assert "is the current master key" in refused.stderr
+    retired = run_cli("keys", "retire", old.current.key_id, env=env, cwd=tmp_path)
+    assert retired.returncode == 0, retired.stderr
+    only_new = keyring.load(key_file)
+    assert only_new is not None
+    assert only_new.keys == new.keys[:1]
+    db.cipher = RowCipher(only_new)
+    assert (await verify(db, path, "cli")).equal

@@ -129,8 +129,7 @@ async def _rotate(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _retire(settings: Settings, args: argparse.Namespace) -> int:
     path = _target(settings, args.file)
-    ring = keyring.load(path)
-    assert ring is not None
+    ring = keyring.load_file(path, str(path))
     key = ring.get(args.key_id)
     if key is None:
         raise WapoolError(f"{path} has no master key {args.key_id}")

@@ -80,7 +80,11 @@ def load(master_key_file: Path | None) -> Keyring | None:
     found = source_path(master_key_file)
     if found is None:
         return None
-    path, name = found
+    return load_file(*found)
+
+
+def load_file(path: Path, name: str) -> Keyring:
+    """The keyring in ``path`` (called ``name`` in messages), checked as ``load`` says."""
     try:
         info = path.stat()
         text = path.read_text(encoding="ascii")
