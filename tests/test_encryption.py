@@ -409,3 +409,29 @@ async def test_keys_init_rotate_retire_from_the_command_line(
     assert only_new.keys == new.keys[:1]
     db.cipher = RowCipher(only_new)
     assert (await verify(db, path, "cli")).equal
+
+
+async def test_a_company_added_again_gets_a_new_data_key_not_the_cached_one(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    db.cipher = RowCipher(_key_file(tmp_path / "master.key"))
+    path = await _store(db, database_url, whatsmeow_template, tmp_path / "s", "again")
+    [(old_key,)] = await db.fetch("SELECT key_id FROM store_data_keys")
+    mirror = Mirror(db)
+    mirror.add("again", path)
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:  # cascades to its rows
+            conn.execute("DELETE FROM companies WHERE id = 'again'")
+            conn.execute("INSERT INTO companies (id) VALUES ('again')")
+        writer = writer_for(path, 3)
+        for _ in range(10):
+            writer.random_transaction()
+        writer.conn.close()
+        await mirror.tick()  # the cached key is gone: rejected, forgotten
+        await mirror.tick()  # a new key, and the rows under it
+    finally:
+        mirror.close()
+    [(new_key,)] = await db.fetch("SELECT key_id FROM store_data_keys")
+    assert new_key != old_key
+    rows = await pg_copy.fetch_rows(db, "again")  # every row opens
+    assert rows

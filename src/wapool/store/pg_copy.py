@@ -104,7 +104,11 @@ async def apply(
         outcome = await _apply(conn, kept, fence, keys) if kept else Outcome({}, {})
         return Outcome(outcome.applied, {**outcome.rejected, **unusable})
 
-    return await db.run(work, timeout=timeout)
+    outcome = await db.run(work, timeout=timeout)
+    for company_id, reason in outcome.rejected.items():
+        if reason == STALE_KEY:
+            db.cipher.forget(company_id)
+    return outcome
 
 
 async def _apply(
@@ -131,6 +135,8 @@ async def _apply(
             )
             continue
         accepted.append(batch)
+    if keys:
+        accepted = await _keys_still_there(conn, accepted, keys, rejected)
     if not accepted:
         return Outcome({}, rejected)
 
@@ -174,6 +180,27 @@ async def _apply(
                 purge = batch.prefix.purges[step]
                 applied[batch.company_id] += await _purge(conn, batch.company_id, purge)
     return Outcome(applied, rejected)
+
+
+STALE_KEY = "its data key is gone (company removed and added again?): retried with a new one"
+
+
+async def _keys_still_there(
+    conn: Conn, batches: list[Batch], keys: dict[str, DataKey], rejected: dict[str, str]
+) -> list[Batch]:
+    """The batches whose cached data key still exists (locked against deletion until commit);
+    the others are rejected with ``STALE_KEY``, so no row is sealed with a lost key."""
+    companies = [b.company_id for b in batches]
+    cur = await conn.execute(
+        "SELECT company_id FROM store_data_keys WHERE company_id = ANY(%s) AND key_id = ANY(%s) "
+        "FOR KEY SHARE",
+        (companies, [keys[c].key_id for c in companies if c in keys]),
+    )
+    present = {str(r[0]) for r in await cur.fetchall()}
+    for company_id in companies:
+        if company_id not in present:
+            rejected[company_id] = STALE_KEY
+    return [b for b in batches if b.company_id in present]
 
 
 async def _write_step(conn: Conn, step: int) -> None:
