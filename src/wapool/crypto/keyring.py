@@ -3,7 +3,8 @@
 A master key never comes from an environment variable or a ``.env`` value. It is read from the
 systemd credential ``wapool-master-key`` (``LoadCredential=`` / ``LoadCredentialEncrypted=``,
 under ``$CREDENTIALS_DIRECTORY``) or from the file ``WAPOOL_MASTER_KEY_FILE``. The file must be
-mode 0600 (or stricter) and owned by the user wapool runs as; anything else is refused.
+mode 0600 (or stricter) and owned by the user wapool runs as; anything else is refused (a
+credential's access is left to systemd).
 
 The file holds one base64 key of 32 bytes per line: the first is the *current* key (it wraps
 new data keys), the others are older keys kept only to unwrap data keys not yet re-wrapped
@@ -80,11 +81,15 @@ def load(master_key_file: Path | None) -> Keyring | None:
     found = source_path(master_key_file)
     if found is None:
         return None
-    return load_file(*found)
+    path, name = found
+    # A credential's access is systemd's: the directory is private to the unit, and systemd
+    # may grant the service user access with an ACL on a root-owned file.
+    return load_file(path, name, private=not name.startswith("systemd credential"))
 
 
-def load_file(path: Path, name: str) -> Keyring:
-    """The keyring in ``path`` (called ``name`` in messages), checked as ``load`` says."""
+def load_file(path: Path, name: str, *, private: bool = True) -> Keyring:
+    """The keyring in ``path`` (called ``name`` in messages); unless ``private`` is False it
+    must be 0600 (or stricter) and this user's."""
     try:
         info = path.stat()
         text = path.read_text(encoding="ascii")
@@ -92,9 +97,9 @@ def load_file(path: Path, name: str) -> Keyring:
         raise ConfigError(
             [f"{name}: cannot read the master key: {exc.__class__.__name__}"]
         ) from None
-    if info.st_uid != os.geteuid():
+    if private and info.st_uid != os.geteuid():
         raise ConfigError([f"{name}: owned by uid {info.st_uid}, not by this user"])
-    if stat.S_IMODE(info.st_mode) & 0o077:
+    if private and stat.S_IMODE(info.st_mode) & 0o077:
         raise ConfigError(
             [f"{name}: mode {stat.S_IMODE(info.st_mode):04o}, must be 0600 (or stricter)"]
         )
