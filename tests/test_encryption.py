@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import dump_store, make_settings, mirror_once, new_store, run_cli
 from tests.test_mirror import add_companies, writer_for
 from wapool.crypto import keyring, rotation
-from wapool.crypto.envelope import RowCipher, RowUnreadable
+from wapool.crypto.envelope import DataKey, RowCipher, RowUnreadable, open_image, seal
 from wapool.crypto.usage import usage
 from wapool.db.pool import Database
 from wapool.errors import ConfigError
@@ -435,3 +435,21 @@ async def test_a_company_added_again_gets_a_new_data_key_not_the_cached_one(
     assert new_key != old_key
     rows = await pg_copy.fetch_rows(db, "again")  # every row opens
     assert rows
+
+
+def test_associated_data_binds_company_table_key_seq_and_key_id() -> None:
+    dk = DataKey("k1", os.urandom(32))
+    sealed = seal(dk, "c", "whatsmeow_sessions", '["t1"]', 7, '["xAB"]')
+    assert open_image({"k1": dk}, "c", "whatsmeow_sessions", '["t1"]', 7, sealed) == '["xAB"]'
+    for company, table, key, seq in (
+        ("d", "whatsmeow_sessions", '["t1"]', 7),
+        ("c", "whatsmeow_identity_keys", '["t1"]', 7),
+        ("c", "whatsmeow_sessions", '["t2"]', 7),
+        ("c", "whatsmeow_sessions", '["t1"]', 8),
+    ):
+        with pytest.raises(ValueError, match="does not decrypt"):
+            open_image({"k1": dk}, company, table, key, seq, sealed)
+    renamed = sealed.replace("e1:k1:", "e1:k2:")
+    with pytest.raises(ValueError, match="does not decrypt"):
+        open_image({"k1": dk, "k2": dk}, "c", "whatsmeow_sessions", '["t1"]', 7, renamed)
+    assert open_image({}, "c", "t", "k", 0, '["tplain"]') == '["tplain"]'  # plaintext passes
