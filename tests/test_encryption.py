@@ -8,12 +8,14 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from tests.conftest import dump_store, make_settings, mirror_once, new_store, run_cli
+from tests.daemon import Daemons
 from tests.test_mirror import add_companies, writer_for
 from wapool.crypto import keyring, rotation
 from wapool.crypto.envelope import DataKey, RowCipher, RowUnreadable, open_image, seal
@@ -453,3 +455,40 @@ def test_associated_data_binds_company_table_key_seq_and_key_id() -> None:
     with pytest.raises(ValueError, match="does not decrypt"):
         open_image({"k1": dk, "k2": dk}, "c", "whatsmeow_sessions", '["t1"]', 7, renamed)
     assert open_image({}, "c", "t", "k", 0, '["tplain"]') == '["tplain"]'  # plaintext passes
+
+
+def test_the_daemon_seals_what_it_mirrors_and_says_when_it_cannot(
+    database_url: str, tmp_path: Path, daemons: Daemons
+) -> None:
+    add_companies(database_url, "962302")
+    env = {"WAPOOL_DATABASE_URL": database_url, "WAPOOL_STATE_DIR": str(tmp_path / "plain")}
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=daemon_ready")
+    off = next(line for line in lines if "event=encryption_off" in line)
+    assert "level=warning" in off
+    assert daemon.stop(timeout=15) == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM store_copies")  # start over, encrypted, on another host
+
+    _key_file(tmp_path / "master.key")
+    env = {
+        "WAPOOL_DATABASE_URL": database_url,
+        "WAPOOL_STATE_DIR": str(tmp_path / "sealed"),
+        "WAPOOL_MASTER_KEY_FILE": str(tmp_path / "master.key"),
+    }
+    daemon = daemons.start(env)
+    lines = daemon.wait_for("event=daemon_ready")
+    assert any("event=encryption_on" in line for line in lines)
+    deadline = time.monotonic() + 30
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while True:
+            count = conn.execute("SELECT count(*) FROM store_rows").fetchone()
+            if count and count[0] > 0:
+                break
+            assert time.monotonic() < deadline, "the daemon mirrored nothing"
+            time.sleep(0.1)
+    assert daemon.stop(timeout=15) == 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        images = [r[0] for r in conn.execute("SELECT image FROM store_rows").fetchall()]
+    assert images
+    assert all(i.startswith("e1:") for i in images)
