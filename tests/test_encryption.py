@@ -72,7 +72,7 @@ async def _store(db: Database, url: str, template: Path, state: Path, company: s
     add_companies(url, company)
     path = new_store(template, state, company)
     writer = writer_for(path, hash(company) % 1000)
-    for _ in range(150):
+    for _ in range(40):
         writer.random_transaction()
     for _ in range(5):
         writer.session()
