@@ -4,6 +4,7 @@ loudly, rotation without rewriting rows, online re-encryption of a plaintext cop
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
@@ -492,3 +493,36 @@ def test_the_daemon_seals_what_it_mirrors_and_says_when_it_cannot(
         images = [r[0] for r in conn.execute("SELECT image FROM store_rows").fetchall()]
     assert images
     assert all(i.startswith("e1:") for i in images)
+
+
+async def test_reencryption_while_the_mirror_writes_keeps_verify_equal(
+    db: Database, database_url: str, whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    path = await _store(db, database_url, whatsmeow_template, tmp_path / "s", "busy")
+    db.cipher = RowCipher(_key_file(tmp_path / "master.key"))
+    mirror = Mirror(db)
+    mirror.add("busy", path)
+    stop = asyncio.Event()
+    running = asyncio.create_task(mirror.run(stop))
+
+    def write() -> None:
+        writer = writer_for(path, 21)
+        try:
+            for _ in range(150):
+                writer.random_transaction()
+        finally:
+            writer.conn.close()
+
+    try:
+        writing = asyncio.create_task(asyncio.to_thread(write))
+        progress = await rotation.reencrypt(db, "busy", batch=5, pause=0)
+        await writing
+        assert await mirror.drain(30)
+    finally:
+        stop.set()
+        await running
+        mirror.close()
+    assert progress.rewritten > 0
+    assert (await verify(db, path, "busy")).equal
+    plain = await db.fetch("SELECT count(*) FROM store_rows WHERE image NOT LIKE 'e1:%'")
+    assert plain == [(0,)]
