@@ -20,7 +20,7 @@ from tests.daemon import Daemons
 from tests.test_mirror import add_companies, writer_for
 from wapool.crypto import keyring, rotation
 from wapool.crypto.envelope import DataKey, RowCipher, RowUnreadable, open_image, seal
-from wapool.crypto.usage import usage
+from wapool.crypto.usage import check_startup, usage
 from wapool.db.pool import Database
 from wapool.errors import ConfigError
 from wapool.store import pg_copy
@@ -526,3 +526,22 @@ async def test_reencryption_while_the_mirror_writes_keeps_verify_equal(
     assert (await verify(db, path, "busy")).equal
     plain = await db.fetch("SELECT count(*) FROM store_rows WHERE image NOT LIKE 'e1:%'")
     assert plain == [(0,)]
+
+
+async def test_the_startup_check_during_an_outage_checks_what_it_can(tmp_path: Path) -> None:
+    settings = make_settings(
+        "postgresql://wapool@127.0.0.1:1/wapool", tmp_path / "s", db_connect_timeout_seconds=1
+    )
+    down = Database.from_settings(settings)
+    await down.open(wait=False)
+    try:
+        await check_startup(down, settings)  # no key, nothing required: a warning
+        required = make_settings(
+            "postgresql://wapool@127.0.0.1:1/wapool", tmp_path / "s", encryption_required=True
+        )
+        with pytest.raises(ConfigError, match="no master key configured"):
+            await check_startup(down, required)
+        down.cipher = RowCipher(_key_file(tmp_path / "master.key"))
+        await check_startup(down, required)  # a key: the rest is checked per company
+    finally:
+        await down.close()

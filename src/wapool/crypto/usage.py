@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from wapool.crypto.keyring import CREDENTIAL, Keyring
 from wapool.db.pool import Conn, Database
-from wapool.errors import ConfigError
+from wapool.errors import ConfigError, DatabaseUnavailable
 from wapool.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,8 +70,15 @@ def judge(keyring: Keyring | None, found: Usage, settings: Settings) -> str:
 
 async def check_startup(db: Database, settings: Settings) -> None:
     """Before the daemon starts any client: refuse to run (ConfigError) with a missing or
-    wrong master key; warn once when encryption is off."""
-    state = judge(db.cipher.keyring, await usage(db, count_rows=False), settings)
+    wrong master key; warn once when encryption is off. During an outage only what can be
+    told without the database is checked: a daemon may start while PostgreSQL is away, and a
+    wrong key then shows per company (its data key does not unwrap), never as a crash."""
+    try:
+        found = await usage(db, count_rows=False)
+    except DatabaseUnavailable as exc:
+        log.warning("encryption_check_deferred", extra={"reason": str(exc)})
+        found = Usage({}, 0, 0)
+    state = judge(db.cipher.keyring, found, settings)
     if db.cipher.keyring is None:
         log.warning("encryption_off", extra={"detail": state, "see": "docs/encryption.md"})
     else:
