@@ -18,6 +18,7 @@ import os
 import signal
 
 from wapool.backoff import Backoff
+from wapool.crypto.usage import check_startup
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
@@ -200,6 +201,7 @@ async def run_daemon(settings: Settings) -> int:
             version = await _wait_for_schema(db, signals.stop, notify, settings)
             if version is None:
                 return ExitCode.OK
+        await check_startup(db, settings)  # a missing or wrong master key: exit 78
         runtime = Runtime.build(settings, db)
         runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         if plan is not None:

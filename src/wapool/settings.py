@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     database_password: SecretStr | None = None
     state_dir: Path = Path("/var/lib/wapool")
     whatsapp_backend: Literal["neonize", "simulated"] = "neonize"
+    #: Encryption at rest (docs/encryption.md): the master key's file (the key itself never
+    #: comes from a setting); the systemd credential wapool-master-key takes precedence.
+    master_key_file: Path | None = None
+    #: Refuse to run (exit 78) without a master key even while the database holds no
+    #: encrypted row yet; once it does, a key is required anyway.
+    encryption_required: bool = False
 
     cache_ttl_seconds: PositiveFloat = 300.0
     cache_sweep_seconds: PositiveFloat = 60.0

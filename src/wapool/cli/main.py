@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         company,
         database,
         doctor,
+        keys,
         messages,
         nodes,
         pair,
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     messages.register(commands)
     doctor.register(commands)
     nodes.register(commands)
+    keys.register(commands)
     return parser
 
 

@@ -100,10 +100,8 @@ async def verify(db: Database, path: Path, company_id: str) -> Verdict:
     async def work(conn: Conn) -> tuple[pg_copy.CopyMeta | None, list[tuple[str, str, str]]]:
         cur = await conn.execute(pg_copy.META_QUERY + " WHERE company_id = %s", (company_id,))
         row = await cur.fetchone()
-        cur = await conn.execute(
-            "SELECT tbl, pk, image FROM store_rows WHERE company_id = %s", (company_id,)
-        )
-        return (pg_copy.CopyMeta(*row) if row else None), await cur.fetchall()
+        rows = await pg_copy.read_rows(conn, db, company_id)
+        return (pg_copy.CopyMeta(*row) if row else None), rows
 
     meta, pg_rows = await db.run(work, timeout=db.query_timeout + 30)
     remote: Rows = {(t, k): i for t, k, i in pg_rows}
