@@ -32,12 +32,14 @@ test-fast: venv
 	$(BIN)/pytest -m unit
 
 ## The slow profile: 2,000 generated convergence histories instead of 200; issue 11's bring-up
-## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later, 100 ± 10 each)
-## and three daemons sharing 300 companies (kill, return, rolling restart); a real install from
-## deploy/requirements.lock (downloads every package).
+## scenario at full size (200 companies, 30 s leases, a second daemon 40 s later, 100 ± 10 each);
+## three daemons sharing 300 companies (kill, return, rolling restart); issue 13's restart
+## during an outage at full size (20 companies, killed 10 s into the outage); the messaging
+## drills at full size; a real install from deploy/requirements.lock (downloads every package).
 test-slow: venv
 	WAPOOL_CONVERGENCE_CASES=2000 $(BIN)/pytest tests/test_convergence.py
-	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_sharing.py tests/test_install.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_lease_bringup.py tests/test_sharing.py tests/test_offline_start.py tests/test_install.py
+	WAPOOL_SLOW=1 $(BIN)/pytest tests/test_inbound_drill.py tests/test_outbound_drill.py
 
 lint: venv
 	$(BIN)/ruff check src tests bench examples
@@ -55,9 +57,12 @@ bench: venv
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
 	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/handoff.py --companies 100
 	$(BIN)/python bench/coldstart.py --companies 500 2000
 	$(BIN)/python bench/sidebyside.py
+	$(BIN)/python bench/inbound.py handler
+	$(BIN)/python bench/inbound.py webhook --companies 100 --rate 10
 
 ## Re-resolve deploy/requirements.lock (exact versions and hashes, all platforms) after changing
 ## dependencies in pyproject.toml; pins still allowed are kept. `make lock ARGS=--upgrade` moves

@@ -94,6 +94,18 @@ def _batches(log: Path) -> str:
     return ", ".join(f"{count} (budget {budget})" for count, budget in taken)
 
 
+def _report(companies: int, churn: float, per_worker: int, first: float | None, every: float,
+            load: tuple[float, float, float], root: Path) -> None:  # fmt: skip
+    target = TARGET_SECONDS.get(companies)
+    print(f"cold start, {companies} companies (simulated, churn {churn:g}/s per company, "
+          f"{per_worker} per worker): first connected {first or 0:.1f} s, "
+          f"all connected {every:.1f} s"
+          + (f" (target <= {target:.0f} s)" if target else "")
+          + f"; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
+          f"on {os.cpu_count()} cores")  # fmt: skip
+    print(f"  lease batches: {_batches(root / 'daemon.log')}", flush=True)
+
+
 def run(root: Path, companies: int, churn: float, per_worker: int, timeout: float) -> None:
     cluster = Cluster(root / "pg", free_port(), durable=False)
     cluster.start()
@@ -126,22 +138,20 @@ def run(root: Path, companies: int, churn: float, per_worker: int, timeout: floa
             load = os.getloadavg()
             time.sleep(5)  # settle: workers done starting, the mirror drained the first images
             processes, rss, pss, own = _memory(daemon.pid)
+            _report(companies, churn, per_worker, first, every, load, root)
+            print(f"  memory: {processes} processes (daemon + workers), RSS {rss / 1024:.0f} MB "
+                  f"= {rss / 1024 / companies:.2f} MB per company (target <= "
+                  f"{TARGET_MB_PER_COMPANY:g}), PSS {pss / 1024:.0f} MB = "
+                  f"{pss / 1024 / companies:.2f} MB per company; daemon alone RSS "
+                  f"{own / 1024:.0f} MB", flush=True)  # fmt: skip
         finally:
             daemon.terminate()
-            daemon.wait(60)
-        target = TARGET_SECONDS.get(companies)
-        print(f"cold start, {companies} companies (simulated, churn {churn:g}/s per company, "
-              f"{per_worker} per worker): first connected {first or 0:.1f} s, "
-              f"all connected {every:.1f} s"
-              + (f" (target <= {target:.0f} s)" if target else "")
-              + f"; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} "
-              f"on {os.cpu_count()} cores")  # fmt: skip
-        print(f"  lease batches: {_batches(root / 'daemon.log')}")
-        print(f"  memory: {processes} processes (daemon + workers), RSS {rss / 1024:.0f} MB "
-              f"= {rss / 1024 / companies:.2f} MB per company (target <= "
-              f"{TARGET_MB_PER_COMPANY:g}), PSS {pss / 1024:.0f} MB = "
-              f"{pss / 1024 / companies:.2f} MB per company; daemon alone RSS "
-              f"{own / 1024:.0f} MB")  # fmt: skip
+            try:
+                daemon.wait(120)
+            except subprocess.TimeoutExpired:
+                print("  (the daemon took over 120 s to stop: killed)")
+                daemon.kill()
+                daemon.wait(30)
     finally:
         cluster.stop("immediate")
 

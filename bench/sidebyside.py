@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -361,6 +362,7 @@ async def main(args: argparse.Namespace) -> None:
         rows = [await _side(kind, args, cluster, root) for kind in ("wapool", "direct")]
     finally:
         cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
     _table(rows, args)
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
+import os
 import random
 import shutil
 import statistics
@@ -22,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from wapool.crypto import envelope, keyring, rotation
+from wapool.crypto.envelope import DataKey, RowCipher
 from wapool.db.migrations import migrate
 from wapool.db.pool import Database
 from wapool.devdb import Cluster, free_port
@@ -144,7 +148,9 @@ async def _restore(db: Database, path: Path, company: str) -> None:
     )
 
 
-async def main(companies: int, rate: float, seconds: float) -> None:
+async def main(
+    companies: int, rate: float, seconds: float, modes: list[str], backlog_rows: int
+) -> None:
     root = Path(tempfile.mkdtemp(prefix="wapool-bench-"))
     root.chmod(0o755)
     cluster = Cluster(root / "pg", free_port(), durable=False)
@@ -156,26 +162,68 @@ async def main(companies: int, rate: float, seconds: float) -> None:
         template = root / "template.db"
         create_schema([template])
         state = root / "state"
-        ids = [f"b{i:03d}" for i in range(companies)] + ["backlog"]
-        with psycopg.connect(cluster.url(), autocommit=True) as conn:
-            for company in ids:
-                conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
-        paths = {c: _store(template, state, c, n) for n, c in enumerate(ids)}
         settings = load_settings(None, database_url=cluster.url(), state_dir=state)
         db = Database.from_settings(settings)
         await db.open(wait=True)
-        backlog = paths.pop("backlog")
-        await _lag(db, paths, rate, seconds)
-        await _backlog(db, backlog, "backlog", 100_000)
-        await _restore_10k(db, template, state)
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        plaintext: list[str] = []
+        for mode in modes:
+            # Encryption on: every image sealed (AES-256-GCM) on its way into COPY, opened on
+            # the way back (docs/encryption.md); off: plaintext, as without a master key.
+            db.cipher = RowCipher(
+                keyring.Keyring((keyring.new_key(),), "bench") if mode == "on" else None
+            )
+            ids = [f"{mode}{i:03d}" for i in range(companies)] + [f"backlog-{mode}"]
+            with psycopg.connect(cluster.url(), autocommit=True) as conn:
+                for company in ids:
+                    conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
+            paths = {c: _store(template, state, c, n) for n, c in enumerate(ids)}
+            backlog = paths.pop(f"backlog-{mode}")
+            print(f"--- encryption {mode} (load average {os.getloadavg()[0]:.2f})")
+            # With encryption on, the plaintext copies of the "off" round are re-encrypted
+            # online meanwhile (wapool keys reencrypt), as in a migration under load.
+            migrating = asyncio.create_task(_reencrypt(db, plaintext)) if mode == "on" else None
+            await _lag(db, paths, rate, seconds)
+            if migrating is not None:
+                print(f"  meanwhile re-encrypted {await migrating} plaintext rows online")
+            plaintext = list(paths)
+            await _backlog(db, backlog, f"backlog-{mode}", backlog_rows)
+            await _restore_10k(db, template, state, f"r10k-{mode}")
+        if "on" in modes:
+            _seal_cost()
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         await db.close()
     finally:
         cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _restore_10k(db: Database, template: Path, state: Path) -> None:
-    company = "r10k"
+async def _reencrypt(db: Database, companies: list[str]) -> int:
+    done = 0
+    for company in companies:
+        done += (await rotation.reencrypt(db, company, batch=1000, pause=0.05)).rewritten
+    return done
+
+
+def _seal_cost(rows: int = 100_000) -> None:
+    """CPU time of sealing and opening alone (one core), apart from PostgreSQL and the load."""
+    dk = DataKey("bench", os.urandom(32))
+    image = json.dumps(["x" + os.urandom(400).hex().upper(), "i1700000000"])
+    started = time.process_time()
+    sealed = [envelope.seal(dk, "b000", "whatsmeow_sessions", '["t1@s"]', i, image)
+              for i in range(rows)]  # fmt: skip
+    sealing = time.process_time() - started
+    started = time.process_time()
+    for i, value in enumerate(sealed):
+        envelope.open_image({"bench": dk}, "b000", "whatsmeow_sessions", '["t1@s"]', i, value)
+    opening = time.process_time() - started
+    print(
+        f"seal cost ({len(image)}-byte images, CPU time): seal {sealing / rows * 1e6:.1f} us/row "
+        f"= {rows / sealing:,.0f} rows/s per core; open {opening / rows * 1e6:.1f} us/row"
+    )
+
+
+async def _restore_10k(db: Database, template: Path, state: Path, company: str) -> None:
     with psycopg.connect(db.pool.conninfo, autocommit=True) as conn:
         conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
     path = _store(template, state, company, 77)
@@ -219,5 +267,10 @@ if __name__ == "__main__":
     parser.add_argument("--companies", type=int, default=100)
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--backlog", type=int, default=100_000, help="rows of the backlog drain")
+    parser.add_argument(
+        "--encryption", choices=("off", "on", "both"), default="both", help="default: both"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.companies, args.rate, args.seconds))
+    modes = ["off", "on"] if args.encryption == "both" else [args.encryption]
+    asyncio.run(main(args.companies, args.rate, args.seconds, modes, args.backlog))

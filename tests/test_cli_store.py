@@ -76,9 +76,9 @@ def test_export_import_round_trip_and_refusals(
     env = _env(database_url, settings)
     original = dump_store(mirrored)
     backup = tmp_path / "962302.wapool"
-    exported = run_cli("export", "962302", str(backup), env=env, cwd=tmp_path)
+    exported = run_cli("export", "962302", str(backup), "--plaintext", env=env, cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
-    again = run_cli("export", "962302", str(backup), env=env, cwd=tmp_path)
+    again = run_cli("export", "962302", str(backup), "--plaintext", env=env, cwd=tmp_path)
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
@@ -116,7 +116,10 @@ def test_export_of_another_company_is_refused_unless_named(
     """Company A's export into company B would give B A's device and keys."""
     env = _env(database_url, settings)
     backup = tmp_path / "962302.wapool"
-    assert run_cli("export", "962302", str(backup), env=env, cwd=tmp_path).returncode == 0
+    assert (
+        run_cli("export", "962302", str(backup), "--plaintext", env=env, cwd=tmp_path).returncode
+        == 0
+    )
     jid = devices.jids(read_export(backup).rows)[0]
     add_companies(database_url, "third")
 
@@ -191,7 +194,10 @@ def test_import_refuses_while_a_daemon_drives_the_company(
 ) -> None:
     env = _env(database_url, settings)
     backup = tmp_path / "962302.wapool"
-    assert run_cli("export", "962302", str(backup), env=env, cwd=tmp_path).returncode == 0
+    assert (
+        run_cli("export", "962302", str(backup), "--plaintext", env=env, cwd=tmp_path).returncode
+        == 0
+    )
     daemon_env = env | {"WAPOOL_WHATSAPP_BACKEND": "simulated", "WAPOOL_NODE_NAME": "node-a"}
     daemon = _daemon(daemon_env, tmp_path)
     try:
@@ -241,7 +247,10 @@ def test_bad_files_are_refused_and_change_nothing(
 ) -> None:  # fmt: skip
     env = _env(database_url, settings)
     backup = tmp_path / "backup.wapool"
-    assert run_cli("export", "962302", str(backup), env=env, cwd=tmp_path).returncode == 0
+    assert (
+        run_cli("export", "962302", str(backup), "--plaintext", env=env, cwd=tmp_path).returncode
+        == 0
+    )
     data = backup.read_bytes()
     if damage == "garbage":
         backup.write_bytes(random.Random(1).randbytes(len(data)))

@@ -21,7 +21,8 @@ def test_all_checks_pass_then_failures_are_named(
     assert good.returncode == 0, good.stdout
     assert [line.split(":")[0] for line in good.stdout.splitlines()[:-1]] == [
         "OK    settings", "OK    postgresql reachable", "OK    postgresql migrated",
-        "OK    role privileges", "OK    state directory", "OK    store leftovers",
+        "OK    role privileges", "OK    master key", "OK    state directory",
+        "OK    store leftovers",
         "OK    neonize library", "OK    libmagic", "OK    ffmpeg (optional)",
     ]  # fmt: skip
     assert good.stdout.splitlines()[-1] == "all checks passed"

@@ -18,6 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.conftest import run_cli
 from tests.daemon import Daemons
 from tests.webhook_receiver import Receiver, receiving
 from wapool.devdb import Cluster
@@ -115,6 +116,15 @@ async def test_inbound_survives_an_outage_and_a_kill(
 
         await until(lambda: expected <= webhook_ids(), 120)
         await until(lambda: expected <= set(in_postgres(database_url)), 120)
+        metrics = daemon.get("/metrics")[1]
+        assert "wapool_webhook_delivered_total" in metrics
+        assert "wapool_inbound_mirrored_total" in metrics
+        status = json.loads(daemon.get("/status")[1])["messaging"]
+        assert status["webhook"]["dead_letters"] == {}
+        assert status["inbound_pending_postgres"] == 0
+        report = run_cli("status", "--json", env=env, cwd=tmp_path)
+        assert report.returncode == 0, report.stderr
+        assert {r["webhook_dead_letters"] for r in json.loads(report.stdout)} == {0}
         assert daemon.stop(timeout=60) == 0
     rows = in_postgres(database_url)
     assert len(rows) == len(set(rows)) == len(expected)  # once each, nothing else

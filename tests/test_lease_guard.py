@@ -128,6 +128,9 @@ class FakeLeases:
     def live(self, company: str) -> bool:
         return company in self.held
 
+    def resumable(self, _company: str) -> bool:
+        return False  # no start without PostgreSQL here (tests/test_offline_start.py)
+
 
 def _bringup(seconds: float, first: int) -> tuple[BringUp, FakeLeases, ManualClock]:
     clock = ManualClock()

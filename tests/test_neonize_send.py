@@ -130,3 +130,16 @@ async def test_real_neonize_worker_answers_not_sent_while_not_connected(
         assert not await pool.send("nobody", commands[0])  # no worker: certainly not sent
     finally:
         await pool.close()
+
+
+@pytest.mark.process  # loading neonize runs ldconfig (python-magic looks for libmagic)
+def test_real_neonize_mark_read_fails_clearly_while_not_connected(
+    whatsmeow_template: Path, tmp_path: Path
+) -> None:
+    from wapool.whatsapp.neonize_adapter import NeonizeBackend
+
+    store = new_store(whatsmeow_template, tmp_path, "acme")
+    client = NeonizeBackend().client("acme", store, lambda _event: None)
+    with pytest.raises(Exception, match=r"(?i)client is nil|not connected|device"):
+        client.mark_read("491701234567@s.whatsapp.net", "491701234567@s.whatsapp.net", ["3EB0AA"])
+    assert client.stop(5)

@@ -139,11 +139,27 @@ def test_send_through_the_api_and_through_sql(
             assert lines[0].startswith("message ")
             assert lines[-1].startswith("read 3EB0")
         assert cli[0].stdout.splitlines()[0] == cli[1].stdout.splitlines()[0]  # one message
+        listed = run_cli("messages", "acme", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        out = [json.loads(line) for line in listed.stdout.splitlines()]
+        mine = {r["message_id"]: r for r in out if r["direction"] == "out"}
+        assert mine[first["id"]]["status"] == "read"
+        assert mine[refused["id"]]["status"] == "failed"
+        assert any(r["direction"] == "in" and r["text"] == "echo: hello" for r in out)
         bad = run_cli("send", "acme", "not-a-number", "x", env=env)
         assert bad.returncode == 1
         assert "TO must be a phone number" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
         assert run_cli("send", "nope", ECHO_PHONE, "x", env=env).returncode == 1
+
+        read_path = "/v1/companies/acme/read"
+        code, _, marked = call(port, "POST", read_path, {"chat": ECHO_JID,
+                                                         "message_ids": ["3EB0AA", "3EB0BB"]})  # fmt: skip
+        assert (code, marked) == (202, {"marked": 2})
+        code, _, answer = call(port, "POST", read_path, {"chat": ECHO_JID, "message_ids": []})
+        assert (code, answer["error"]["field"]) == (400, "message_ids")
+        code, _, answer = call(port, "POST", read_path, {"chat": "x", "message_ids": ["A"]})
+        assert (code, answer["error"]["field"]) == (400, "chat")
 
         stats = server.stats()
         assert stats["duplicates"] == []

@@ -20,7 +20,8 @@ down) stops counting, so one stuck company cannot stall the others.
 
 **The start guard.** ``may_start`` is asked right before every client start, restarts after a
 worker crash included: the company's lease must be ``Leases.live`` (held under our epoch and
-sure to outlast the next renewal). Nothing else stops a running client: the renewal loop stops
+sure to outlast the next renewal), or adopted from the state directory at a start without
+PostgreSQL and not re-validated yet (``Leases.resumable``, issue 13). Nothing else stops a running client: the renewal loop stops
 the companies whose lease was lost, and a PostgreSQL outage alone stops none.
 """
 
@@ -111,7 +112,8 @@ class BringUp:
             self._pending.update(dict.fromkeys(batch, now))
 
     def may_start(self, company: str) -> bool:
-        return self._leases.live(company)
+        # A lease adopted at a start without PostgreSQL: resumed from its working store.
+        return self._leases.live(company) or self._leases.resumable(company)
 
     def started(self, company: str) -> None:
         if self._pending.pop(company, None) is None:

@@ -1,7 +1,11 @@
 """``wapool run``: settings -> pool -> schema check -> registry -> serve until told to stop.
 
 The first SIGTERM or SIGINT starts a clean shutdown (exit 0); a second SIGINT forces the
-process out at once (exit 130).
+process out at once (exit 130). Without PostgreSQL at start, the companies held before may be
+resumed from the state directory (``outage``).
+
+It is one module because it is the process's life in order — startup, the tasks, their
+teardown — which reads best top to bottom in one place.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 
 from wapool.backoff import Backoff
+from wapool.crypto.usage import check_startup
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
@@ -21,6 +26,7 @@ from wapool.messaging.api import Api
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
 from wapool.observability.sdnotify import Notifier
+from wapool.outage.resume import offline_plan, recover, start_offline
 from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
@@ -98,6 +104,15 @@ async def _why_unavailable(db: Database, settings: Settings) -> str | None:
     except DatabaseUnavailable as exc:
         return str(exc)
     return None
+
+
+async def _first_contact(db: Database, settings: Settings) -> int | str:
+    """The schema version, or why PostgreSQL cannot be reached (raises when waiting cannot
+    help, as ``_wait_for_schema`` does)."""
+    try:
+        return await db.run(check_schema)
+    except DatabaseUnavailable as exc:
+        return await _why_unavailable(db, settings) or str(exc)
 
 
 def _stop_if_it_dies(task: asyncio.Task[None], signals: StopSignals) -> None:
@@ -179,26 +194,35 @@ async def run_daemon(settings: Settings) -> int:
     runtime: Runtime | None = None
     http: HttpServer | None = None
     try:
-        version = await _wait_for_schema(db, signals.stop, notify, settings)
-        if version is None:
-            return ExitCode.OK
+        first = await _first_contact(db, settings)
+        plan = offline_plan(settings) if isinstance(first, str) else None
+        version = first if isinstance(first, int) else None
+        if plan is None and version is None:
+            version = await _wait_for_schema(db, signals.stop, notify, settings)
+            if version is None:
+                return ExitCode.OK
+        await check_startup(db, settings)  # a missing or wrong master key: exit 78
         runtime = Runtime.build(settings, db)
         runtime.messaging.serve_found()  # a backlog left by the last run drains at once
+        if plan is not None:
+            start_offline(runtime, plan, str(first))
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
         renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
         _stop_if_it_dies(renewal, signals)
         changed = asyncio.Event()
-        with contextlib.suppress(DatabaseUnavailable):
-            await runtime.nodes.register()  # the others count this node before it takes a lease
+        if plan is None:  # (without PostgreSQL, the first heartbeat that reaches it registers)
+            with contextlib.suppress(DatabaseUnavailable):
+                await runtime.nodes.register()  # the others count this node before it takes a lease
         heartbeat = asyncio.create_task(
             runtime.heartbeat_loop(signals.stop, changed), name="heartbeat"
         )
         _stop_if_it_dies(heartbeat, signals)
         tasks = [heartbeat]
-        companies: list[Company] = []
-        with contextlib.suppress(DatabaseUnavailable):
-            companies = await runtime.registry.active_companies()
+        companies: list[Company] = plan.companies if plan else []
+        if plan is None:
+            with contextlib.suppress(DatabaseUnavailable):
+                companies = await runtime.active_companies()
         await runtime.follow(companies)
         log.info(
             "daemon_ready",
@@ -207,6 +231,7 @@ async def run_daemon(settings: Settings) -> int:
                 "companies": len(companies),
                 "stores": len(runtime.keeper.ready),
                 "node": runtime.leases.holder,
+                "mode": "degraded" if plan else "normal",
             },
         )
         await runtime.scheduler.start()
@@ -231,6 +256,9 @@ async def run_daemon(settings: Settings) -> int:
                 asyncio.create_task(outbound.sync.listen(signals.stop), name="outbound-listen"),
                 asyncio.create_task(outbound.receipts.run(signals.stop), name="receipts"),
             ]
+        if plan is not None:
+            recovery = recover(runtime, plan, signals.stop, notify, _wait_for_schema)
+            tasks.append(asyncio.create_task(recovery, name="offline-recovery"))
         for task in tasks[1:]:
             _stop_if_it_dies(task, signals)
         await signals.stop.wait()

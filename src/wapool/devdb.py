@@ -171,11 +171,26 @@ def _configured(name: str) -> str | None:
     return dotenv_values(".env").get(name) or None
 
 
+def _development_key(state_dir: Path) -> Path:
+    """A master key in the state directory (created once), so `make run` encrypts at rest as
+    production does; never for production use (docs/encryption.md)."""
+    from wapool.crypto import keyring
+
+    path = state_dir / "master.key"
+    if not path.exists():
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keyring.write(path, [keyring.new_key()])
+        print(f"devdb: development master key created at {path}", file=sys.stderr)
+    return path
+
+
 def _run_with_cluster(cluster: Cluster, command: Sequence[str]) -> int:
     started = False
     env = dict(os.environ)
     if _configured("WAPOOL_STATE_DIR") is None:
         env["WAPOOL_STATE_DIR"] = str(Path(".state").absolute())
+    if _configured("WAPOOL_MASTER_KEY_FILE") is None:
+        env["WAPOOL_MASTER_KEY_FILE"] = str(_development_key(Path(env["WAPOOL_STATE_DIR"])))
     if _configured("WAPOOL_DATABASE_URL") is None:
         started = not cluster.running()
         cluster.start()

@@ -18,6 +18,11 @@ taken by anyone who cannot reach PostgreSQL either). If another daemon took over
 WhatsApp itself replaces the older connection, and the old holder stops the company as soon as
 it learns it lost the lease.
 
+Leases held before a restart can be *adopted* from the state directory while PostgreSQL is
+unreachable (``adopt``, issue 13): they count as held but stay *unconfirmed*, as do leases whose
+renewal failed past their end, until a renewal reaches PostgreSQL: the same epoch is renewed,
+a lease taken over is lost. The mirror writes nothing for an unconfirmed lease.
+
 A graceful handoff (``hand_over``) leaves the row expired with no holder, recording the
 PostgreSQL copy's applied sequence then (``released_seq``: the taker restores at or beyond it)
 and, for a ``wapool move``, the node it is reserved for during one lease length; the release
@@ -31,15 +36,19 @@ drives what (``current_holders``, which the cleanup asks before it prunes a comp
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Set
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TypeVar
+
+import psycopg
 
 from wapool.clock import Clock, SystemClock
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Leases:
@@ -65,6 +74,8 @@ class Leases:
         self.ripening = 0
         self._held: dict[str, int] = {}
         self._valid_until: dict[str, float] = {}
+        self._unconfirmed: set[str] = set()
+        self._adopted: set[str] = set()
         #: Company -> the applied sequence its previous holder handed it over at (taken ones).
         self.handed_at: dict[str, int] = {}
         self.renewals = 0
@@ -96,7 +107,26 @@ class Leases:
 
     def fence(self) -> Fence:
         """The mirror's fence: it follows these leases as they are taken, renewed and lost."""
-        return Fence(self.holder, self.held)
+        return Fence(self.holder, self.held, self._unconfirmed)
+
+    @property
+    def unconfirmed(self) -> Set[str]:
+        """Held leases PostgreSQL has not confirmed since they were adopted or outlived."""
+        return frozenset(self._unconfirmed)
+
+    def adopt(self, epochs: Mapping[str, int]) -> None:
+        """Hold the leases this daemon held before a restart (read from the state directory
+        while PostgreSQL is unreachable): its clients may start (``resumable``) but nothing is
+        mirrored for them until a renewal confirms the epoch."""
+        for company, epoch in epochs.items():
+            self._held[company] = epoch
+            self._unconfirmed.add(company)
+            self._adopted.add(company)
+            log.info("lease_adopted", extra={"company": company, "epoch": epoch})
+
+    def resumable(self, company: str) -> bool:
+        """Adopted from the state directory and not yet re-validated."""
+        return company in self._adopted and company in self._held
 
     async def acquire(
         self, companies: Iterable[str], limit: int | None = None, *, reserved_only: bool = False
@@ -124,7 +154,7 @@ class Leases:
             return await _take(conn, params)
 
         try:
-            taken = await self._db.run(work)
+            taken = await self._run(work)
         except DatabaseUnavailable:
             self._expired.clear()  # seen through an outage: the holder may not have had its chance
             raise
@@ -170,7 +200,7 @@ class Leases:
         params: dict[str, object] = {"holder": self.holder, "companies": names,
                   "epochs": [self._held[c] for c in names],
                   "targets": [companies[c] for c in names]}  # fmt: skip
-        released = await self._db.run(lambda conn: _hand_over(conn, params))
+        released = await self._run(lambda conn: _hand_over(conn, params))
         for company in names:
             self._forget(company)
         for company, seq in released.items():
@@ -193,12 +223,19 @@ class Leases:
             )
             return {str(c) for c, e in await cur.fetchall() if asked.get(str(c)) == int(e)}
 
-        kept = await self._db.run(work)
+        try:
+            kept = await self._db.run(work)  # a timeout on busy rows: the runtime retries it
+        except (DatabaseUnavailable, psycopg.errors.QueryCanceled):
+            now = self._clock.monotonic()  # past their end, they may have been taken over
+            self._unconfirmed.update(c for c in asked if self._valid_until.get(c, now) <= now)
+            raise
         self.renewals += 1
         lost = []
         for company, epoch in asked.items():
             if self._held.get(company) != epoch:
                 continue  # released or taken again meanwhile: not this renewal's business
+            self._unconfirmed.discard(company)
+            self._adopted.discard(company)
             if company in kept:
                 self._valid_until[company] = sent + self.seconds
             else:
@@ -221,13 +258,24 @@ class Leases:
                 (self.holder, names),
             )
 
-        await self._db.run(work)
+        await self._run(work)
         for company in names:
             self._forget(company)
+
+    async def _run(self, work: Callable[[Conn], Awaitable[T]]) -> T:
+        """A lease row locked by a peer's backend that died mid-transaction (a partition: PostgreSQL
+        has not noticed yet) times the statement out: for leases that is PostgreSQL not
+        answering, like any outage, never an error that stops the daemon."""
+        try:
+            return await self._db.run(work)
+        except (psycopg.errors.QueryCanceled, psycopg.errors.LockNotAvailable) as exc:
+            raise DatabaseUnavailable(f"lease rows busy: {type(exc).__name__}") from None
 
     def _forget(self, company: str) -> None:
         self._held.pop(company, None)
         self._valid_until.pop(company, None)
+        self._unconfirmed.discard(company)
+        self._adopted.discard(company)
         self.handed_at.pop(company, None)
 
 
@@ -284,6 +332,8 @@ class Fence:
 
     holder: str
     epochs: Mapping[str, int]
+    #: Companies whose epoch PostgreSQL has not confirmed yet: nothing is written for them.
+    unconfirmed: Set[str] = field(default_factory=frozenset)
 
     async def refused(self, conn: Conn, companies: list[str]) -> dict[str, str]:
         """Companies this holder may not write now (lease lost, taken over, never held), and why.

@@ -46,6 +46,9 @@ from wapool.messaging.outbound_service import OutboundService
 from wapool.messaging.service import InboundMessaging
 from wapool.nodes import ClusterView, Nodes
 from wapool.observability.redact import describe_error
+from wapool.outage.last_seen import LastSeenStore
+from wapool.outage.offline_start import OfflineStart
+from wapool.outage.resume import remember_leases, remember_registry
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
@@ -86,6 +89,10 @@ class Runtime:
     handoffs: Handoffs
     #: Inbound messages: inboxes -> inbound_messages (through the mirror) and the webhook.
     messaging: InboundMessaging
+    #: The registry as last seen and the leases held, kept in the state directory.
+    last_seen: LastSeenStore
+    #: Set when this daemon started without PostgreSQL (``outage.offline_start``).
+    offline: OfflineStart | None = None
     #: Companies wait for a lease this daemon will take as soon as it has room, or more are
     #: to be handed over.
     backlog: bool = False
@@ -124,6 +131,7 @@ class Runtime:
         keeper = StoreKeeper(
             db, settings.state_dir, mirror, snapshots,
             delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
+            prekey_gap=settings.prekey_restore_gap, handed=leases.handed_at,
             parallel=settings.max_concurrent_connects,
         )  # fmt: skip
         cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
@@ -142,7 +150,8 @@ class Runtime:
                             before_release=outbound.sync.release)  # fmt: skip
         return cls(
             db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
-            cleanup, scheduler, latest, bringup, nodes, handoffs, messaging, outbound=outbound,
+            cleanup, scheduler, latest, bringup, nodes, handoffs, messaging,
+            LastSeenStore(settings.state_dir, leases.holder), outbound=outbound,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -181,6 +190,15 @@ class Runtime:
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
+        remember_leases(self.last_seen, self.leases.held)
+
+    async def active_companies(self) -> list[Company]:
+        """The registry (PostgreSQL, else the outage cache); what PostgreSQL confirmed is
+        also written to the state directory. Raises ``DatabaseUnavailable``."""
+        companies = await self.registry.active_companies()
+        if self.db.health.snapshot().up:
+            await remember_registry(self.db, self.last_seen, companies)
+        return companies
 
     async def _plan(self, active: set[str]) -> balance.Plan | None:
         """Our share and what to hand over now; None while PostgreSQL cannot say."""
@@ -221,7 +239,7 @@ class Runtime:
             self.registry.cache.sweep()
             self.snapshots.sweep()
             try:
-                companies = await self.registry.active_companies()
+                companies = await self.active_companies()
             except DatabaseUnavailable:
                 self.backlog = False
                 continue  # keep what runs
@@ -246,10 +264,15 @@ class Runtime:
                 # the renewal is retried, the leases still last two more renewals.
                 log.warning("lease_renewal_slow", extra={"error": describe_error(exc)})
                 continue
-            for company in lost:
-                await self.supervisor.stop(company)
-            if lost:
-                await self.keeper.reconcile(self.leases.held.keys() & self.keeper.ready)
+            await self.lost(lost)
+
+    async def lost(self, companies: list[str]) -> None:
+        """Leases another daemon took over: stop those clients at once, keep what their stores
+        still owe aside (never applied over the new holder's copy)."""
+        for company in companies:
+            await self.supervisor.stop(company)
+            await self.keeper.set_aside(company, "lease taken over by another daemon")
+        remember_leases(self.last_seen, self.leases.held)
 
     async def heartbeat_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
         """Keep this node's row fresh (every third of a lease, like the renewals); wake the
@@ -283,6 +306,7 @@ class Runtime:
         if drained:  # hand the companies over at once; otherwise let the leases expire
             with contextlib.suppress(DatabaseUnavailable):
                 await self.leases.hand_over(dict.fromkeys(self.leases.held))
+        remember_leases(self.last_seen, self.leases.held)
         with contextlib.suppress(DatabaseUnavailable):
             await self.nodes.deregister()
 

@@ -14,6 +14,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+import psycopg
+
+from wapool.backoff import Backoff
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 from wapool.observability import alerts
@@ -42,11 +45,15 @@ class StateRecorder:
     """Records transitions in ``session_states``, all those waiting in one transaction (in
     order), then runs what each transition does next in PostgreSQL. One round trip per
     transition, one after another, made a cold start of hundreds of companies wait for
-    thousands of round trips before ``wapool status`` showed them connected."""
+    thousands of round trips before ``wapool status`` showed them connected.
 
-    def __init__(self, db: Database, holder: str) -> None:
+    A write PostgreSQL could not take (down, or too slow on a loaded host) is tried again, with
+    backoff, holding only each company's latest state: a state is never silently dropped."""
+
+    def __init__(self, db: Database, holder: str, backoff: Backoff | None = None) -> None:
         self._db = db
         self._holder = holder
+        self._backoff = backoff or Backoff(base=0.5, cap=30.0)
         self._waiting: list[tuple[dict[str, object], Then | None]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -60,16 +67,23 @@ class StateRecorder:
     async def _flush(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting, []
-            rows = [params for params, _ in batch]
+            latest = list({str(params["c"]): params for params, _ in batch}.values())
+            failed = False
             try:
-                with contextlib.suppress(DatabaseUnavailable):
-                    await self._db.run(partial(_write, rows))
+                try:
+                    await self._db.run(partial(_write, latest))
+                    self._backoff.reset()
+                except (DatabaseUnavailable, psycopg.errors.QueryCanceled):
+                    failed = True
+                    self._waiting[:0] = [(params, None) for params in latest]
                 for _, then in batch:
                     if then is not None:
                         with contextlib.suppress(DatabaseUnavailable):
                             await then()
             except Exception:
                 log.exception("session_state_record_failed")
+            if failed:
+                await asyncio.sleep(self._backoff.next_delay())
 
 
 async def _write(rows: list[dict[str, object]], conn: Conn) -> None:

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     database_password: SecretStr | None = None
     state_dir: Path = Path("/var/lib/wapool")
     whatsapp_backend: Literal["neonize", "simulated"] = "neonize"
+    #: Encryption at rest (docs/encryption.md): the master key's file (the key itself never
+    #: comes from a setting); the systemd credential wapool-master-key takes precedence.
+    master_key_file: Path | None = None
+    #: Refuse to run (exit 78) without a master key even while the database holds no
+    #: encrypted row yet; once it does, a key is required anyway.
+    encryption_required: bool = False
 
     cache_ttl_seconds: PositiveFloat = 300.0
     cache_sweep_seconds: PositiveFloat = 60.0
@@ -63,6 +69,10 @@ class Settings(BaseSettings):
     balance_slack: int = Field(2, ge=0, le=10_000)
     handoff_batch: int = Field(2, ge=1, le=1000)
     node_name: str | None = None
+    #: Started without PostgreSQL: resume the leases held from the state directory (issue 13).
+    partition_policy: Literal["auto", "resume", "wait"] = "auto"
+    #: Pre-key ids a restored store skips beyond the highest one PostgreSQL ever saw.
+    prekey_restore_gap: int = Field(2000, ge=0, le=1_000_000)
     worker_heartbeat_timeout_seconds: PositiveFloat = 10.0
     simulated_churn_per_second: float = Field(1.0, ge=0)
     simulated_pairing: Literal["instant", "qr"] = "instant"

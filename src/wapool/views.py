@@ -33,6 +33,8 @@ class Views:
     def ready(self) -> tuple[bool, str]:
         """Ready: PostgreSQL reachable (or down for less than the cache TTL) and no shard down."""
         rt = self._rt
+        if rt.offline is not None and rt.offline.degraded:
+            return False, "degraded: " + rt.offline.describe(time.time())
         health = rt.db.health.snapshot()
         down_for = 0.0 if health.up else time.monotonic() - health.since_monotonic
         if down_for > rt.settings.cache_ttl_seconds:
@@ -82,6 +84,7 @@ class Views:
         self._caches(out)
         self._database(out)
         self._workers_and_cleanup(out)
+        self._messaging(out)
         if self._rt.outbound is not None:
             self._rt.outbound.metrics(out)
         self._fleet(out)
@@ -104,15 +107,46 @@ class Views:
                 "snapshot_age_seconds": rt.snapshots.peek_age(company),
             }
         health = rt.db.health.snapshot()
+        offline = rt.offline
         return {
             "node": rt.leases.holder,
             "share": rt.share,
             "draining": rt.view.draining if rt.view else False,
+            "mode": "degraded" if offline is not None and offline.degraded else "normal",
+            "offline_start": None
+            if offline is None
+            else {
+                "started_at": offline.started_wall,
+                "recovered_at": offline.recovered_wall,
+                "registry_age_seconds": offline.registry_age(offline.started_wall),
+                "resumed": sorted(offline.resumed),
+                "leases_lost": offline.lost,
+            },
+            "caches": self._cache_ages(),
             "database": {"up": health.up, "last_error": health.last_error},
             "state_dir": self._disk(),
             "companies": companies,
+            "messaging": self._messaging_status(),
             "outbound": self._rt.outbound.status() if self._rt.outbound is not None else None,
         }
+
+    def _messaging_status(self) -> dict[str, Any]:
+        messaging = self._rt.messaging
+        hook = messaging.webhook
+        status: dict[str, Any] = {
+            "inbound_pending_postgres": messaging.postgres.pending,
+            "inbound_applied": messaging.postgres.applied,
+            "webhook": None,
+        }
+        if hook is not None:
+            status["webhook"] = {
+                "delivered": hook.stats.delivered,
+                "failed_attempts": hook.stats.failed_attempts,
+                "backlog": hook.backlog,
+                "in_flight": hook.stats.in_flight,
+                "dead_letters": messaging.cursors.dead_letter_counts(),
+            }
+        return status
 
     # -- /metrics, family by family (the order is the exposition's) ----------------------------
 
@@ -135,6 +169,18 @@ class Views:
         out.family("wapool_mirror_rows_applied_total", "counter", "Rows written to PostgreSQL.",
                    [({}, float(self._rt.mirror.stats.rows_applied))])  # fmt: skip
 
+    def _cache_ages(self) -> dict[str, Any]:
+        """Who answers for PostgreSQL while it is down, and how old their answers are."""
+        rt = self._rt
+        result: dict[str, Any] = {}
+        for name, cache in (("registry", rt.registry.cache), ("snapshots", rt.snapshots)):
+            stats = cache.stats()
+            result[name] = {"ttl_seconds": cache.ttl_seconds, "entries": stats.entries,
+                            "oldest_age_seconds": stats.oldest_entry_age_seconds,
+                            "last_hit_age_seconds": stats.last_hit_age_seconds}  # fmt: skip
+        result["registry_on_disk"] = {"age_seconds": rt.last_seen.age_seconds()}
+        return result
+
     def _caches(self, out: Exposition) -> None:
         for name, cache in (
             ("registry", self._rt.registry.cache.stats()),
@@ -147,6 +193,17 @@ class Views:
                        [(labels, float(cache.misses))])  # fmt: skip
             out.family(f"wapool_cache_{name}_last_hit_age_seconds", "gauge", "Age of the last value served.",
                        [(labels, cache.last_hit_age_seconds or 0.0)])  # fmt: skip
+            out.family(f"wapool_cache_{name}_oldest_age_seconds", "gauge", "Age of the oldest entry kept.",
+                       [(labels, cache.oldest_entry_age_seconds or 0.0)])  # fmt: skip
+            out.family(f"wapool_cache_{name}_entries", "gauge", "Entries kept.",
+                       [(labels, float(cache.entries))])  # fmt: skip
+        age = self._rt.last_seen.age_seconds()
+        out.family("wapool_registry_on_disk_age_seconds", "gauge",
+                   "Age of the registry kept in the state directory (-1: none yet).",
+                   [({}, -1.0 if age is None else age)])  # fmt: skip
+        offline = self._rt.offline
+        out.family("wapool_degraded", "gauge", "Running without PostgreSQL since the start.",
+                   [({}, float(offline is not None and offline.degraded))])  # fmt: skip
 
     def _database(self, out: Exposition) -> None:
         health = self._rt.db.health.snapshot()
@@ -155,6 +212,33 @@ class Views:
                    [({}, float(health.outages))])  # fmt: skip
         out.family("wapool_database_outage_seconds_total", "counter", "Seconds without PostgreSQL.",
                    [({}, health.outage_seconds_total)])  # fmt: skip
+
+    def _messaging(self, out: Exposition) -> None:
+        messaging = self._rt.messaging
+        out.family("wapool_inbound_pending_postgres", "gauge", "Inbox events not yet in inbound_messages.",
+                   [({}, float(messaging.postgres.pending))])  # fmt: skip
+        out.family("wapool_inbound_mirrored_total", "counter", "Inbound messages written to PostgreSQL.",
+                   [({}, float(messaging.postgres.applied))])  # fmt: skip
+        hook = messaging.webhook
+        if hook is None:
+            return
+        stats = hook.stats
+        out.family("wapool_webhook_delivered_total", "counter", "Webhook deliveries accepted (2xx).",
+                   [({}, float(stats.delivered))])  # fmt: skip
+        out.family("wapool_webhook_failed_attempts_total", "counter", "Webhook attempts that failed.",
+                   [({}, float(stats.failed_attempts))])  # fmt: skip
+        out.family("wapool_webhook_dead_letters", "gauge", "Events the webhook gave up on, kept on this host.",
+                   [({"company": c}, float(n)) for c, n in messaging.cursors.dead_letter_counts().items()])  # fmt: skip
+        out.family("wapool_webhook_backlog", "gauge", "Events read and not yet delivered.",
+                   [({}, float(hook.backlog))])  # fmt: skip
+        out.family("wapool_webhook_in_flight", "gauge", "Webhook requests in flight.",
+                   [({}, float(stats.in_flight))])  # fmt: skip
+        latencies = sorted(stats.latencies)
+        if latencies:
+            quantiles = [({"quantile": str(q)}, latencies[min(len(latencies) - 1, int(q * len(latencies)))])
+                         for q in (0.5, 0.99)]  # fmt: skip
+            out.family("wapool_webhook_latency_seconds", "gauge",
+                       "Inbox write to the receiver's 2xx, recent deliveries.", quantiles)  # fmt: skip
 
     def _workers_and_cleanup(self, out: Exposition) -> None:
         pool = self._rt.supervisor.pool

@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from wapool.crypto import keyring
+from wapool.crypto.usage import judge, usage
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Conn, Database
 from wapool.errors import WapoolError
@@ -25,6 +27,7 @@ from wapool.whatsapp import media_tools
 TABLES = (
     "companies", "store_copies", "store_rows", "store_tombstones", "company_leases",
     "cleanup_runs", "store_size_history", "pairing_requests", "session_states", "nodes",
+    "store_data_keys",
 )  # fmt: skip
 
 
@@ -38,12 +41,13 @@ class Failed(Exception):
 
 
 async def _doctor(settings: Settings, args: argparse.Namespace) -> int:
-    db = Database.from_settings(settings, min_size=1)
+    db = Database.from_settings(settings, min_size=1, load_keys=False)
     checks: list[tuple[str, Callable[[], Awaitable[str]]]] = [
         ("settings", _ok("valid (.env and environment)")),
         ("postgresql reachable", lambda: _reachable(db, settings)),
         ("postgresql migrated", lambda: _migrated(db)),
         ("role privileges", lambda: _privileges(db)),
+        ("master key", lambda: _master_key(db, settings)),
         ("state directory", lambda: _state_dir(settings)),
         ("store leftovers", lambda: _leftovers(settings)),
         ("neonize library", _neonize),
@@ -79,6 +83,12 @@ async def _reachable(db: Database, settings: Settings) -> str:
     await db.probe(timeout=settings.db_connect_timeout_seconds + 1.0)
     await db.open(wait=True)
     return settings.safe_database_target()
+
+
+async def _master_key(db: Database, settings: Settings) -> str:
+    """The key loads (mode, owner, shape) and holds every master key the database uses."""
+    ring = keyring.load(settings.master_key_file)  # ConfigError names the credential
+    return judge(ring, await usage(db, count_rows=False), settings)
 
 
 async def _migrated(db: Database) -> str:

@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         company,
         database,
         doctor,
+        keys,
+        messages,
         nodes,
         pair,
         run,
@@ -55,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     pair.register(commands)
     send.register(commands)
     status.register(commands)
+    messages.register(commands)
     doctor.register(commands)
     nodes.register(commands)
+    keys.register(commands)
     return parser
 
 

@@ -15,7 +15,8 @@ from typing import Any
 import psycopg
 
 from wapool.cli.database import open_database
-from wapool.db.pool import Conn
+from wapool.cli.messages import Row
+from wapool.db.pool import Conn, Database
 from wapool.errors import WapoolError
 from wapool.messaging.outbound import recipient_jid
 from wapool.messaging.request import MAX_KEY, MAX_TEXT
@@ -74,6 +75,30 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         return await _follow(db, message_id, args.timeout)
+
+
+async def outbound_rows(db: Database, company: str, after: int | None, limit: int) -> list[Row]:
+    """``wapool messages``' outbound rows with their status; the cursor is the last change
+    (microseconds), so ``--follow`` prints a message again when its status moves."""
+    columns = (
+        "(extract(epoch FROM updated_at) * 1e6)::bigint, created_at, to_jid, "
+        "CASE WHEN media_mimetype IS NULL THEN 'text' ELSE split_part(media_mimetype, '/', 1) "
+        "END, status, text, id::text"
+    )
+    if after is None:
+        rows = await db.fetch(
+            f"SELECT * FROM (SELECT {columns} FROM outbound_messages WHERE company_id = %s "
+            "ORDER BY created_at DESC LIMIT %s) t ORDER BY 1",
+            (company, limit),
+        )
+    else:
+        rows = await db.fetch(
+            f"SELECT {columns} FROM outbound_messages WHERE company_id = %s "
+            "AND updated_at > to_timestamp(%s / 1e6) ORDER BY updated_at LIMIT %s",
+            (company, after, limit),
+        )
+    return [Row(at, "out", to, kind, status, text, mid, int(cursor))
+            for cursor, at, to, kind, status, text, mid in rows]  # fmt: skip
 
 
 async def _follow(db: Any, message_id: str, timeout: float) -> int:

@@ -4,7 +4,9 @@ Session states come from what the driving daemon last recorded in PostgreSQL; th
 and pending rows are read from the working stores on this host (``-`` when it has none). Stores
 are opened read-only, one at a time: a store that cannot be read is one row saying why
 (``store_error``), never a failed command. Replaced stores kept on this host (``leftovers``)
-are listed after the table, with what their salvage could not save.
+are listed after the table, with what their salvage could not save, and so are the webhook's
+dead letters kept on this host (``webhook_dead_letters`` in JSON). With PostgreSQL
+unreachable, the daemon on this host answers instead (``status_local``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from wapool.cli.database import open_database
+from wapool.cli.status_local import local_status, render_local
 from wapool.cli.table import render
+from wapool.errors import DatabaseUnavailable
+from wapool.messaging.cursors import CURSORS_FILE
 from wapool.observability.redact import describe_error
 from wapool.settings import Settings
 from wapool.store import changelog
@@ -52,6 +57,19 @@ def _local(path: Path) -> dict[str, Any]:
     return {"pending_rows": pending.rows, "mirror_lag_seconds": round(lag, 3), "store_error": None}
 
 
+def _dead_letters(state_dir: Path) -> dict[str, int]:
+    """Webhook dead letters per company kept in this host's messaging file (read-only)."""
+    path = state_dir / CURSORS_FILE
+    if not path.exists():
+        return {}
+    try:
+        with closing(read_only(path)) as conn:
+            rows = conn.execute("SELECT company, count(*) FROM dead_letters GROUP BY 1").fetchall()
+    except (StoreFault, *SQLITE_ERRORS, OSError):
+        return {}
+    return {str(c): int(n) for c, n in rows}
+
+
 def _replaced(copy: Replaced) -> dict[str, Any]:
     unsaved = None
     if copy.report is not None:
@@ -65,13 +83,19 @@ def _replaced(copy: Replaced) -> dict[str, Any]:
 
 
 async def _status(settings: Settings, args: argparse.Namespace) -> int:
-    async with open_database(settings) as db:
-        rows = await db.fetch(
-            "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
-            "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
-            "WHERE c.removed_at IS NULL ORDER BY c.id"
-        )
+    try:
+        async with open_database(settings) as db:
+            rows = await db.fetch(
+                "SELECT c.id, c.enabled, c.paired_jid, s.state, s.since, s.last_error, s.holder "
+                "FROM companies c LEFT JOIN session_states s ON s.company_id = c.id "
+                "WHERE c.removed_at IS NULL ORDER BY c.id"
+            )
+    except DatabaseUnavailable as exc:  # an outage: the local daemon is the witness left
+        local = await asyncio.to_thread(local_status, settings, exc)
+        print(json.dumps(local, indent=2) if args.json else render_local(local, exc))
+        return 0
     kept = await asyncio.to_thread(replaced_copies, settings.state_dir)
+    dead = await asyncio.to_thread(_dead_letters, settings.state_dir)
     report = []
     for company, enabled, jid, state, since, error, holder in rows:
         local = await asyncio.to_thread(_local, store_path(settings.state_dir, company))
@@ -85,6 +109,7 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
                 **local,
                 "last_error": error,
                 "replaced_stores": [_replaced(c) for c in kept if c.company_id == company],
+                "webhook_dead_letters": dead.get(company, 0),
             }
         )
     if args.json:
@@ -94,6 +119,9 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
         kept_text = _kept(report, settings.key_retention_days)
         if kept_text:
             print(kept_text)
+        if dead:
+            print("\nwebhook dead letters on this host (events the receiver never accepted):")
+            print("\n".join(f"  {company}: {count}" for company, count in sorted(dead.items())))
     return 0
 
 

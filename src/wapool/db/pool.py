@@ -23,6 +23,8 @@ import psycopg
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from wapool.crypto import keyring
+from wapool.crypto.envelope import RowCipher
 from wapool.db import diagnosis
 from wapool.db.bounded import bounded
 from wapool.db.health import DatabaseHealth
@@ -125,6 +127,8 @@ class Database:
         self.query_timeout = query_timeout
         self._conninfo = conninfo
         self._connect_kwargs = connect_kwargs or {}
+        #: Seals the row images written and opens those read (see ``crypto.envelope``).
+        self.cipher = RowCipher(None)
 
     @classmethod
     def from_settings(
@@ -133,14 +137,16 @@ class Database:
         health: DatabaseHealth | None = None,
         *,
         min_size: int | None = None,
+        load_keys: bool = True,
     ) -> Database:
         health = health or DatabaseHealth()
         pool = build_pool(settings, health, min_size=min_size)
         # The whole call: waiting for a connection, then the work, then the commit.
         budget = settings.db_pool_timeout_seconds + settings.db_query_timeout_seconds
-        return cls(
-            pool, health, budget, settings.require_database_url(), connection_kwargs(settings)
-        )
+        db = cls(pool, health, budget, settings.require_database_url(), connection_kwargs(settings))
+        if load_keys:  # ConfigError naming the credential when it is unusable
+            db.cipher = RowCipher(keyring.load(settings.master_key_file))
+        return db
 
     async def open(self, *, wait: bool = False) -> None:
         try:

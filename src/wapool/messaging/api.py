@@ -24,7 +24,7 @@ from aiohttp import web
 
 from wapool.errors import InvalidCompanyId
 from wapool.messaging.outbound import Outbound, Record
-from wapool.messaging.request import FieldError, parse_send
+from wapool.messaging.request import FieldError, parse_read, parse_send
 from wapool.registry.company import validate_company_id
 
 
@@ -51,6 +51,9 @@ class Service(Protocol):
 
     async def retry(self, company: str, message_id: str) -> Record | None: ...
 
+    async def mark_read(self, company: str, chat: str, sender: str, ids: list[str]) -> bool:
+        """Send read receipts; False when the session is not connected."""
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,6 +79,7 @@ class Api:
         app.router.add_route("*", base, self._guard(self._post, "POST"))
         app.router.add_route("*", base + "/{message_id}", self._guard(self._get, "GET"))
         app.router.add_route("*", base + "/{message_id}/retry", self._guard(self._retry, "POST"))
+        app.router.add_route("*", "/v1/companies/{company}/read", self._guard(self._read, "POST"))
         app.router.add_route("*", "/v1/{tail:.*}", self._guard(self._unknown, "*"))
 
     def _guard(self, handler: Handler, method: str) -> Handler:
@@ -145,16 +149,18 @@ class Api:
         return web.json_response(record.public(), status=202, headers=headers)
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
-        too_big = error(413, "too_large", f"the body is over {self._max_body} bytes")
         if request.content_length is not None and request.content_length > self._max_body:
-            return too_big
+            return self._too_big()
         chunks, size = [], 0
         async for chunk in request.content.iter_chunked(1 << 16):
             size += len(chunk)
             if size > self._max_body:
-                return too_big
+                return self._too_big()
             chunks.append(chunk)
         return b"".join(chunks)
+
+    def _too_big(self) -> web.Response:
+        return error(413, "too_large", f"the body is over {self._max_body} bytes")
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
         company = request.match_info["company"]
@@ -181,6 +187,23 @@ class Api:
                          f"only uncertain or failed messages are retried; this one is "
                          f"{known.status.value}")  # fmt: skip
         return web.json_response(record.public(), status=202)
+
+    async def _read(self, request: web.Request) -> web.StreamResponse:
+        company, refused = await self._company(request)
+        if refused is not None:
+            return refused
+        raw = await self._body(request)
+        if isinstance(raw, web.Response):
+            return raw
+        try:
+            chat, sender, ids = parse_read(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error(400, "bad_json", "the body is not JSON", field="body")
+        except FieldError as exc:
+            return error(400, "bad_field", exc.message, field=exc.field)
+        if not await self._service.mark_read(company, chat, sender, ids):
+            return error(409, "not_connected", "the company's session is not connected")
+        return web.json_response({"marked": len(ids)}, status=202)
 
     async def _unknown(self, _request: web.Request) -> web.StreamResponse:
         return error(404, "not_found", "no such route")

@@ -1,7 +1,9 @@
 """Inbox -> ``inbound_messages``: the mirror's part that carries inbound messages to PostgreSQL.
 
 It rides the key mirror's loop (``Mirror.parts``): the same task, pool, backoff and outage
-handling, woken by the workers' inbox notices. Each tick reads, per company, the messages after
+handling; a tick reads only the inboxes the workers said advanced (``touch``), not every inbox
+(the loop ticks every 20 ms: reading a hundred idle inboxes each time would cost more than the
+messages). Each tick reads, per company, the messages after
 its ``postgres`` cursor (``cursors``), inserts them all in one PostgreSQL transaction
 (``ON CONFLICT DO NOTHING`` on company + message id), notifies ``wapool_inbound`` once per
 company in the batch, and only then moves the cursors. A crash between the commit and the
@@ -17,34 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from psycopg.types.json import Jsonb
-
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.messaging.cursors import Cursors, Progress
 from wapool.messaging.inbox import InboxReader
-from wapool.messaging.model import Envelope, InboundMessage, to_json
+from wapool.messaging.model import Envelope
 from wapool.observability.redact import describe_error
 
 log = logging.getLogger(__name__)
 
 CONSUMER = "postgres"
 CHANNEL = "wapool_inbound"
+#: Rows read from one inbox per tick, and at most in one PostgreSQL transaction (a backlog of a
+#: hundred companies after an outage drains in several ticks, each well within its timeout).
 BATCH = 2000
+MAX_ROWS_PER_TICK = 10_000
 
 # A company deleted from the registry (not just removed) has no row to refer to: its messages
 # stay in the local inbox (and reach the webhook) instead of failing everyone's batch.
 _INSERT = (
     "INSERT INTO inbound_messages (company_id, message_id, chat_jid, sender_jid, from_me, "
     "is_group, kind, body, sent_at, received_at, event, holder, epoch) "
-    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s "
     "WHERE EXISTS (SELECT 1 FROM companies WHERE id = %s) "
     "ON CONFLICT (company_id, message_id) DO NOTHING"
 )
@@ -65,6 +67,7 @@ class _Batch:
     source: _Source
     rows: list[Envelope]
     upto: int
+    params: list[tuple[object, ...]]
 
 
 class InboundMirror:
@@ -73,11 +76,18 @@ class InboundMirror:
         self._cursors = cursors
         self.fence = fence
         self._sources: dict[str, _Source] = {}
+        #: Companies whose inbox may hold rows after the cursor (notified, or not yet read).
+        self._dirty: set[str] = set()
         self.applied = 0
         self.failures = 0
 
     def add(self, company: str, inbox: Path) -> None:
         self._sources.setdefault(company, _Source(company, inbox))
+        self._dirty.add(company)
+
+    def touch(self, company: str) -> None:
+        """The company's inbox advanced: read it at the next tick (others are not read)."""
+        self._dirty.add(company)
 
     def remove(self, company: str) -> None:
         source = self._sources.pop(company, None)
@@ -93,7 +103,13 @@ class InboundMirror:
         batches = await asyncio.to_thread(self._collect)
         if not batches:
             return 0
-        await self._db.run(lambda conn: self._apply(conn, batches))
+        try:
+            rows = sum(len(b.rows) for b in batches)
+            timeout = self._db.query_timeout + rows / 5_000
+            await self._db.run(lambda conn: self._apply(conn, batches), timeout=timeout)
+        except BaseException:
+            self._dirty.update(b.source.company for b in batches)  # not applied: again
+            raise
         progress = Progress.empty()
         for batch in batches:
             progress.cursors[(batch.source.company, CONSUMER)] = (batch.source.identity, batch.upto)
@@ -106,7 +122,12 @@ class InboundMirror:
 
     def _collect(self) -> list[_Batch]:
         batches = []
-        for source in list(self._sources.values()):
+        dirty, self._dirty = self._dirty, set()
+        total = 0
+        for source in [s for c in sorted(dirty) if (s := self._sources.get(c))]:
+            if total >= MAX_ROWS_PER_TICK:
+                self._dirty.add(source.company)  # next tick
+                continue
             try:
                 batch = self._read(source)
             except (sqlite3.Error, OSError) as exc:
@@ -118,9 +139,11 @@ class InboundMirror:
                     with contextlib.suppress(sqlite3.Error):
                         source.reader.close()
                 source.reader, source.cursor = None, None
+                self._dirty.add(source.company)  # try again next tick
                 continue
             if batch is not None:
                 batches.append(batch)
+                total += len(batch.rows)
         return batches
 
     def _read(self, source: _Source) -> _Batch | None:
@@ -135,22 +158,23 @@ class InboundMirror:
         rows = [
             e for e in source.reader.messages_after(source.cursor, BATCH) if e.seq <= source.high
         ]
-        upto = rows[-1].seq if len(rows) >= BATCH else source.high
-        return _Batch(source, rows, upto)
+        upto = source.high
+        if len(rows) >= BATCH:
+            upto = rows[-1].seq
+            self._dirty.add(source.company)  # more to read: the next tick, notice or not
+        holder = self.fence.holder if self.fence is not None else ""
+        epoch = self.fence.epochs.get(source.company, 0) if self.fence is not None else 0
+        # The parameters are built here, in the worker thread, not on the event loop.
+        return _Batch(source, rows, upto, [_row(e, holder, epoch) for e in rows])
 
     async def _apply(self, conn: Conn, batches: list[_Batch]) -> None:
         companies = sorted({b.source.company for b in batches})
         if self.fence is not None:
             await self.fence.refused(conn, companies)  # locks the lease rows FOR SHARE
-        holder = self.fence.holder if self.fence is not None else ""
         notify: set[str] = set()
-        params = []
+        params: list[tuple[object, ...]] = []
         for batch in batches:
-            epoch = self.fence.epochs.get(batch.source.company, 0) if self.fence else 0
-            for envelope in batch.rows:
-                message = envelope.event
-                assert isinstance(message, InboundMessage)
-                params.append(_row(message, envelope.received_at, holder, epoch))
+            params.extend(batch.params)
             if batch.rows:
                 notify.add(batch.source.company)
         if params:
@@ -160,13 +184,12 @@ class InboundMirror:
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, company))
 
 
-def _row(
-    message: InboundMessage, received_at: float, holder: str, epoch: int
-) -> tuple[object, ...]:
+def _row(envelope: Envelope, holder: str, epoch: int) -> tuple[object, ...]:
+    """The insert's parameters, from the inbox's JSON as written (no dataclasses rebuilt)."""
+    m = envelope.data
     return (
-        message.company, message.message_id, message.chat, message.sender, message.from_me,
-        message.is_group, message.kind, message.text,
-        datetime.fromtimestamp(message.timestamp, UTC), datetime.fromtimestamp(received_at, UTC),
-        Jsonb(to_json(message), dumps=lambda v: json.dumps(v, ensure_ascii=False)),
-        holder, epoch, message.company,
+        m["company"], m["message_id"], m["chat"], m["sender"], m["from_me"], m["is_group"],
+        m["kind"], m["text"], datetime.fromtimestamp(m["timestamp"], UTC),
+        datetime.fromtimestamp(envelope.received_at, UTC), envelope.body, holder, epoch,
+        m["company"],
     )  # fmt: skip

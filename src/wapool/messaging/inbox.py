@@ -19,7 +19,8 @@ Reader API (for the main process):
 * ``high_seq()`` — the last ``seq`` written; ``identity()`` — the inbox's own id (cursors are
   kept per identity, so a replaced inbox is read from its start); ``trim(upto)``.
 
-Each returns ``model.Envelope`` objects (``seq``, ``event``, ``received_at``).
+Each returns ``model.Envelope`` objects (``seq``, ``received_at``, the JSON ``body`` as
+written; ``data`` and ``event`` parse it on first use).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from wapool.messaging.model import Envelope, InboundEvent, event_id, event_type, from_json, to_json
+from wapool.messaging.model import Envelope, InboundEvent, event_id, event_type, to_json
 from wapool.store.working_store import BUSY_TIMEOUT_MS, secure_files
 
 INBOX_FILE = "inbox.db"
@@ -144,4 +145,4 @@ class InboxReader:
             f"SELECT {_COLUMNS} FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
             (*params, limit),
         ).fetchall()
-        return [Envelope(int(s), from_json(json.loads(b)), float(r)) for s, r, b in rows]
+        return [Envelope(int(s), float(r), str(b)) for s, r, b in rows]

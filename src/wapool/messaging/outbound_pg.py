@@ -12,6 +12,9 @@
   idempotency key used on another node still returns its first message. Only then does the API
   accept messages for the company.
 * **Release** — at a clean stop, queued rows go back to unclaimed, for the next holder.
+
+One module because these four share one rule — who may write a row (``claimed_by``) — and it is
+only checkable when they are read together.
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from wapool.backoff import Backoff
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
-from wapool.messaging.outbound import Media, Outbound, Record, Status
+from wapool.messaging.outbound import Media, Outbound, Record, Status, recipient_jid
 from wapool.messaging.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "wapool_outbound"
+#: Seconds between two passes while busy: rows accepted meanwhile go in one transaction.
+MIN_INTERVAL = 0.2
 KEY_DAYS = 7
 BATCH = 500
 _COLUMNS = (
@@ -87,8 +92,14 @@ class OutboundSync:
             except DatabaseUnavailable:
                 delay = backoff.next_delay()
                 continue
+            except Exception as exc:  # never the daemon's end: logged, retried with backoff
+                log.error("outbound_sync_failed", extra={"error": str(exc)}, exc_info=exc)
+                delay = backoff.next_delay()
+                continue
             backoff.reset()
             delay = 0.0
+            with contextlib.suppress(TimeoutError):  # a busy outbox: one batch per interval
+                await asyncio.wait_for(stop.wait(), MIN_INTERVAL)
 
     async def step(self) -> None:
         for company in sorted(set(self._leases.held) - self.ready):
@@ -207,7 +218,8 @@ class OutboundSync:
         for row in rows:
             await self._copy(row)
         self.ready.add(company)
-        log.info("outbound_adopted", extra={"company": company, "rows": len(rows)})
+        if rows:  # one line per company with something to take over, not per company
+            log.info("outbound_adopted", extra={"company": company, "rows": len(rows)})
 
     async def release(self, companies: list[str]) -> None:
         """Give back queued rows this daemon claimed (a clean stop), so the next holder sends
@@ -246,6 +258,16 @@ class OutboundSync:
     async def _copy(self, row: tuple[Any, ...]) -> None:
         (mid, company, key, to, text, reply_to, media, mimetype, filename, expires, status,
          reason, wa_id, origin, _claimer) = row  # fmt: skip
+        if status == Status.QUEUED:
+            try:
+                to = recipient_jid(to)
+            except ValueError as exc:  # a producer's row no send could ever take
+                await self._db.execute(
+                    "UPDATE outbound_messages SET status = 'failed', updated_at = now(), "
+                    "reason = %s WHERE id::text = %s",
+                    (f"bad to_jid: {exc}", mid),
+                )
+                return
         message = Outbound(
             company, to, text, reply_to,
             Media(bytes(media), mimetype, filename) if media is not None else None,

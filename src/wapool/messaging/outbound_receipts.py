@@ -13,11 +13,12 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 from wapool.messaging.cursors import Cursors, Progress
 from wapool.messaging.inbox import INBOX_FILE, InboxReader
-from wapool.messaging.model import Receipt
+from wapool.messaging.model import Envelope, Receipt
 from wapool.messaging.outbound import Status
 from wapool.messaging.outbox import Outbox
 from wapool.observability.redact import describe_error
@@ -26,6 +27,8 @@ log = logging.getLogger(__name__)
 
 CONSUMER = "outbound"
 BATCH = 500
+SAVE_EVERY = 1.0
+COALESCE = 0.02
 STATUSES = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status.READ}
 
 
@@ -37,6 +40,12 @@ class ReceiptReader:
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self.applied = 0
+        #: Inboxes kept open between wake-ups (one notice per inbound message: opening and
+        #: closing a connection each time cost more than the messages), and when each
+        #: company's cursor was last saved.
+        self._readers: dict[str, InboxReader] = {}
+        self._saved_at: dict[str, float] = {}
+        self._positions: dict[str, tuple[str, int]] = {}
 
     def wake(self, company: str, _seq: int = 0) -> None:
         self._due.add(company)
@@ -47,38 +56,82 @@ class ReceiptReader:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), 5.0)
+            # Inbox notices come one per inbound message: gather a moment's worth, then read
+            # every company that advanced in one worker-thread hop.
+            await asyncio.sleep(COALESCE)
             self._wake.clear()
             due, self._due = self._due, set()
-            for company in sorted(due):
-                try:
-                    if await self.apply(company) >= BATCH:
-                        self.wake(company)
-                except (sqlite3.Error, OSError) as exc:
-                    log.error("receipts_failed", extra={"company": company,
-                                                        "error": describe_error(exc)})  # fmt: skip
+            try:
+                await self.apply_many(sorted(due))
+            except Exception as exc:  # a broken inbox row, a full disk: logged, retried later
+                log.error("receipts_failed", extra={"error": describe_error(exc)}, exc_info=exc)
+                self._due |= due
+                await asyncio.sleep(1.0)
 
     async def apply(self, company: str) -> int:
         """Apply the company's receipts not yet applied; return how many inbox rows were read."""
+        return (await self.apply_many([company])).get(company, 0)
+
+    async def apply_many(self, companies: list[str]) -> dict[str, int]:
+        reads = await asyncio.to_thread(self._read_many, companies)
+        progress = Progress({}, [], [])
+        now = time.monotonic()
+        counts: dict[str, int] = {}
+        for company, (identity, start, envelopes, done) in reads.items():
+            for envelope in envelopes:
+                event = envelope.event
+                if not isinstance(event, Receipt) or (status := STATUSES.get(event.status)) is None:
+                    continue
+                for wa_id in event.message_ids:
+                    if await self._outbox.receipt(company, wa_id, status) is not None:
+                        self.applied += 1
+            counts[company] = len(envelopes)
+            if len(envelopes) >= BATCH:
+                self.wake(company)  # more to read
+            if done <= start:
+                continue
+            self._positions[company] = (identity, done)
+            # Past messages only (no receipts): the cursor is saved at most every SAVE_EVERY
+            # seconds; reading them again after a kill costs nothing.
+            if envelopes or now - self._saved_at.get(company, 0.0) > SAVE_EVERY:
+                progress.cursors[(company, CONSUMER)] = (identity, done)
+                self._saved_at[company] = now
+        if progress:
+            await asyncio.to_thread(self._cursors.save, progress)
+        return counts
+
+    def _read_many(self, companies: list[str]) -> dict[str, tuple[str, int, list[Envelope], int]]:
+        reads = {}
+        for company in companies:
+            try:
+                read = self._read(company)
+            except (sqlite3.Error, OSError) as exc:
+                log.error("receipts_failed", extra={"company": company,
+                                                    "error": describe_error(exc)})  # fmt: skip
+                continue
+            if read is not None:
+                reads[company] = read
+        return reads
+
+    def _read(self, company: str) -> tuple[str, int, list[Envelope], int] | None:
         path = self._state_dir / company / INBOX_FILE
-        if not path.exists():
-            return 0
-        reader = InboxReader(path)
+        reader = self._readers.get(company)
+        if reader is None:
+            if not path.exists():
+                return None
+            reader = self._readers[company] = InboxReader(path)
         try:
             identity = reader.identity()
-            start = self._cursors.get(company, CONSUMER, identity)
+            known = self._positions.get(company)
+            start = (
+                known[1] if known and known[0] == identity
+                else self._cursors.get(company, CONSUMER, identity)
+            )  # fmt: skip
             high = reader.high_seq()
             envelopes = [e for e in reader.receipts_after(start, BATCH) if e.seq <= high]
-        finally:
+        except BaseException:
+            self._readers.pop(company, None)
             reader.close()
-        for envelope in envelopes:
-            event = envelope.event
-            if not isinstance(event, Receipt) or (status := STATUSES.get(event.status)) is None:
-                continue
-            for wa_id in event.message_ids:
-                if await self._outbox.receipt(company, wa_id, status) is not None:
-                    self.applied += 1
+            raise
         done = envelopes[-1].seq if len(envelopes) >= BATCH else high
-        if done > start:
-            progress = Progress({(company, CONSUMER): (identity, done)}, [], [])
-            await asyncio.to_thread(self._cursors.save, progress)
-        return len(envelopes)
+        return identity, start, envelopes, done

@@ -27,6 +27,7 @@ from wapool.messaging.pacing import Pacer
 from wapool.messaging.sender import Sender
 from wapool.observability.metrics import Exposition
 from wapool.settings import Settings
+from wapool.supervisor import protocol
 from wapool.supervisor.reconciler import Supervisor
 from wapool.supervisor.session import State
 
@@ -123,6 +124,12 @@ class OutboundService:
             self.sender.wake(company)
         return record
 
+    async def mark_read(self, company: str, chat: str, sender: str, ids: list[str]) -> bool:
+        if not self._connected(company):
+            return False
+        line = protocol.encode("mark_read", company=company, chat=chat, sender=sender, ids=ids)
+        return await self._supervisor.pool.deliver(company, line)
+
     # -- running ---------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,7 +140,10 @@ class OutboundService:
             self.sender.drive(driven)
             if time.monotonic() >= next_prune:
                 next_prune = time.monotonic() + PRUNE_EVERY
-                await self.outbox.prune(time.time() - KEEP_SECONDS)
+                try:
+                    await self.outbox.prune(time.time() - KEEP_SECONDS)
+                except Exception as exc:  # a full disk: pruning waits for the next round
+                    log.error("outbox_prune_failed", extra={"error": str(exc)})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), DRIVE_EVERY)
 

@@ -12,6 +12,9 @@ PostgreSQL, and its rows stay here for status look-ups and idempotency.
 Changes are serialised through the writer; reads use their own connection on the caller's
 thread (WAL: they never wait for the writer). Every change bumps the row's ``version``; the
 mirror copies rows whose ``version`` is ahead of ``pg_version``.
+
+One module because the file's schema, its changes and its reads are one contract (statuses only
+move forward, receipts that come early wait here): split, the rules would be read apart.
 """
 
 from __future__ import annotations
@@ -320,22 +323,13 @@ def _accept(
     synced: bool,
     extra: tuple[str | None, str | None] = (None, None),
 ) -> tuple[Record, bool]:
-    if m.idempotency_key is not None:
-        row = conn.execute(
-            f"SELECT {_COLUMNS} FROM outbox WHERE company = ? AND idem_key = ?",
-            (m.company, m.idempotency_key),
-        ).fetchone()
-        if row:
-            return _record(row), False
-    known = _get(conn, m.id)
-    if known is not None:
-        return known, False
     now = time.time()
     media = m.media
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO outbox (id, company, idem_key, to_jid, body, reply_to, media, "
         "media_mimetype, media_filename, expires_at, status, origin, created_at, updated_at, "
-        "pg_version, reason, wa_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "pg_version, reason, wa_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT DO NOTHING",
         (
             m.id, m.company, m.idempotency_key, m.to, m.text, m.reply_to,
             media.data if media else None, media.mimetype if media else None,
@@ -343,9 +337,22 @@ def _accept(
             1 if synced else 0, *extra,
         ),
     )  # fmt: skip
-    record = _get(conn, m.id)
-    assert record is not None
-    return record, True
+    if cur.rowcount == 1:  # new: the record is what was written
+        return Record(
+            m.id, m.company, int(cur.lastrowid or 0), m.to, m.text, status, now, now,
+            m.idempotency_key, m.reply_to, media.mimetype if media else None,
+            media.filename if media else None, m.expires_at, extra[0], extra[1], m.origin,
+        ), True  # fmt: skip
+    row = None
+    if m.idempotency_key is not None:  # the key was used: the first message
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE company = ? AND idem_key = ?",
+            (m.company, m.idempotency_key),
+        ).fetchone()
+    known = _record(row) if row else _get(conn, m.id)
+    if known is None:
+        raise sqlite3.IntegrityError("outbox: conflict without a matching message")
+    return known, False
 
 
 __all__ = ["FINAL", "OUTBOX_FILE", "Outbox"]

@@ -67,6 +67,28 @@ def parse_send(company: str, data: Any, now: float) -> Outbound:
     return Outbound(company, jid, text, reply_to, media, key, expires)
 
 
+def parse_read(data: Any) -> tuple[str, str, list[str]]:
+    """``{"chat": JID, "sender": JID (default: the chat), "message_ids": [...]}``."""
+    if not isinstance(data, dict):
+        raise FieldError("body", "must be a JSON object")
+    unknown = sorted(set(data) - {"chat", "sender", "message_ids"})
+    if unknown:
+        raise FieldError(unknown[0], "unknown field")
+    jids: list[str] = []
+    for name in ("chat", "sender"):
+        value = _string(data, name, required=name == "chat")
+        try:
+            jids.append(recipient_jid(value) if value is not None else jids[0])
+        except ValueError as exc:
+            raise FieldError(name, str(exc)) from None
+    ids = data.get("message_ids")
+    if (not isinstance(ids, list) or not 1 <= len(ids) <= 100
+            or not all(isinstance(i, str) and re.fullmatch(r"[0-9A-Za-z._:-]{1,128}", i)
+                       for i in ids)):  # fmt: skip
+        raise FieldError("message_ids", "must be a list of 1 to 100 WhatsApp message ids")
+    return jids[0], jids[1], ids
+
+
 def _string(data: dict[str, Any], name: str, *, required: bool = False,
             prefix: str = "") -> str | None:  # fmt: skip
     value = data.get(name)

@@ -69,6 +69,9 @@ class Sender:
 
     def drive(self, companies: set[str]) -> None:
         """Run a loop for each of these companies, and for no other."""
+        for company, task in list(self._loops.items()):
+            if task.done():  # it failed (logged): start it again
+                del self._loops[company]
         for company in companies - self._loops.keys():
             self._wakes[company] = asyncio.Event()
             self._loops[company] = asyncio.create_task(self._loop(company), name=f"send-{company}")
@@ -115,6 +118,19 @@ class Sender:
     async def _loop(self, company: str) -> None:
         wake = self._wakes[company]
         while True:
+            try:
+                await self._round(company, wake)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # an outbox write failed (full disk, ...): retry later
+                log.error("sender_failed", extra={"company": company, "error": str(exc)},
+                          exc_info=exc)  # fmt: skip
+                await asyncio.sleep(IDLE_SECONDS)
+
+    async def _round(self, company: str, wake: asyncio.Event) -> None:
+        """Send what is queued (as far as the session and the pacing allow), then wait."""
+        while True:
+            wake.clear()  # before looking: a message accepted from here on wakes the wait below
             batch = self._outbox.queued(company, 50)
             progressed = False
             for record in batch:
@@ -124,9 +140,9 @@ class Sender:
                 progressed = True
             if progressed and batch:
                 continue
-            wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), IDLE_SECONDS)
+            return
 
     async def _one(self, company: str, record: Record) -> Status | None:
         """Send one message; None when the company cannot send now (it stays queued)."""

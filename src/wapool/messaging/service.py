@@ -41,7 +41,6 @@ class InboundMessaging:
         self._keep = settings.inbox_keep_hours * 3600
         self.cursors = Cursors(settings.state_dir / CURSORS_FILE)
         self.postgres = InboundMirror(db, self.cursors, fence)
-        self._mirror = mirror
         mirror.parts.append(self.postgres)
         self.webhook: Webhook | None = None
         self.consumers = [inbound_mirror.CONSUMER]
@@ -79,7 +78,9 @@ class InboundMessaging:
             self.serve([company])
         if self.webhook is not None:
             self.webhook.wake(company)
-        self._mirror.wake.set()
+        # The mirror's loop picks it up within its poll interval (20 ms); waking it at every
+        # message would make it re-read every company's change log hundreds of times a second.
+        self.postgres.touch(company)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(self._trim_loop(stop), name="inbox-trim")]

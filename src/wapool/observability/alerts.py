@@ -123,3 +123,36 @@ def client_outdated(company_id: str) -> None:
 def device_deleted(company_id: str) -> None:
     """The working store lost its device row; the PostgreSQL copy is kept as a tombstone."""
     _send("device_deleted_tombstone_kept", "error", company_id, "mirror")
+
+
+def offline_start(error: str, registry_age_seconds: float, resumed: int, companies: int) -> None:
+    """Once per outage: the daemon started without PostgreSQL and resumed from the state
+    directory (the registry as last seen, the leases it held)."""
+    _send(
+        "started_without_postgres", "warning", "-", "daemon", error=error,
+        registry_age_seconds=round(registry_age_seconds, 1), resumed=resumed,
+        companies=companies,
+    )  # fmt: skip
+
+
+def offline_recovered(
+    degraded_seconds: float, kept: list[str], lost: list[str], pending_rows: int
+) -> None:
+    """PostgreSQL returned to a daemon started without it (``degraded_seconds`` after its
+    start); every lease was re-validated."""
+    _send(
+        "postgres_recovered_after_offline_start", "warning" if lost else "info", "-", "daemon",
+        degraded_seconds=round(degraded_seconds, 1), leases_kept=len(kept),
+        leases_lost=", ".join(lost), rows_pending=pending_rows,
+    )  # fmt: skip
+
+
+def store_set_aside(company_id: str, detail: str) -> None:
+    """A store whose lease another daemon took over: its unmirrored changes are kept aside,
+    never applied over the new holder's copy."""
+    _send("store_set_aside", "error", company_id, "leases", detail=detail)
+
+
+def prekeys_exhausted(company_id: str, wanted: int) -> None:
+    """A restore cannot move pre-key numbering past the high-water mark: ids are three bytes."""
+    _send("prekey_ids_exhausted", "error", company_id, "restore", wanted=wanted)

@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 import stat
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import closing
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wapool import __version__
+from wapool.crypto import sealed_file
 from wapool.errors import WapoolError
 from wapool.store import devices, pg_copy, restore
 from wapool.store.dump import table_rows
@@ -46,23 +48,36 @@ class ExportFile:
     schema_fingerprint: str
 
 
-def write_export(target: Path, company_id: str, meta: pg_copy.CopyMeta, rows: Rows) -> None:
+def write_export(
+    target: Path,
+    company_id: str,
+    meta: pg_copy.CopyMeta,
+    rows: Rows,
+    passphrase: bytes | None = None,
+) -> None:
     """Write the export through a hidden temporary file, removed whatever happens (it holds
-    private keys)."""
+    private keys); sealed with ``passphrase`` unless it is None (``--plaintext``)."""
     if target.is_dir():
         raise WapoolError(f"{target} is a directory; give the export a file name")
     if target.exists():
         raise WapoolError(f"{target} already exists; choose a new file name")
     temp = target.with_name(f".{target.name}.partial-{os.getpid()}")
     try:
-        _write_export(target, temp, company_id, meta, rows)
+        _write_export(temp, company_id, meta, rows)
+        if passphrase is not None:
+            sealed = sealed_file.seal(temp.read_bytes(), passphrase)
+            remove_file_set(temp)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(sealed)
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temp, target)
     finally:
         remove_file_set(temp)
 
 
-def _write_export(
-    target: Path, temp: Path, company_id: str, meta: pg_copy.CopyMeta, rows: Rows
-) -> None:
+def _write_export(temp: Path, company_id: str, meta: pg_copy.CopyMeta, rows: Rows) -> None:
     temp.unlink(missing_ok=True)
     restore.build_from_rows(temp, meta, rows)
     with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
@@ -79,12 +94,23 @@ def _write_export(
                 "export_applied_seq": str(meta.applied_seq),
             }.items():
                 set_meta(conn, key, value)
-    os.replace(temp, target)
 
 
-def read_export(source: Path) -> ExportFile:
-    """Open and fully check an export file; raise ``BadExportFile`` saying what and where."""
+def read_export(source: Path, passphrase: sealed_file.Passphrase | None = None) -> ExportFile:
+    """Open and fully check an export file; raise ``BadExportFile`` saying what and where.
+    A sealed file is opened with ``passphrase()`` into a private temporary directory first."""
     _check_regular_file(source)
+    if sealed_file.is_sealed(source):
+        if passphrase is None:
+            raise BadExportFile(f"{source}: is encrypted: give its passphrase")
+        plain = sealed_file.open_sealed(source.read_bytes(), passphrase(), source)
+        with tempfile.TemporaryDirectory(prefix="wapool-import-") as private:
+            copy = Path(private) / "export.db"
+            copy.write_bytes(plain)
+            try:
+                return read_export(copy)
+            except BadExportFile as exc:  # name the operator's file, not the copy
+                raise BadExportFile(str(exc).replace(str(copy), str(source))) from None
     try:
         conn = sqlite3.connect(f"file:{source}?mode=ro&immutable=1", uri=True)
     except sqlite3.Error as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from wapool.backoff import Backoff
@@ -29,6 +29,7 @@ from wapool.db.pool import Database
 from wapool.errors import WapoolError
 from wapool.observability import alerts
 from wapool.observability.redact import describe_error
+from wapool.store.aside import set_aside
 from wapool.store.disk_watch import can_write
 from wapool.store.faults import Fault, StoreFault, as_fault
 from wapool.store.mirror import Mirror
@@ -52,6 +53,8 @@ class StoreKeeper:
         snapshots: FallbackCache[str, Snapshot] | None,
         clock: Clock | None = None,
         delay: float = 0.0,
+        prekey_gap: int = 0,
+        handed: Mapping[str, int] | None = None,
         parallel: int = 1,
     ) -> None:
         self._db = db
@@ -59,6 +62,10 @@ class StoreKeeper:
         #: Extra seconds per store (WAPOOL_SIMULATED_STORE_DELAY_SECONDS: slow bring-up drills),
         #: one store at a time, as a slow disk or neonize helper would.
         self._delay = delay
+        self._prekey_gap = prekey_gap
+        #: Companies taken through a graceful handoff (``Leases.handed_at``): their copy is
+        #: complete, so a restore needs no pre-key gap nor new sender keys.
+        self._handed: Mapping[str, int] = handed if handed is not None else {}
         self._slow = asyncio.Lock()
         self._state_dir = state_dir
         self._mirror = mirror
@@ -71,6 +78,9 @@ class StoreKeeper:
         #: Those of them that failed for want of disk space.
         self.disk_full: set[str] = set()
         self._alerted: set[str] = set()
+        #: The daemon started without PostgreSQL and has not seen it yet: provisioning uses
+        #: the local stores without asking it (``outage.resume``).
+        self.offline = False
 
     @property
     def ready(self) -> frozenset[str]:
@@ -144,9 +154,26 @@ class StoreKeeper:
             self._mirror.add(company_id, result.path)
         return True
 
+    async def set_aside(self, company_id: str, reason: str) -> None:
+        """Its lease was taken over: stop mirroring it and keep what it owes aside (``aside``);
+        it is provisioned afresh if it comes back."""
+        await self._mirror.let_go(company_id)
+        self._ready.discard(company_id)
+        try:
+            await asyncio.to_thread(set_aside, self._state_dir, company_id, reason)
+        except (sqlite3.Error, OSError, StoreFault) as exc:
+            log.error("store_set_aside_failed",
+                      extra={"company": company_id, "error": describe_error(exc)})  # fmt: skip
+
     async def _run(self, company_id: str) -> Provisioned:
         result = await provision(
-            self._db, self._state_dir, company_id, self._snapshots, fence=self._mirror.fence
+            self._db,
+            self._state_dir,
+            company_id,
+            self._snapshots,
+            fence=self._mirror.fence,
+            offline=self.offline,
+            prekey_gap=None if company_id in self._handed else self._prekey_gap,
         )
         if company_id in self._alerted:
             log.warning("store_usable_again", extra={"company": company_id})

@@ -4,7 +4,10 @@ Each tick reads a consistent, coalesced prefix of each company's log (round-robi
 ``max_rows_per_tick`` but never splitting a company's prefix), applies them all in one
 PostgreSQL transaction, then trims what was applied. While PostgreSQL is down it backs off with
 full jitter and the logs keep growing on disk; nothing is ever dropped. Per outage and company,
-one warning goes to Sentry; when the backlog is applied, one recovery event follows.
+one warning goes to Sentry; when the backlog is applied, one recovery event follows. While
+``quiet`` (a daemon started without PostgreSQL: its own warning covers every company) neither is
+sent. A company whose lease is unconfirmed (see ``leases``) or no longer held is not read
+while so.
 ``drain_companies`` is a handoff's last step before the lease is given up.
 
 It is one module because a tick is one invariant (a consistent prefix per company, applied
@@ -58,6 +61,10 @@ class _Target:
     rejected: str | None = None
     #: The last error reading the store (logged when it changes, not at every tick).
     read_error: str | None = None
+    #: Its outage began while the mirror was quiet: no recovery event either.
+    quiet: bool = False
+    #: When its pending rows were last counted while its lease was unconfirmed.
+    counted_at: float = float("-inf")
     #: ``PRAGMA data_version`` of ``conn`` when nothing was pending (see ``Mirror._read``).
     idle_version: int | None = None
     #: The tick that last read the change log (or found it unchanged since an empty read).
@@ -128,6 +135,8 @@ class Mirror:
         self._start = 0
         self.stats = MirrorStats()
         self.wake = asyncio.Event()
+        #: No per-company outage and recovery alerts (see the module docstring).
+        self.quiet = False
         # One tick at a time; the thread lock also covers SQLite work left running in a
         # thread by a cancelled tick.
         self._tick_lock = asyncio.Lock()
@@ -155,6 +164,16 @@ class Mirror:
             self._leaving.append(target)
             if self._snapshots is not None:
                 self._snapshots.forget(company_id)
+
+    async def let_go(self, company_id: str) -> None:
+        """Stop mirroring a company and close its connection now (its file is about to move)."""
+        self.remove(company_id)
+        async with self._tick_lock:
+            await asyncio.to_thread(self._close_leaving_locked)
+
+    def _close_leaving_locked(self) -> None:
+        with self._sqlite_lock:
+            self._close_leaving()
 
     def close(self) -> None:
         for company_id in list(self._targets):
@@ -281,6 +300,9 @@ class Mirror:
             target = targets[order[(self._start + i) % count]]
             if total >= self._max_rows:
                 break
+            if self.fence is not None and not self._may_write(target.company_id):
+                self._count(target)  # re-validated first: never written under a lost epoch
+                continue
             prefix = self._read(target)
             if prefix is None:
                 continue
@@ -324,6 +346,21 @@ class Mirror:
             target.schema = None
         return prefix
 
+    def _may_write(self, company_id: str) -> bool:
+        """Held under a confirmed epoch (a lease just lost is being let go: not an error)."""
+        assert self.fence is not None
+        return company_id in self.fence.epochs and company_id not in self.fence.unconfirmed
+
+    def _count(self, target: _Target) -> None:
+        """Keep the pending rows shown (at most once a second) for a store not read now."""
+        now = self._clock.monotonic()
+        if now - target.counted_at < 1.0:
+            return
+        target.counted_at = now
+        with contextlib.suppress(sqlite3.Error, OSError, StoreFault):
+            pending = changelog.pending(self._conn(target))
+            target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
+
     def _settle(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
         with self._sqlite_lock:
             self._settle_locked(batches, outcome)
@@ -344,7 +381,9 @@ class Mirror:
             if target.outage_started is not None:
                 duration = self._clock.monotonic() - target.outage_started
                 target.outage_started = None
-                alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
+                if not target.quiet:
+                    alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
+                target.quiet = False
             try:
                 self._trim(target, batch.prefix)
             except (sqlite3.Error, OSError, StoreFault) as exc:
@@ -374,6 +413,9 @@ class Mirror:
             if target is None or target.outage_started is not None:
                 continue
             target.outage_started = self._clock.monotonic()
+            if self.quiet:
+                target.quiet = True
+                continue
             age = self._snapshots.age(target.company_id) if self._snapshots else None
             alerts.postgres_outage(target.company_id, error, age)
 

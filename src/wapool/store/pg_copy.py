@@ -12,14 +12,21 @@ being old: after a crash between the PostgreSQL commit and the local trim, the n
 starts with the same entries again and is applied in full. That replay is harmless because
 every write is idempotent (each key's latest image upserted, deletes of keys already gone,
 purges bounded by their ``read_seq``) and ``applied_seq`` only moves forward (``greatest``).
+
+With a master key configured, each image is sealed (``crypto.envelope.seal``) on its way into
+COPY, bound to its company, table, key and ``seq``; ``read_rows`` opens them again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
+from wapool.crypto.envelope import DataKey, seal
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.store.changelog import Prefix
@@ -75,24 +82,44 @@ async def fetch_rows(
     """(table, key, image) of every row of the company's copy."""
 
     async def work(conn: Conn) -> list[tuple[str, str, str]]:
-        cur = await conn.execute(
-            "SELECT tbl, pk, image FROM store_rows WHERE company_id = %s", (company_id,)
-        )
-        return [(str(t), str(k), str(i)) for t, k, i in await cur.fetchall()]
+        return await read_rows(conn, db, company_id)
 
     return await db.run(work, timeout=timeout)
+
+
+async def read_rows(conn: Conn, db: Database, company_id: str) -> list[tuple[str, str, str]]:
+    """(table, key, plaintext image) of every row; ``RowUnreadable`` names the company and the
+    tables whose rows do not decrypt (see ``crypto.envelope``)."""
+    cur = await conn.execute(
+        "SELECT tbl, pk, seq, image FROM store_rows WHERE company_id = %s", (company_id,)
+    )
+    rows = [(str(t), str(k), int(q), str(i)) for t, k, q, i in await cur.fetchall()]
+    return await db.cipher.open_rows(conn, company_id, rows)
 
 
 async def apply(
     db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
 ) -> Outcome:
+    keys, unusable = await db.cipher.prepare(db, [b.company_id for b in batches])
+    kept = [b for b in batches if b.company_id not in unusable]
+
     async def work(conn: Conn) -> Outcome:
-        return await _apply(conn, batches, fence)
+        outcome = await _apply(conn, kept, fence, keys) if kept else Outcome({}, {})
+        return Outcome(outcome.applied, {**outcome.rejected, **unusable})
 
-    return await db.run(work, timeout=timeout)
+    outcome = await db.run(work, timeout=timeout)
+    for company_id, reason in outcome.rejected.items():
+        if reason == STALE_KEY:
+            db.cipher.forget(company_id)
+    return outcome
 
 
-async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -> Outcome:
+async def _apply(
+    conn: Conn,
+    batches: list[Batch],
+    fence: Fence | None = None,
+    keys: dict[str, DataKey] | None = None,
+) -> Outcome:
     fenced = await fence.refused(conn, [b.company_id for b in batches]) if fence else {}
     batches = [b for b in batches if b.company_id not in fenced]
     companies = [b.company_id for b in batches]
@@ -111,6 +138,8 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
             )
             continue
         accepted.append(batch)
+    if keys:
+        accepted = await _keys_still_there(conn, accepted, keys, rejected)
     if not accepted:
         return Outcome({}, rejected)
 
@@ -123,23 +152,31 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
         "COPY incoming (company_id, tbl, pk, image, at, seq, step) FROM STDIN"
     ) as copy:
         for batch in accepted:
-            seq = batch.prefix.high_seq
+            seq, company = batch.prefix.high_seq, batch.company_id
+            dk = keys.get(company) if keys else None
             for c in batch.prefix.changes:
-                await copy.write_row((batch.company_id, c.table, c.key, c.image, c.at, seq, c.step))
+                image = c.image
+                if dk is not None and image is not None:
+                    image = seal(dk, company, c.table, c.key, seq, image)
+                await copy.write_row((company, c.table, c.key, image, c.at, seq, c.step))
 
-    for batch in accepted:
-        meta = metas.get(batch.company_id)
-        kept_epoch = meta.epoch if meta else 0
-        epoch = fence.epochs.get(batch.company_id, kept_epoch) if fence else kept_epoch
-        await _upsert_meta(conn, batch, meta, epoch)
-        if device_deleted(batch):
-            # Keep what PostgreSQL held before the logout's cascade reaches it.
-            await conn.execute(
-                "INSERT INTO store_tombstones (company_id, tombstoned_at, tbl, pk, image, written_at) "
-                "SELECT company_id, now(), tbl, pk, image, written_at FROM store_rows "
-                "WHERE company_id = %s ON CONFLICT DO NOTHING",
-                (batch.company_id,),
-            )
+    # One statement per company, sent together: one round trip, not one per company (with
+    # PostgreSQL 20 ms away, 100 companies' metadata took 4 s a tick).
+    async with _pipeline(conn):
+        for batch in accepted:
+            meta = metas.get(batch.company_id)
+            kept_epoch = meta.epoch if meta else 0
+            epoch = fence.epochs.get(batch.company_id, kept_epoch) if fence else kept_epoch
+            await _upsert_meta(conn, batch, meta, epoch)
+            if device_deleted(batch):
+                # Keep what PostgreSQL held before the logout's cascade reaches it.
+                await conn.execute(
+                    "INSERT INTO store_tombstones "
+                    "(company_id, tombstoned_at, tbl, pk, image, written_at, seq) "
+                    "SELECT company_id, now(), tbl, pk, image, written_at, seq FROM store_rows "
+                    "WHERE company_id = %s ON CONFLICT DO NOTHING",
+                    (batch.company_id,),
+                )
     applied = {b.company_id: len(b.prefix.changes) for b in accepted}
     steps = max(len(b.prefix.purges) for b in accepted) + 1
     for step in range(steps):  # one step unless the cleanup purged: see changelog.read_prefix
@@ -149,6 +186,31 @@ async def _apply(conn: Conn, batches: list[Batch], fence: Fence | None = None) -
                 purge = batch.prefix.purges[step]
                 applied[batch.company_id] += await _purge(conn, batch.company_id, purge)
     return Outcome(applied, rejected)
+
+
+def _pipeline(conn: Conn) -> contextlib.AbstractAsyncContextManager[object]:
+    return conn.pipeline() if psycopg.Pipeline.is_supported() else contextlib.nullcontext()
+
+
+STALE_KEY = "its data key is gone (company removed and added again?): retried with a new one"
+
+
+async def _keys_still_there(
+    conn: Conn, batches: list[Batch], keys: dict[str, DataKey], rejected: dict[str, str]
+) -> list[Batch]:
+    """The batches whose cached data key still exists (locked against deletion until commit);
+    the others are rejected with ``STALE_KEY``, so no row is sealed with a lost key."""
+    companies = [b.company_id for b in batches]
+    cur = await conn.execute(
+        "SELECT company_id FROM store_data_keys WHERE company_id = ANY(%s) AND key_id = ANY(%s) "
+        "FOR KEY SHARE",
+        (companies, [keys[c].key_id for c in companies if c in keys]),
+    )
+    present = {str(r[0]) for r in await cur.fetchall()}
+    for company_id in companies:
+        if company_id not in present:
+            rejected[company_id] = STALE_KEY
+    return [b for b in batches if b.company_id in present]
 
 
 async def _write_step(conn: Conn, step: int) -> None:

@@ -23,6 +23,7 @@ Temporaries a killed restore left behind are removed first (``leftovers``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import sqlite3
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ from wapool.observability import alerts
 from wapool.store import pg_copy, restore, template
 from wapool.store.capture import drop_capture, install_capture
 from wapool.store.faults import Fault, StoreFault, as_fault
+from wapool.store.fork import fork
 from wapool.store.inspection import LocalState, inspect_local
 from wapool.store.leftovers import remove_stale_temporaries
+from wapool.store.monotonic import highest_prekey
 from wapool.store.rescue import Report, read, rescue
 from wapool.store.salvage import read_salvage
 from wapool.store.snapshot import Snapshot
@@ -78,25 +81,38 @@ async def provision(
     snapshots: FallbackCache[str, Snapshot] | None = None,
     make_schema: SchemaMaker = create_schema,
     fence: Fence | None = None,
+    offline: bool = False,
+    prekey_gap: int | None = 0,
 ) -> Provisioned:
+    """``offline``: the daemon started without PostgreSQL; do not wait for it to fail.
+    ``prekey_gap``: pre-key ids a restored store skips (``monotonic``); None when the copy is
+    known complete (a graceful handoff: the previous holder drained it)."""
     path = prepare_dir(state_dir, company_id)
     await asyncio.to_thread(remove_stale_temporaries, path.parent)
     local = await asyncio.to_thread(inspect_local, path)
     if local.fault is not None and not local.fault.proven:
         raise StoreUnreadable(company_id, StoreFault(local.fault, local.detail or ""))
     try:
+        if offline:
+            raise DatabaseUnavailable("started without PostgreSQL")
         meta = await pg_copy.fetch_meta(db, company_id)
     except DatabaseUnavailable as exc:
         if local.usable:
             await _prepare_existing(company_id, state_dir, path, make_schema)
             return Provisioned(path, "kept", "PostgreSQL unavailable; local store is sound")
-        return await _from_snapshot(path, company_id, snapshots, local, str(exc))
+        gap = 0 if prekey_gap is None else prekey_gap  # a snapshot may lag: always see to it
+        return await _from_snapshot(path, company_id, snapshots, local, str(exc), gap)
 
     reason = _restore_reason(local, meta)
     if reason is not None and (meta is not None or local.fault is Fault.CORRUPT):
-        return await _restore(
-            db, state_dir, path, company_id, meta, local, reason, make_schema, fence
-        )
+        log.info("store_freshness", extra=_freshness(company_id, local, meta, "restore", reason))
+        restoring = _Restoring(state_dir, path, company_id, meta, local, reason, fence,
+                               prekey_gap)  # fmt: skip
+        return await _restore(db, restoring, make_schema)
+    if meta is not None and local.last_seq > meta.applied_seq:
+        # Never restore an older copy over it: the mirror brings the copy up to it.
+        reason = "working store is ahead of the PostgreSQL copy; kept, the mirror catches up"
+        log.info("store_freshness", extra=_freshness(company_id, local, meta, "keep", reason))
     if meta is None and not local.usable:
         await asyncio.to_thread(_create, state_dir, path, make_schema)
         return Provisioned(path, "created", "new company")
@@ -120,17 +136,33 @@ def _restore_reason(local: LocalState, meta: pg_copy.CopyMeta | None) -> str | N
     return None
 
 
-async def _restore(
-    db: Database,
-    state_dir: Path,
-    path: Path,
-    company_id: str,
-    meta: pg_copy.CopyMeta | None,
-    local: LocalState,
-    reason: str,
-    make_schema: SchemaMaker,
-    fence: Fence | None,
-) -> Provisioned:
+def _freshness(
+    company_id: str, local: LocalState, meta: pg_copy.CopyMeta | None, action: str, reason: str
+) -> dict[str, object]:
+    """The sequences behind a keep-or-restore decision, for the log."""
+    return {
+        "company": company_id, "action": action, "reason": reason,
+        "local_seq": local.last_seq, "postgres_seq": None if meta is None else meta.applied_seq,
+        "local_store": local.store_uuid, "postgres_store": None if meta is None else meta.store_uuid,
+    }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Restoring:
+    state_dir: Path
+    path: Path
+    company_id: str
+    meta: pg_copy.CopyMeta | None
+    local: LocalState
+    reason: str
+    fence: Fence | None
+    prekey_gap: int | None
+
+
+async def _restore(db: Database, r: _Restoring, make_schema: SchemaMaker) -> Provisioned:
+    state_dir, path, company_id, meta, local, reason, fence = (
+        r.state_dir, r.path, r.company_id, r.meta, r.local, r.reason, r.fence,
+    )  # fmt: skip
     keep_as = restore.replaced_name(path)
     report = None
     if local.fault is not Fault.MISSING:
@@ -143,7 +175,12 @@ async def _restore(
     if meta is None:
         _refuse(company_id, local)
     rows = await pg_copy.fetch_rows(db, company_id, timeout=db.query_timeout + 30)
-    await asyncio.to_thread(restore.build_from_rows, path, meta, rows, keep_as)
+    mark = highest_prekey((t, k) for t, k, _ in rows)
+    meta = await fork(db, meta, fence)
+    await asyncio.to_thread(
+        functools.partial(restore.build_from_rows, path, meta, rows, keep_as,
+                          prekey_mark=mark, prekey_gap=r.prekey_gap)
+    )  # fmt: skip
     alerts.store_restored(company_id, "postgres", reason)
     await _prepare_existing(company_id, state_dir, path, make_schema)
     return Provisioned(path, "restored-postgres", reason, report)
@@ -163,6 +200,7 @@ async def _from_snapshot(
     snapshots: FallbackCache[str, Snapshot] | None,
     local: LocalState,
     error: str,
+    prekey_gap: int,
 ) -> Provisioned:
     recalled = snapshots.recall(company_id) if snapshots else None
     if recalled is None:
@@ -181,7 +219,7 @@ async def _from_snapshot(
                 f"{'' if salvage.complete else ', and some unreadable'}); PostgreSQL is "
                 f"unavailable ({error}): waiting for it, to save them before replacing the store"
             )
-    await asyncio.to_thread(restore.build_from_snapshot, path, recalled.value)
+    await asyncio.to_thread(restore.build_from_snapshot, path, recalled.value, None, prekey_gap)
     alerts.store_restored(company_id, "cache", f"working store {local.problem}")
     log.warning(
         "restored_from_cache",

@@ -48,6 +48,9 @@ class Report:
     lost: list[tuple[int, int | None]] = field(default_factory=list)
     lost_keys: list[tuple[str, str]] = field(default_factory=list)
     error: str | None = None
+    #: The lost entries were readable but kept aside on purpose (a lease taken over: they
+    #: must never be applied over the new holder's copy).
+    aside: bool = False
 
     @property
     def complete(self) -> bool:
@@ -57,7 +60,8 @@ class Report:
         parts = [f"{self.saved} change-log entries saved to PostgreSQL"]
         if self.lost:
             ranges = ", ".join(f"{a}-{b if b is not None else ''}" for a, b in self.lost)
-            parts.append(f"entries with sequence numbers {ranges} could not be read")
+            how = "were kept aside, not applied" if self.aside else "could not be read"
+            parts.append(f"entries with sequence numbers {ranges} {how}")
         if self.lost_keys:
             keys = ", ".join(f"{t} {k}" for t, k in self.lost_keys[:20])
             more = f" and {len(self.lost_keys) - 20} more" if len(self.lost_keys) > 20 else ""
@@ -71,6 +75,7 @@ def read_report(path: Path) -> Report:
         data["company_id"], data["kept_as"], data["reason"], int(data["saved"]),
         [(int(a), None if b is None else int(b)) for a, b in data["lost"]],
         [(str(t), str(k)) for t, k in data["lost_keys"]], data.get("error"),
+        bool(data.get("aside", False)),
     )  # fmt: skip
 
 
@@ -97,7 +102,7 @@ async def rescue(
         company_id, keep_as.name, reason, saved, lost + salvage.lost, salvage.lost_keys,
         salvage.error,
     )  # fmt: skip
-    await asyncio.to_thread(_write, keep_as.with_name(keep_as.name + REPORT_SUFFIX), report)
+    await asyncio.to_thread(write_report, keep_as.with_name(keep_as.name + REPORT_SUFFIX), report)
     if report.complete:
         alerts.store_salvaged(company_id, report.describe())
     else:
@@ -143,7 +148,7 @@ def _schema(meta: pg_copy.CopyMeta) -> StoreSchema:
     return StoreSchema(tables=(), ddl=ddl, version=meta.schema_version)
 
 
-def _write(path: Path, report: Report) -> None:
+def write_report(path: Path, report: Report) -> None:
     text = json.dumps(asdict(report), indent=1)
     fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
     try:

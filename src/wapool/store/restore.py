@@ -14,6 +14,7 @@ names them); it is given the replaced copy's name in advance (``replaced_name``)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 from collections import defaultdict
@@ -26,10 +27,13 @@ from wapool.store import changelog
 from wapool.store.capture import install_capture
 from wapool.store.codec import decode_row, decode_value
 from wapool.store.leftovers import remove_file_set
+from wapool.store.monotonic import drop_own_sender_keys, fence_prekeys
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
 from wapool.store.schema import quote, read_schema
 from wapool.store.snapshot import Snapshot
 from wapool.store.working_store import connect, quick_check, secure_files, transaction
+
+log = logging.getLogger(__name__)
 
 
 def replaced_name(path: Path) -> Path:
@@ -39,10 +43,21 @@ def replaced_name(path: Path) -> Path:
 
 
 def build_from_rows(
-    path: Path, meta: CopyMeta, rows: list[tuple[str, str, str]], keep_as: Path | None = None
+    path: Path,
+    meta: CopyMeta,
+    rows: list[tuple[str, str, str]],
+    keep_as: Path | None = None,
+    *,
+    prekey_mark: int = 0,
+    prekey_gap: int | None = 0,
 ) -> Path | None:
     """Write a complete store for ``meta``'s copy at ``path``; the store it replaces (if any)
-    is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned."""
+    is kept as ``keep_as`` (default ``replaced_name(path)``), which is returned.
+
+    What must stay monotonic is then seen to (``monotonic``): pre-keys numbered beyond
+    ``prekey_mark + prekey_gap``, our own sender keys gone; both are logged changes, so the
+    mirror carries them to the copy. ``prekey_gap=None``: the copy is known complete (a graceful
+    handoff drained it): nothing to see to."""
     with temporary(path) as temp:
         # Not ``working_store.connect``: no WAL and no syncing while the file is private to us.
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
@@ -54,6 +69,8 @@ def build_from_rows(
                 _insert_rows(conn, rows)
             install_capture(conn, store_uuid=meta.store_uuid, recheck=False)
             changelog.continue_after(conn, meta.applied_seq)
+            if prekey_gap is not None:
+                _never_go_back(conn, meta.company_id, prekey_mark, prekey_gap)
             conn.execute("PRAGMA journal_mode = DELETE")
         return _install(temp, path, keep_as or replaced_name(path))
 
@@ -79,12 +96,23 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> 
             )
 
 
-def build_from_snapshot(path: Path, snapshot: Snapshot, keep_as: Path | None = None) -> Path | None:
+def _never_go_back(conn: sqlite3.Connection, company_id: str, mark: int, gap: int) -> None:
+    with transaction(conn):
+        fence_prekeys(conn, company_id, mark, gap)
+        dropped = drop_own_sender_keys(conn)
+    if dropped:
+        log.info("own_sender_keys_dropped", extra={"company": company_id, "count": dropped})
+
+
+def build_from_snapshot(
+    path: Path, snapshot: Snapshot, keep_as: Path | None = None, prekey_gap: int = 0
+) -> Path | None:
     with temporary(path) as temp:
         with open(temp, "wb") as out:
             out.write(snapshot.image)
         with closing(sqlite3.connect(temp, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = DELETE")  # the image is in WAL mode
+            _never_go_back(conn, snapshot.company_id, 0, prekey_gap)
         return _install(temp, path, keep_as or replaced_name(path))
 
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
+from wapool.crypto.envelope import seal
 from wapool.db.pool import Conn, Database
 from wapool.errors import CompanyNotFound, WapoolError
 from wapool.leases import Fence
@@ -34,13 +35,16 @@ class ImportRefused(WapoolError):
 IMPORT_LOCK_ID = 0x7761706F6F6C696D & 0x7FFF_FFFF_FFFF_FFFF  # "wapoolim"
 
 
-async def export_company(db: Database, company_id: str, target: Path) -> int:
-    """Write the PostgreSQL copy of ``company_id`` to ``target``; return the row count."""
+async def export_company(
+    db: Database, company_id: str, target: Path, passphrase: bytes | None = None
+) -> int:
+    """Write the PostgreSQL copy of ``company_id`` to ``target``, sealed with ``passphrase``
+    (plain when None); return the row count."""
     meta = await pg_copy.fetch_meta(db, company_id)
     if meta is None:
         raise CompanyNotFound(f"no PostgreSQL copy of company {company_id!r} to export")
     rows = await pg_copy.fetch_rows(db, company_id, timeout=db.query_timeout + 60)
-    await asyncio.to_thread(write_export, target, company_id, meta, rows)
+    await asyncio.to_thread(write_export, target, company_id, meta, rows, passphrase)
     return len(rows)
 
 
@@ -70,6 +74,7 @@ async def import_company(
     """Replace the company's PostgreSQL copy with the export, under ``fence`` (the import's
     lease, see ``import_lease``); returns the new copy's metadata."""
     new_uuid = str(uuid.uuid4())
+    keys, unusable = await db.cipher.prepare(db, [company_id])
 
     async def work(conn: Conn) -> pg_copy.CopyMeta:
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (IMPORT_LOCK_ID,))
@@ -114,11 +119,16 @@ async def import_company(
             ),
         )
         await conn.execute("DELETE FROM store_rows WHERE company_id = %s", (company_id,))
+        dk = keys.get(company_id)
+        if db.cipher.enabled and dk is None:  # never write plaintext beside sealed rows
+            raise ImportRefused(unusable.get(company_id, "no data key for the company"))
         async with conn.cursor().copy(
             "COPY store_rows (company_id, tbl, pk, image, written_at) FROM STDIN"
         ) as copy:
             now = time.strftime("%Y-%m-%d %H:%M:%S+00", time.gmtime())
             for table, key, image in export.rows:
+                if dk is not None:  # imported rows are written at seq 0 (the column's default)
+                    image = seal(dk, company_id, table, key, 0, image)
                 await copy.write_row((company_id, table, key, image, now))
         await conn.execute(
             "INSERT INTO store_imports (company_id, store_uuid, rows, digest, forced, source) "

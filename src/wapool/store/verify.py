@@ -42,14 +42,14 @@ class Verdict:
 
     @property
     def stale(self) -> bool:
-        """An older state of the same store, nothing pending: another node drove the company
-        since (it is restored when driven here again). Not a divergence."""
-        return (
-            self.pending == 0
-            and self.same_store
-            and self.postgres_seq is not None
-            and self.local_seq < self.postgres_seq
-        )
+        """An older state of the store, nothing pending: another node drove the company since
+        (it is restored when driven here again). Not a divergence. A restore elsewhere gave
+        the copy a new identity (``store.fork``): an older line that owes nothing is stale too."""
+        if self.pending or self.postgres_seq is None:
+            return False
+        if self.same_store:
+            return self.local_seq < self.postgres_seq
+        return self.local_seq <= self.postgres_seq
 
     @property
     def equal(self) -> bool:
@@ -100,10 +100,8 @@ async def verify(db: Database, path: Path, company_id: str) -> Verdict:
     async def work(conn: Conn) -> tuple[pg_copy.CopyMeta | None, list[tuple[str, str, str]]]:
         cur = await conn.execute(pg_copy.META_QUERY + " WHERE company_id = %s", (company_id,))
         row = await cur.fetchone()
-        cur = await conn.execute(
-            "SELECT tbl, pk, image FROM store_rows WHERE company_id = %s", (company_id,)
-        )
-        return (pg_copy.CopyMeta(*row) if row else None), await cur.fetchall()
+        rows = await pg_copy.read_rows(conn, db, company_id)
+        return (pg_copy.CopyMeta(*row) if row else None), rows
 
     meta, pg_rows = await db.run(work, timeout=db.query_timeout + 30)
     remote: Rows = {(t, k): i for t, k, i in pg_rows}

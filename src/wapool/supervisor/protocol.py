@@ -8,6 +8,7 @@ main -> worker:  start {company, store} | stop {company} | logout {company}
                  | pair_phone {company, phone} | shutdown {}
                  | drill_crash {company}   (crash the worker for real, for drills and tests)
                  | send {company, id, to, text, [reply_to, media (base64), mimetype, filename]}
+                 | mark_read {company, chat, sender, ids}   (read receipts for inbound messages)
 worker -> main:  hello {pid} | heartbeat {fds} | event {company, event, fields}
                  | stopped {company, clean} | error {company, message}
                  | send_result {company, id, outcome, [whatsapp_id, reason]}
@@ -53,6 +54,7 @@ SCHEMA: dict[str, dict[str, type]] = {
     "stopped": {"company": str, "clean": bool},
     "error": {"company": str, "message": str},
     "send": {"company": str, "id": str, "to": str, "text": str},
+    "mark_read": {"company": str, "chat": str, "sender": str, "ids": list},
     "send_result": {"company": str, "id": str, "outcome": str},
     "inbox": {"company": str, "seq": int, "messages": int},
 }

@@ -101,6 +101,10 @@ class Worker:
             client.start()
         elif kind == "send":
             self._submit(company, client, fields)
+        elif kind == "mark_read" and client is not None:
+            chat, sender = fields["chat"], fields["sender"]
+            ids = [str(i) for i in fields["ids"]]
+            self._sends.submit(company, client, lambda: client.mark_read(chat, sender, ids))
         elif kind == "stop" and client is not None:
             self._sends.close(company)
             clean = client.stop(STOP_TIMEOUT)

@@ -20,7 +20,7 @@ from wapool.whatsapp.sending import Outcome, SendCommand, SendResult
 
 log = logging.getLogger("wapool.worker")
 
-_Item = tuple[WhatsAppClient, SendCommand] | None
+_Item = tuple[WhatsAppClient, SendCommand | Callable[[], None]] | None
 
 
 class SendQueues:
@@ -28,7 +28,11 @@ class SendQueues:
         self._report = report
         self._queues: dict[str, queue.SimpleQueue[_Item]] = {}
 
-    def submit(self, company: str, client: WhatsAppClient, command: SendCommand) -> None:
+    def submit(
+        self, company: str, client: WhatsAppClient, command: SendCommand | Callable[[], None]
+    ) -> None:
+        """Queue a send (answered with ``send_result``) or another blocking call of the
+        client's (``mark_read``), in order with the company's sends."""
         pending = self._queues.get(company)
         if pending is None:
             pending = self._queues[company] = queue.SimpleQueue()
@@ -46,9 +50,19 @@ class SendQueues:
     def _run(self, company: str, pending: queue.SimpleQueue[_Item]) -> None:
         while (item := pending.get()) is not None:
             client, command = item
+            if not isinstance(command, SendCommand):
+                self._call(company, command)
+                continue
             try:
                 result = client.send(command)
             except Exception as exc:
                 log.error("send_crashed", extra={"company": company, "error": describe_error(exc)})
                 result = SendResult(command.id, Outcome.UNCERTAIN, reason=describe_error(exc))
             self._report(protocol.encode_send_result(company, result))
+
+    def _call(self, company: str, call: Callable[[], None]) -> None:
+        try:
+            call()
+        except Exception as exc:  # reported; a read receipt is not worth a crash
+            message = f"mark_read failed: {describe_error(exc)}"
+            self._report(protocol.encode("error", company=company, message=message))

@@ -134,11 +134,15 @@ class WorkerPool:
     async def send(self, company: str, command: SendCommand) -> bool:
         """Hand a message to the worker hosting ``company``; False if none could take it (then
         it certainly was not sent)."""
+        return await self.deliver(company, protocol.encode_send(company, command))
+
+    async def deliver(self, company: str, message: bytes) -> bool:
+        """Write an encoded command to the worker hosting ``company``; False if none can."""
         worker = self.worker_of(company)
         stdin = worker.process.stdin if worker is not None else None
         if worker is None or worker.doomed or stdin is None or stdin.is_closing():
             return False
-        await self._send(worker, protocol.encode_send(company, command))
+        await self._send(worker, message)
         return True
 
     async def check(self) -> None:

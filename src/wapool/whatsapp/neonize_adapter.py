@@ -118,6 +118,11 @@ class NeonizeClient:
 
         return send(self._client, command, self._on_whatsapp)
 
+    def mark_read(self, chat: str, sender: str, message_ids: list[str]) -> None:
+        from wapool.whatsapp.neonize_send import mark_read
+
+        mark_read(self._client, chat, sender, message_ids)
+
     def pair_phone(self, phone: str) -> str:
         if not self._connecting.is_set():
             raise RuntimeError("pairing by phone needs a live connection")

@@ -42,6 +42,14 @@ def send(client: Any, command: SendCommand, known: set[str] | None = None) -> Se
     return SendResult(command.id, Outcome.SENT, whatsapp_id=str(response.ID) or None)
 
 
+def mark_read(client: Any, chat: str, sender: str, message_ids: list[str]) -> None:
+    """Read receipts (``mark_read``) for inbound messages of ``chat`` from ``sender``."""
+    from neonize.utils.enum import ReceiptType
+
+    client.mark_read(*message_ids, chat=_jid(chat), sender=_jid(sender),
+                     receipt=ReceiptType.READ)  # fmt: skip
+
+
 def _check_on_whatsapp(client: Any, to: str, known: set[str]) -> None:
     user, server = to.split("@", 1)
     if server != "s.whatsapp.net" or to in known:

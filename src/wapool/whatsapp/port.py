@@ -41,6 +41,9 @@ class WhatsAppClient(Protocol):
     def send(self, command: SendCommand) -> SendResult:
         """Send one message (blocking; never raises: failures are a ``SendResult``)."""
 
+    def mark_read(self, chat: str, sender: str, message_ids: list[str]) -> None:
+        """Send read receipts for these inbound messages (blocking; raises on failure)."""
+
 
 class Backend(Protocol):
     def client(self, company_id: str, store: Path, emit: Emit) -> WhatsAppClient:

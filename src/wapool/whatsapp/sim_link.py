@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
 import socket
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 
 from wapool.whatsapp.sending import Outcome, SendFailure
 from wapool.whatsapp.sim_server import encode
+
+log = logging.getLogger(__name__)
 
 #: Seconds to wait for the server to answer a request.
 REPLY_TIMEOUT = 5.0
@@ -40,6 +43,8 @@ class SimLink:
         self._on_closed = on_closed
         self._on_push = on_push
         self._request_lock = threading.Lock()
+        #: Around every write: a request and the reader's ``received`` must not interleave.
+        self._send_lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._replies: queue.Queue[dict[str, Any]] = queue.Queue()
         self._reader: threading.Thread | None = None
@@ -101,7 +106,8 @@ class SimLink:
         assert sock is not None
         with self._request_lock:  # one request at a time: replies come back in order
             try:
-                sock.sendall(line)
+                with self._send_lock:
+                    sock.sendall(line)
                 return self._replies.get(timeout=REPLY_TIMEOUT)
             except (OSError, queue.Empty):
                 raise SimLinkError("simulated WhatsApp server did not answer") from None
@@ -118,7 +124,7 @@ class SimLink:
                         self._closing.set()
                         self._on_replaced()
                     elif message.get("op") in ("receipt", "message"):
-                        self._on_push(message)
+                        self._pushed(sock, message)
                     elif message.get("op") != "disconnected":
                         self._replies.put(message)
             except (OSError, ValueError) as exc:
@@ -126,6 +132,20 @@ class SimLink:
         if not self._closing.is_set():
             self._on_closed(reason)
         self._replies.put({"op": "error", "message": reason})
+
+    def _pushed(self, sock: socket.socket, message: dict[str, Any]) -> None:
+        """Hand a push to the client; for an inbound message, then tell the server it is
+        ``received`` — only once the handler returned (the message is durable), as whatsmeow's
+        receipt follows its handlers. A handler that fails sends nothing: the server pushes the
+        message again at the next connection."""
+        try:
+            self._on_push(message)
+        except Exception:
+            log.exception("sim_push_handler_failed")
+            return
+        if message.get("op") == "message":
+            with self._send_lock:
+                sock.sendall(encode("received", id=str(message["id"])))
 
 
 def server_stats(path: Path, timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:

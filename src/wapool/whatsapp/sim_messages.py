@@ -2,8 +2,9 @@
 
 After a send is acknowledged, the recipient's ``delivered`` and then ``read`` receipts come back
 after the configured delays, pushed to whichever connection drives the sending device by then
-(queued while it is offline, delivered at its next connect, as WhatsApp's offline queue does).
-A message to ``ECHO_JID`` is answered: ``echo: <text>``, quoting it, as an inbound message.
+(kept while it is offline, pushed at its next connect, as WhatsApp's offline queue does).
+A message to ``ECHO_JID`` is answered: ``echo: <text>``, quoting it, as an inbound message
+(kept for the device while it is offline, like the receipts).
 
 Pushes (server -> client), one JSON object per line:
     receipt {ids, chat, status, ts}                    status: delivered | read

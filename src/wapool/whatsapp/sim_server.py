@@ -20,11 +20,17 @@ client -> server
                                           ->  nothing, for numbers starting with 998 (a send
                                               whose answer is lost: drills of ``uncertain``)
     stats {}                              ->  stats {overlaps, connections, live, sends,
-                                                     duplicates}
+                                                     duplicates, received, echoes, inbound}
+    deliver {device, chat, text[, sender]} -> queued {id}   (from anyone: a test, a contact)
+    received {id}                         ->  (nothing)  the device's client has the message
 server -> client
     replaced {}       another connection took this device; the server closes this one
     receipt {...} / message {...}   see ``sim_messages``
     error {message}   the line was not understood; the connection carries on
+
+Messages queued with ``deliver`` behave as WhatsApp's do: pushed to the device's live
+connection (at once, or when it connects), and pushed again at every connection until the
+client answers ``received`` — which a client sends only once the message is durable.
 
 Everything recorded is kept in memory and, with ``--state``, appended to a JSON-lines journal
 (one object per record, field ``kind``; connects and disconnects carry their time ``at``, so a
@@ -70,6 +76,8 @@ REQUESTS: dict[str, dict[str, type]] = {
     "disconnect": {},
     "send": {"id": str, "to": str, "body": str},
     "stats": {},
+    "deliver": {"device": str, "chat": str, "text": str},
+    "received": {"id": str},
 }
 
 
@@ -124,6 +132,9 @@ class Record:
     #: Messages per recipient JID.
     received: Counter[str] = field(default_factory=Counter)
     duplicates: list[dict[str, Any]] = field(default_factory=list)
+    #: device -> inbound messages queued with ``deliver`` / acknowledged by a client.
+    queued: Counter[str] = field(default_factory=Counter)
+    acked: Counter[str] = field(default_factory=Counter)
 
 
 class SimServer:
@@ -139,9 +150,13 @@ class SimServer:
         self._journal = journal
         self._clock = clock
         self._ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        #: device -> inbound messages not yet acknowledged, in order.
+        self.pending: dict[str, dict[str, dict[str, Any]]] = {}
         self._handlers: dict[str, Callable[[Connection, dict[str, Any]], bytes]] = {
             "connect": self._connect, "disconnect": self._disconnect,
             "send": self._send, "stats": self._stats,
+            "deliver": self._deliver, "received": self._received,
         }  # fmt: skip
 
     async def serve(self, path: Path) -> asyncio.AbstractServer:
@@ -160,7 +175,12 @@ class SimServer:
             "duplicates": rec.duplicates,
             "received": dict(rec.received),
             "echoes": self.deliveries.echoes,
-        }
+            "inbound": {
+                d: {"queued": rec.queued[d], "acked": rec.acked[d],
+                    "pending": len(self.pending.get(d, {}))}
+                for d in rec.queued
+            },
+        }  # fmt: skip
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = Connection(next(self._ids), writer)
@@ -202,7 +222,32 @@ class SimServer:
         reply = encode("connected", conn=conn.id)
         device = conn.device
         asyncio.get_running_loop().call_soon(self.deliveries.connected, device)
+        asyncio.get_running_loop().call_soon(self._push_pending, device)
         return reply
+
+    def _push_pending(self, device: str) -> None:
+        for message in list(self.pending.get(device, {}).values()):
+            if not self._push(device, encode("message", **message)):
+                return
+
+    def _deliver(self, _conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = fields["device"]
+        message = {
+            "id": f"SRV{next(self._message_ids):09d}", "chat": fields["chat"],
+            "sender": str(fields.get("sender") or fields["chat"]), "text": fields["text"],
+            "ts": self._clock(),
+        }  # fmt: skip
+        self.pending.setdefault(device, {})[message["id"]] = message
+        self.record.queued[device] += 1
+        self._push(device, encode("message", **message))  # else at its next connect
+        return encode("queued", id=message["id"])
+
+    def _received(self, conn: Connection, fields: dict[str, Any]) -> bytes:
+        device = conn.device or ""
+        if self.pending.get(device, {}).pop(fields["id"], None) is not None:
+            self.record.acked[device] += 1
+            self._journal_write("inbound_acked", device=device, id=fields["id"])
+        return b""
 
     def _overlap(self, older: Connection, newer: Connection) -> None:
         overlap = {

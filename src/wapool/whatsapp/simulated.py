@@ -80,6 +80,7 @@ class SimulatedClient:
         self._phone_pairing = threading.Event()
         #: Set while the session is connected (and, with a server, holds its link).
         self._connected = threading.Event()
+        self.read_marked = 0
         self._link: SimLink | None = None
 
     def start(self) -> None:
@@ -164,6 +165,13 @@ class SimulatedClient:
         except SimLinkError as exc:  # the request may have reached the server
             return SendResult(command.id, Outcome.UNCERTAIN, reason=str(exc))
         return SendResult(command.id, Outcome.SENT, whatsapp_id=wa_id)
+
+    def mark_read(self, chat: str, sender: str, message_ids: list[str]) -> None:
+        """Counted only: the simulated contacts do not look at read receipts."""
+        if not self._connected.is_set():
+            raise RuntimeError("mark_read needs a live connection")
+        self.read_marked += len(message_ids)
+        del chat, sender
 
     def _pushed(self, message: dict[str, Any]) -> None:
         """A receipt or an inbound message (the echo contact's answer) from the simulated

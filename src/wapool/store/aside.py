@@ -1,0 +1,51 @@
+"""Keeping a store aside when another daemon took its company over.
+
+A daemon that learns (when PostgreSQL returns) that its lease was taken over stops the client
+at once; what the store still owes PostgreSQL was written under a lease that is gone and must
+never be applied over the new holder's copy. The store is moved aside as a replaced store
+(``store.db.replaced-<time>``, see ``leftovers``: kept for the retention period) so this host
+no longer holds a working store of the company (``verify`` skips it; if the company comes back
+it is restored). When it owed changes, a report names the sequence range kept aside, so
+``wapool status``, ``doctor`` and an operator find it, and an alert names it too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import closing
+from pathlib import Path
+
+from wapool.observability import alerts
+from wapool.store import changelog
+from wapool.store.leftovers import REPORT_SUFFIX
+from wapool.store.rescue import Report, write_report
+from wapool.store.restore import replaced_name
+from wapool.store.working_store import read_only, store_path
+
+log = logging.getLogger(__name__)
+
+
+def set_aside(state_dir: Path, company_id: str, reason: str) -> Report | None:
+    """Move the company's store aside; the report of what it owed, or None (nothing)."""
+    path = store_path(state_dir, company_id)
+    if not path.exists():
+        return None
+    with closing(read_only(path)) as conn:
+        first = changelog.first_seq_after(conn, 0)
+        last = changelog.last_seq(conn)
+    keep_as = replaced_name(path)
+    report = None
+    if first is not None:
+        report = Report(company_id, keep_as.name, reason, 0, [(first, last)], aside=True)
+        write_report(keep_as.with_name(keep_as.name + REPORT_SUFFIX), report)
+    for suffix in ("", "-wal", "-shm"):
+        old = path.with_name(path.name + suffix)
+        if old.exists():
+            os.replace(old, keep_as.with_name(keep_as.name + suffix))
+    if report is not None:  # the alert is the log line too
+        alerts.store_set_aside(company_id, f"{reason}: {report.describe()}")
+    else:
+        log.info("store_set_aside", extra={"company": company_id, "kept_as": keep_as.name,
+                                           "reason": reason, "owed": 0})  # fmt: skip
+    return report
