@@ -22,6 +22,7 @@ from wapool.crypto.usage import check_startup
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable, ExitCode, WapoolError
+from wapool.keepalive import heartbeat_loop, renew_loop
 from wapool.messaging.api import Api
 from wapool.observability.http import HttpServer, is_loopback
 from wapool.observability.redact import describe_error
@@ -31,8 +32,10 @@ from wapool.registry.company import Company
 from wapool.registry.listener import listen
 from wapool.runtime import Runtime
 from wapool.settings import Settings, split_host_port
+from wapool.shutdown import shut_down
 from wapool.views import Views
 from wapool.whatsapp import media_tools
+from wapool.wiring import build_runtime
 
 log = logging.getLogger("wapool.daemon")
 
@@ -202,20 +205,20 @@ async def run_daemon(settings: Settings) -> int:
             if version is None:
                 return ExitCode.OK
         await check_startup(db, settings)  # a missing or wrong master key: exit 78
-        runtime = Runtime.build(settings, db)
+        runtime = build_runtime(settings, db)
         runtime.messaging.serve_found()  # a backlog left by the last run drains at once
         if plan is not None:
             start_offline(runtime, plan, str(first))
         # Leases are renewed from the moment the first one is taken, whatever follow() does,
         # until the last client has stopped.
-        renewal = asyncio.create_task(runtime.renew_loop(keep_leases), name="leases")
+        renewal = asyncio.create_task(renew_loop(runtime, keep_leases), name="leases")
         _stop_if_it_dies(renewal, signals)
         changed = asyncio.Event()
         if plan is None:  # (without PostgreSQL, the first heartbeat that reaches it registers)
             with contextlib.suppress(DatabaseUnavailable):
                 await runtime.nodes.register()  # the others count this node before it takes a lease
         heartbeat = asyncio.create_task(
-            runtime.heartbeat_loop(signals.stop, changed), name="heartbeat"
+            heartbeat_loop(runtime, signals.stop, changed), name="heartbeat"
         )
         _stop_if_it_dies(heartbeat, signals)
         tasks = [heartbeat]
@@ -276,7 +279,7 @@ async def run_daemon(settings: Settings) -> int:
         if http is not None:
             await http.close()
         if runtime is not None:
-            await runtime.shutdown(SHUTDOWN_DRAIN_SECONDS)
+            await shut_down(runtime, SHUTDOWN_DRAIN_SECONDS)
         keep_leases.set()
         if renewal is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):

@@ -1,7 +1,7 @@
-"""The daemon's composition root: it builds the working parts and runs the loops that follow
-the registry and keep the leases. What operators see is rendered by ``views``; what a session's
+"""The daemon's composition root: it holds the working parts and runs the loop that follows
+the registry. What operators see is rendered by ``views``; what a session's
 transitions cause (and phone pairing requests) is in ``session_actions``; how the supervisor is
-built from the settings, in ``supervisor.factory``.
+built from the settings, in ``supervisor.factory``; the stop in order, in ``shutdown``.
 
 Order for each company: lease (single writer) -> store (provisioned, restored) -> mirror ->
 client (in a worker), started only while the lease is live (``bringup``). A company that leaves
@@ -16,8 +16,8 @@ room.
 Several daemons share the companies (``balance``): at each reconcile this one reads the live
 nodes (``nodes``), takes free leases only up to its fair share, and hands its excess over
 gracefully (``handoff``), a batch at a time. A heartbeat loop keeps its ``nodes`` row fresh and
-wakes the reconcile when the set of nodes changes. One module over 250 lines: it is the
-composition root, and the loops share its parts.
+wakes the reconcile when the set of nodes changes (``keepalive``, with the renewals). The
+parts are built from the settings in ``wiring``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from dataclasses import dataclass
-
-import psycopg
 
 from wapool import balance
 from wapool.bringup import BringUp
@@ -36,32 +33,26 @@ from wapool.cache import FallbackCache
 from wapool.cleanup.scheduler import CleanupScheduler
 from wapool.cleanup.service import CleanupService
 from wapool.cleanup.sizes import LatestSizes
-from wapool.cleanup.telegram import TelegramNotifier
 from wapool.db.pool import Database
 from wapool.errors import DatabaseUnavailable
-from wapool.handoff import FleetStats, Handoffs
+from wapool.handoff import Handoffs
 from wapool.leases import Leases
-from wapool.messaging import outbound_receipts
 from wapool.messaging.outbound_service import OutboundService
 from wapool.messaging.service import InboundMessaging
 from wapool.nodes import ClusterView, Nodes
-from wapool.observability.redact import describe_error
 from wapool.outage.last_seen import LastSeenStore
 from wapool.outage.offline_start import OfflineStart
 from wapool.outage.resume import remember_leases, remember_registry
 from wapool.registry.company import Company
 from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
-from wapool.registry.repository import CompanyRepository
-from wapool.session_actions import pair_by_phone, session_actions
+from wapool.session_actions import pair_by_phone
 from wapool.settings import Settings
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
-from wapool.store.snapshot import Snapshot, snapshot_cache
-from wapool.supervisor.factory import build_supervisor
-from wapool.supervisor.reconciler import OnTransition, Supervisor
+from wapool.store.snapshot import Snapshot
+from wapool.supervisor.reconciler import Supervisor
 from wapool.supervisor.session import State
-from wapool.whatsapp import events as ev
 
 log = logging.getLogger(__name__)
 
@@ -102,57 +93,6 @@ class Runtime:
     view: ClusterView | None = None
     #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
     outbound: OutboundService | None = None
-
-    @classmethod
-    def build(cls, settings: Settings, db: Database) -> Runtime:
-        registry = Registry(
-            CompanyRepository(db),
-            FallbackCache[str, list[Company]](
-                settings.cache_ttl_seconds, settings.cache_max_entries
-            ),
-        )
-        snapshots = snapshot_cache(settings.cache_ttl_seconds, settings.snapshot_cache_mb << 20)
-        pairing = PairingRepository(db)
-        leases = Leases(
-            db, settings.lease_holder, settings.lease_seconds,
-            takeover_grace=settings.lease_seconds / 2,  # the next renewal plus its margin
-        )  # fmt: skip
-        bringup = BringUp(leases, settings.max_concurrent_connects)
-        mirror = Mirror(
-            db,
-            snapshots=snapshots,
-            state_dir=settings.state_dir,
-            snapshot_every=settings.cache_sweep_seconds,
-            fence=leases.fence(),
-        )
-        fleet = FleetStats()
-        actions = _timed(session_actions(registry.repository, pairing, db, leases.holder), fleet)
-        delay = settings.simulated_store_delay_seconds
-        keeper = StoreKeeper(
-            db, settings.state_dir, mirror, snapshots,
-            delay=delay if settings.whatsapp_backend == "simulated" else 0.0,
-            prekey_gap=settings.prekey_restore_gap, handed=leases.handed_at,
-            parallel=settings.max_concurrent_connects,
-        )  # fmt: skip
-        cleanup = CleanupService(db, settings, notifier=TelegramNotifier.from_settings(settings))
-        latest = LatestSizes(db)
-        scheduler = CleanupScheduler(
-            settings, cleanup.run, last_slot=cleanup.last_completed_slot, sample=latest.take,
-            resume=cleanup.resume_interrupted,
-        )  # fmt: skip
-        messaging = InboundMessaging(settings, db, mirror, mirror.fence)
-        messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
-        supervisor = build_supervisor(settings, actions, bringup)
-        nodes = Nodes(db, leases.holder, settings.lease_seconds, _address(settings))
-        outbound = OutboundService(settings, db, leases, supervisor, messaging.cursors)
-        # A handed-over company's queued messages go back to PostgreSQL for the next holder.
-        handoffs = Handoffs(leases, supervisor, mirror, settings.state_dir, fleet,
-                            before_release=outbound.sync.release)  # fmt: skip
-        return cls(
-            db, settings, registry, snapshots, leases, mirror, keeper, supervisor, pairing,
-            cleanup, scheduler, latest, bringup, nodes, handoffs, messaging,
-            LastSeenStore(settings.state_dir, leases.holder), outbound=outbound,
-        )  # fmt: skip
 
     def __post_init__(self) -> None:
         # A client whose store failed restarts only once the keeper has repaired the store.
@@ -246,26 +186,6 @@ class Runtime:
             await self.follow(companies)
             await pair_by_phone(self.pairing, self.supervisor)
 
-    async def renew_loop(self, stop: asyncio.Event) -> None:
-        """Keep our leases; a company whose lease another daemon took is stopped at once.
-
-        Runs from before the first lease is taken until ``stop`` (set after the clients
-        stopped, not when the daemon is asked to stop) and does nothing slow itself, so
-        renewals never wait for provisioning, a reconcile or a slow client stop."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.leases.renew_every)
-            try:
-                lost = await self.leases.renew()
-            except DatabaseUnavailable:
-                continue  # an outage alone never stops a client
-            except psycopg.errors.QueryCanceled as exc:
-                # Waited too long on lease rows a long mirror transaction holds (a loaded host):
-                # the renewal is retried, the leases still last two more renewals.
-                log.warning("lease_renewal_slow", extra={"error": describe_error(exc)})
-                continue
-            await self.lost(lost)
-
     async def lost(self, companies: list[str]) -> None:
         """Leases another daemon took over: stop those clients at once, keep what their stores
         still owe aside (never applied over the new holder's copy)."""
@@ -273,55 +193,3 @@ class Runtime:
             await self.supervisor.stop(company)
             await self.keeper.set_aside(company, "lease taken over by another daemon")
         remember_leases(self.last_seen, self.leases.held)
-
-    async def heartbeat_loop(self, stop: asyncio.Event, changed: asyncio.Event) -> None:
-        """Keep this node's row fresh (every third of a lease, like the renewals); wake the
-        reconcile when the live nodes change, this node is told to drain, or a move waits."""
-        seen: tuple[frozenset[str], bool] | None = None
-        while not stop.is_set():
-            try:
-                await self.nodes.beat(len(self.leases.held))
-                view = await self.nodes.view()
-            except DatabaseUnavailable:
-                view = None
-            if view is not None and ((view.sharing, view.draining) != seen or view.moves):
-                seen = (view.sharing, view.draining)
-                changed.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.leases.renew_every)
-
-    async def shutdown(self, drain_seconds: float) -> None:
-        self.cleanup.stop.set()  # a running cleanup stops at its next batch (milliseconds)
-        await self.scheduler.stop(timeout=drain_seconds)
-        if self.outbound is not None:  # no new sends; those in flight answered (bounded)
-            await self.outbound.stop_sending(drain_seconds / 2)
-        await self.supervisor.close()  # clients stop (bounded) before the last drain
-        log.info("clients_stopped")
-        drained = await self.mirror.drain(timeout=drain_seconds)
-        log.info("mirror_final_drain", extra={"drained": drained})
-        self.mirror.close()
-        self.messaging.close()
-        if self.outbound is not None:  # statuses mirrored, queued messages handed back
-            await self.outbound.close()
-        if drained:  # hand the companies over at once; otherwise let the leases expire
-            with contextlib.suppress(DatabaseUnavailable):
-                await self.leases.hand_over(dict.fromkeys(self.leases.held))
-        remember_leases(self.last_seen, self.leases.held)
-        with contextlib.suppress(DatabaseUnavailable):
-            await self.nodes.deregister()
-
-
-def _timed(actions: OnTransition, fleet: FleetStats) -> OnTransition:
-    """The session actions, timing each company from its lease to its client connected."""
-
-    async def on_transition(company: str, state: State, event: ev.WhatsAppEvent) -> None:
-        if state is State.CONNECTED:
-            fleet.connected(company)
-        await actions(company, state, event)
-
-    return on_transition
-
-
-def _address(settings: Settings) -> str:
-    """How operators reach this node: its host name and HTTP address."""
-    return f"{socket.gethostname()} http={settings.http_addr}"

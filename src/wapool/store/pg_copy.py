@@ -15,6 +15,9 @@ purges bounded by their ``read_seq``) and ``applied_seq`` only moves forward (``
 
 With a master key configured, each image is sealed (``crypto.envelope.seal``) on its way into
 COPY, bound to its company, table, key and ``seq``; ``read_rows`` opens them again.
+
+One module over 250 lines: every statement that writes the PostgreSQL copy is here, so the
+fencing and forward-only rules are checked in one place.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ The decision, in order (PostgreSQL is the system of record):
   template's).
 
 Temporaries a killed restore left behind are removed first (``leftovers``).
+
+One module over 250 lines: the decision between the local store, a restore and a new store
+from the template is one ordered rule, kept in one place.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Companies are packed into shards of up to ``per_worker``. A worker that exits (a
 kill), stops sending heartbeats, or whose descriptor count passes ``max_fds`` (neonize leaks one
 per failed connect) is killed; every company of its shard is reported through ``on_crash`` so
 the supervisor restarts it, on another worker, with backoff. Other workers are untouched.
+
+One module over 250 lines: the worker pool's spawning, protocol reading and health checks
+share one process table and are read together.
 """
 
 from __future__ import annotations

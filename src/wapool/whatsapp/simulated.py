@@ -12,6 +12,9 @@ Without one, each client works alone (nothing notices two clients on one device)
 
 A store that fails under a client (corrupt, unreadable, full) ends its run with ``StoreFailed``
 naming the fault, as a failing store would stop whatsmeow; wapool then repairs and restarts it.
+
+One module over 250 lines: the simulated client mirrors the neonize adapter's whole surface
+(connect, pairing, churn, messages, store faults) so tests drive both the same way.
 """
 
 from __future__ import annotations
