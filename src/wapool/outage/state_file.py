@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from wapool.store.working_store import fsync_path
+
 FORMAT = 1
 MAX_BYTES = 64 << 20
 
@@ -37,11 +39,7 @@ def write_state(path: Path, kind: str, body: dict[str, Any]) -> None:
     finally:
         os.close(fd)
     os.replace(temp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_path(path.parent)
 
 
 def read_state(path: Path, kind: str) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from wapool.store.monotonic import drop_own_sender_keys, fence_prekeys
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
 from wapool.store.schema import quote, read_schema
 from wapool.store.snapshot import Snapshot
-from wapool.store.working_store import connect, quick_check, secure_files, transaction
+from wapool.store.working_store import connect, fsync_path, quick_check, secure_files, transaction
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def temporary(path: Path) -> Iterator[Path]:
 def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
     """Check, sync and atomically move ``temp`` to ``path``, keeping the old store aside."""
     quick_check(temp)
-    _fsync(temp)
+    fsync_path(temp)
     kept = None
     for suffix in ("", "-wal", "-shm"):
         old = path.with_name(path.name + suffix)
@@ -139,15 +139,7 @@ def _install(temp: Path, path: Path, keep_as: Path) -> Path | None:
             os.replace(old, keep_as.with_name(keep_as.name + suffix))
             kept = keep_as
     os.replace(temp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
     connect(path).close()  # WAL mode, permissions
     secure_files(path)
     return kept
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -42,7 +42,7 @@ from wapool.store.faults import SQLITE_ERRORS, Fault, StoreFault
 from wapool.store.leftovers import alive
 from wapool.store.restore import temporary
 from wapool.store.schema import read_schema
-from wapool.store.working_store import quick_check, read_only, secure_files
+from wapool.store.working_store import fsync_path, quick_check, read_only, secure_files
 from wapool.whatsapp.neonize_store import SchemaCreationFailed
 
 log = logging.getLogger(__name__)
@@ -124,20 +124,12 @@ def new_store(path: Path, template: Template) -> None:
             rows = conn.execute("PRAGMA quick_check").fetchall()
         if rows != [("ok",)]:
             raise StoreFault(Fault.CORRUPT, f"{temp}: quick_check of a new copy: {rows[:3]}")
-        _fsync(temp)
+        fsync_path(temp)
         if path.exists():
             raise FileExistsError(f"{path} appeared while a new store was being made")
         os.replace(temp, path)
-        _fsync(path.parent)
+        fsync_path(path.parent)
         secure_files(path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_or_build(directory: Path, library: str, make_schema: SchemaMaker) -> Template:

@@ -132,6 +132,15 @@ def json_array_sql(prefix: str, columns: tuple[str, ...]) -> str:
     return "json_array(" + ", ".join(sql_encode(f"{prefix}.{quote(c)}") for c in columns) + ")"
 
 
+def fsync_path(path: Path) -> None:
+    """Make ``path`` (a file, or a directory after a rename into it) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def secure_files(path: Path) -> None:
     for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         if candidate.exists():
