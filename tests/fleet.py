@@ -37,25 +37,27 @@ def seed(url: str, template: Path, state: Path, count: int, prefix: str = "c") -
     """Paired companies whose copies are in PostgreSQL: every daemon restores the same device."""
     companies = [f"{prefix}{n:03d}" for n in range(count)]
     add_companies(url, *companies)
-
-    async def run() -> None:
-        db = Database.from_settings(make_settings(url, state))
-        await db.open(wait=True)
-        mirror = Mirror(db)
-        try:
-            for company in companies:
-                path = new_store(template, state, company)
-                conn = connect(path)
-                WhatsmeowWriter(conn, random.Random(company)).pair()
-                conn.close()
-                mirror.add(company, path)
-            assert await mirror.drain(60)
-        finally:
-            mirror.close()
-            await db.close()
-
-    asyncio.run(run())
+    asyncio.run(seed_copies(url, template, state, companies))
     return companies
+
+
+async def seed_copies(url: str, template: Path, state: Path, companies: list[str]) -> None:
+    """Pair these (registered) companies in stores under ``state`` and mirror them into
+    PostgreSQL, so every daemon restores the same device."""
+    db = Database.from_settings(make_settings(url, state))
+    await db.open(wait=True)
+    mirror = Mirror(db)
+    try:
+        for company in companies:
+            path = new_store(template, state, company)
+            conn = connect(path)
+            WhatsmeowWriter(conn, random.Random(company)).pair()
+            conn.close()
+            mirror.add(company, path)
+        assert await mirror.drain(60)
+    finally:
+        mirror.close()
+        await db.close()
 
 
 class Fleet:

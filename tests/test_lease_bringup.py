@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import signal
 import subprocess
@@ -25,13 +24,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import make_settings, new_store, run_cli
+from tests.conftest import run_cli
+from tests.fleet import seed_copies
 from tests.simserver import SimServerProcess, running_sim_server
 from tests.test_mirror import add_companies
-from wapool.db.pool import Database
-from wapool.store.mirror import Mirror
-from wapool.store.working_store import connect
-from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 
 
 @dataclass(frozen=True)
@@ -56,24 +52,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"not reached in {timeout:.0f} s: {what}"
         time.sleep(0.1)
-
-
-async def _seed(url: str, template: Path, state: Path, companies: list[str]) -> None:
-    """Paired companies whose copies are in PostgreSQL: every daemon restores the same device."""
-    db = Database.from_settings(make_settings(url, state))
-    await db.open(wait=True)
-    mirror = Mirror(db)
-    try:
-        for company in companies:
-            path = new_store(template, state, company)
-            conn = connect(path)
-            WhatsmeowWriter(conn, random.Random(company)).pair()
-            conn.close()
-            mirror.add(company, path)
-        assert await mirror.drain(60)
-    finally:
-        mirror.close()
-        await db.close()
 
 
 def _daemon(
@@ -106,7 +84,7 @@ def _holders(url: str) -> dict[str, str]:
 def _run(scenario: Scenario, url: str, template: Path, tmp_path: Path) -> None:
     companies = [f"c{n:03d}" for n in range(scenario.companies)]
     add_companies(url, *companies)
-    asyncio.run(_seed(url, template, tmp_path / "seed", companies))
+    asyncio.run(seed_copies(url, template, tmp_path / "seed", companies))
     logs = {name: tmp_path / f"{name}.log" for name in ("one", "two")}
     daemons: list[subprocess.Popen[bytes]] = []
     with running_sim_server(tmp_path) as server:
@@ -201,7 +179,7 @@ def test_a_killed_daemons_companies_move_without_overlap(
                         timeout=120)  # fmt: skip
     companies = [f"k{n}" for n in range(scenario.companies)]
     add_companies(database_url, *companies)
-    asyncio.run(_seed(database_url, whatsmeow_template, tmp_path / "seed", companies))
+    asyncio.run(seed_copies(database_url, whatsmeow_template, tmp_path / "seed", companies))
     with running_sim_server(tmp_path) as server:
         one = _daemon(database_url, tmp_path / "one", "one", server, scenario, slow=False)
         two = None
