@@ -233,12 +233,8 @@ class Views:
                    [({}, float(hook.backlog))])  # fmt: skip
         out.family("wapool_webhook_in_flight", "gauge", "Webhook requests in flight.",
                    [({}, float(stats.in_flight))])  # fmt: skip
-        latencies = sorted(stats.latencies)
-        if latencies:
-            quantiles = [({"quantile": str(q)}, latencies[min(len(latencies) - 1, int(q * len(latencies)))])
-                         for q in (0.5, 0.99)]  # fmt: skip
-            out.family("wapool_webhook_latency_seconds", "gauge",
-                       "Inbox write to the receiver's 2xx, recent deliveries.", quantiles)  # fmt: skip
+        _summary(out, "wapool_webhook_latency_seconds",
+                 "Inbox write to the receiver's 2xx, recent deliveries.", {}, stats.latencies)  # fmt: skip
 
     def _workers_and_cleanup(self, out: Exposition) -> None:
         pool = self._rt.supervisor.pool
