@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from figures import percentile
 
 from wapool.devdb import Cluster, free_port
 from wapool.whatsapp.sim_link import server_stats
@@ -85,10 +86,6 @@ def _downtimes(journal: Path, since: float, until: float) -> list[float]:
     return sorted(gaps)
 
 
-def _quantile(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
-
-
 def _holder_seconds(port: str) -> str:
     with urllib.request.urlopen(f"http://{port}/metrics", timeout=10) as response:
         text = response.read().decode()
@@ -101,7 +98,7 @@ def _report(phase: str, journal: Path, began: float, ended: float, holder: str) 
     gaps = _downtimes(journal, began, ended)
     print(
         f"{phase}: {len(gaps)} companies moved in {ended - began:.1f} s; downtime per company "
-        f"p50 {_quantile(gaps, 0.5):.2f} s, p99 {_quantile(gaps, 0.99):.2f} s, "
+        f"p50 {percentile(gaps, 0.5):.2f} s, p99 {percentile(gaps, 0.99):.2f} s, "
         f"max {max(gaps, default=0.0):.2f} s; holder's part p50/p99 {holder} s"
     )
 

@@ -31,18 +31,9 @@ import time
 from pathlib import Path
 
 import psycopg
+from figures import load_average, percentile
 
 from wapool.devdb import Cluster, free_port
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 def handler(root: Path, messages: int) -> None:
@@ -72,8 +63,8 @@ def handler(root: Path, messages: int) -> None:
         timings.append((time.perf_counter() - started) * 1000)
     print(
         f"inbound handler ({messages} messages, translate + inbox write synchronous=FULL + "
-        f"notice): p50 {statistics.median(timings):.3f} ms  p99 {_pct(timings, 0.99):.3f} ms  "
-        f"max {max(timings):.3f} ms  ({_load()})"
+        f"notice): p50 {statistics.median(timings):.3f} ms  p99 {percentile(timings, 0.99):.3f} ms  "
+        f"max {max(timings):.3f} ms  ({load_average()})"
     )
 
 
@@ -162,7 +153,7 @@ async def webhook(
         print(
             f"inbound-to-webhook ({companies} companies x {rate:g} msg/s, {seconds:g} s window): "
             f"{len(window) / seconds:.0f} msg/s delivered, p50 {statistics.median(window):.1f} ms, "
-            f"p99 {_pct(window, 0.99):.1f} ms, max {max(window):.1f} ms  ({_load()})"
+            f"p99 {percentile(window, 0.99):.1f} ms, max {max(window):.1f} ms  ({load_average()})"
         )
     finally:
         cluster.stop("immediate")

@@ -40,6 +40,7 @@ from typing import Any
 
 import psycopg
 from aiohttp import ClientSession, TCPConnector, web
+from figures import load_average, percentile
 
 from wapool.devdb import Cluster, free_port
 
@@ -47,19 +48,9 @@ TOKEN = "bench-token-0123456789abcdef"
 ECHO = "10000000000@s.whatsapp.net"
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} {five:.2f} {fifteen:.2f}, {os.cpu_count()} CPUs"
-
-
 def _summary(name: str, ms: list[float], extra: str = "") -> str:
-    return (f"{name}: n={len(ms)} p50 {statistics.median(ms):.1f} ms  p95 {_pct(ms, 0.95):.1f} ms"
-            f"  p99 {_pct(ms, 0.99):.1f} ms  max {max(ms):.1f} ms{extra}  ({_load()})")  # fmt: skip
+    return (f"{name}: n={len(ms)} p50 {statistics.median(ms):.1f} ms  p95 {percentile(ms, 0.95):.1f} ms"
+            f"  p99 {percentile(ms, 0.99):.1f} ms  max {max(ms):.1f} ms{extra}  ({load_average()})")  # fmt: skip
 
 
 class Setup:
@@ -169,7 +160,7 @@ async def accept(
         pacing = "unpaced sends" if unpaced else "default pacing"
         print(_summary(f"API accept at {rate:g} req/s over {companies} companies ({pacing}), "
                        f"{seconds:g} s", window, f", non-202: {failures}, of which the load "
-                       f"generator's own lag p99 {_pct(lag, 0.99):.1f} ms"))  # fmt: skip
+                       f"generator's own lag p99 {percentile(lag, 0.99):.1f} ms"))  # fmt: skip
     finally:
         setup.stop()
 
