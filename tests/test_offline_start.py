@@ -24,8 +24,8 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.daemon import Daemons
+from tests.fleet import seed_copies
 from tests.simserver import running_sim_server
-from tests.test_lease_bringup import _seed
 from tests.test_mirror import add_companies
 from wapool.devdb import Cluster
 from wapool.outage.last_seen import LastSeenStore
@@ -61,7 +61,7 @@ def _run(scenario: Scenario, url: str, cluster: Cluster, template: Path, tmp_pat
          daemons: Daemons) -> None:  # fmt: skip
     companies = [f"o{n:02d}" for n in range(scenario.companies)]
     add_companies(url, *companies)
-    asyncio.run(_seed(url, template, tmp_path / "seed", companies))
+    asyncio.run(seed_copies(url, template, tmp_path / "seed", companies))
     state = tmp_path / "state"
     with running_sim_server(tmp_path) as server:
         env = {

@@ -24,8 +24,8 @@ import pytest
 
 from tests.conftest import proxied, run_cli
 from tests.daemon import Daemons
+from tests.fleet import seed_copies
 from tests.simserver import running_sim_server
-from tests.test_lease_bringup import _seed
 from tests.test_mirror import add_companies
 from wapool.store.leftovers import replaced_copies
 from wapool.testing.fault_proxy import FaultProxy
@@ -51,7 +51,7 @@ async def test_a_partitioned_daemon_never_overlaps_once_both_reach_postgres(
     daemons: Daemons,
 ) -> None:  # fmt: skip
     add_companies(database_url, *COMPANIES)
-    await asyncio.to_thread(asyncio.run, _seed(database_url, whatsmeow_template,
+    await asyncio.to_thread(asyncio.run, seed_copies(database_url, whatsmeow_template,
                                                tmp_path / "seed", COMPANIES))  # fmt: skip
     with running_sim_server(tmp_path) as server:
         base = {
