@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import dump_store, make_settings, mirror_once, new_store, run_cli
 from tests.daemon import Daemons
 from tests.test_mirror import add_companies, writer_for
+from tests.test_sealed_messages import inbound, outbound
 from wapool.crypto import keyring, rotation
 from wapool.crypto.envelope import DataKey, RowCipher, RowUnreadable, open_image, seal
 from wapool.crypto.usage import check_startup, usage
@@ -60,6 +61,16 @@ def _pg_dump(database_url: str, target: Path) -> bytes:
     return target.read_bytes()
 
 
+def _message_texts(secret: str) -> set[bytes]:
+    """What ``tests.test_sealed_messages.inbound``/``outbound`` wrote with ``secret``: texts,
+    captions, media bytes and file names."""
+    return {
+        *(f"{secret} caption {n}".encode() for n in range(3)),
+        f"{secret}.jpg".encode(), f"{secret} from sql".encode(), f"{secret} png".encode(),
+        f"{secret}.png".encode(), f"{secret} from the api".encode(), f"{secret} jpeg".encode(),
+    }  # fmt: skip
+
+
 def _leaks(dump: bytes, secrets: set[bytes]) -> list[str]:
     leaked = []
     for secret in secrets:
@@ -90,18 +101,29 @@ async def test_dump_holds_no_private_key_and_a_new_host_restores_the_same_device
     path = await _store(db, database_url, whatsmeow_template, tmp_path / "a", "sealed")
     secrets = _secrets(path)
     assert (await verify(db, path, "sealed")).equal
+    # Messages both ways: inbound events, an API message and a producer's row (claimed).
+    assert await inbound(db, tmp_path / "a", "sealed", "quokka") == 3
+    (await outbound(db, database_url, tmp_path / "a", "sealed", "quokka")).close()
+    texts = _message_texts("quokka")
 
     dump = _pg_dump(database_url, tmp_path / "all.sql")
     assert _leaks(dump, secrets) == []
+    assert _leaks(dump, texts) == []
 
-    # The check can fail: the same store mirrored without a key leaks every secret.
+    # The check can fail: the same store and messages written without a key leak everything.
     plain_db = Database.from_settings(make_settings(database_url, tmp_path / "p"))
     await plain_db.open(wait=True)
     try:
         plain = await _store(plain_db, database_url, whatsmeow_template, tmp_path / "p", "plain")
+        await inbound(plain_db, tmp_path / "p", "plain", "wombat")
+        (await outbound(plain_db, database_url, tmp_path / "p", "plain", "wombat")).close()
     finally:
         await plain_db.close()
-    assert set(_leaks(_pg_dump(database_url, tmp_path / "all2.sql"), _secrets(plain)))
+    dump = _pg_dump(database_url, tmp_path / "all2.sql")
+    assert set(_leaks(dump, _secrets(plain)))
+    assert set(_leaks(dump, _message_texts("wombat"))) == {
+        t.hex()[:12] for t in _message_texts("wombat")
+    }
 
     # A new host: fresh state directory, its own copy of the same master key.
     shutil.copy(tmp_path / "master.key", tmp_path / "other.key")

@@ -18,6 +18,7 @@ import os
 import signal
 
 from wapool.backoff import Backoff
+from wapool.crypto.key_watch import KeyWatch
 from wapool.crypto.usage import check_startup
 from wapool.db.migrations import check_schema
 from wapool.db.pool import Database
@@ -250,6 +251,12 @@ async def run_daemon(settings: Settings) -> int:
             asyncio.create_task(listen(db, changed, signals.stop), name="registry-listener"),
             asyncio.create_task(notify.watchdog(signals.stop), name="watchdog"),
             asyncio.create_task(runtime.messaging.run(signals.stop), name="messaging"),
+            asyncio.create_task(
+                KeyWatch(db, settings.master_key_file).run(
+                    signals.stop, settings.master_key_check_seconds
+                ),
+                name="key-watch",
+            ),
         ]
         if runtime.outbound is not None:
             outbound = runtime.outbound

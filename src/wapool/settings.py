@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     #: Refuse to run (exit 78) without a master key even while the database holds no
     #: encrypted row yet; once it does, a key is required anyway.
     encryption_required: bool = False
+    #: How often a running daemon looks for a rotated master key (its key file replaced, or
+    #: data keys in PostgreSQL wrapped by a key it lacks) and reloads its keyring.
+    master_key_check_seconds: PositiveFloat = 10.0
 
     cache_ttl_seconds: PositiveFloat = 300.0
     cache_sweep_seconds: PositiveFloat = 60.0

@@ -43,7 +43,8 @@ def register(commands: Any) -> None:
     retire.set_defaults(handler=_retire)
 
     reencrypt = actions.add_parser(
-        "reencrypt", help="seal plaintext rows (online, bounded batches, resumable)"
+        "reencrypt",
+        help="seal plaintext rows and messages (online, bounded batches, resumable)",
     )
     reencrypt.add_argument("--company", help="only this company")
     reencrypt.add_argument("--batch", type=int, default=1000, help="rows per transaction")
@@ -97,12 +98,13 @@ async def _status(settings: Settings, args: argparse.Namespace) -> int:
         if ring is None or ring.get(master_key_id) is None:
             print(f"  {master_key_id}  NOT CONFIGURED; wraps {n} companies' data keys")
     print(f"rows: {found.sealed_rows} encrypted, {found.plaintext_rows} plaintext")
+    print(f"messages: {found.sealed_messages} encrypted, {found.plaintext_messages} plaintext")
     try:
         print(f"state: {judge(ring, found, settings)}")
     except ConfigError as exc:
         print(f"state: refused: {exc}")
         return 1
-    if ring is not None and found.plaintext_rows:
+    if ring is not None and (found.plaintext_rows or found.plaintext_messages):
         print("plaintext rows remain: run `wapool keys reencrypt`")
     return 0
 

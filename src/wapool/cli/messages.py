@@ -1,6 +1,7 @@
 """``wapool messages COMPANY [--follow] [--json] [--limit N]``: a company's recent messages.
 
-Read from PostgreSQL (any host): inbound messages from ``inbound_messages``; ``--follow`` then
+Read from PostgreSQL (any host): inbound messages from ``inbound_messages`` (opened with the
+master key when they are sealed, ``messaging.stored``); ``--follow`` then
 waits on ``LISTEN wapool_inbound`` and prints new ones as they arrive. Other directions plug in
 through ``_sources`` (outbound messages with their status, from ``cli.send``), each a function
 returning rows that are merged by time.
@@ -23,6 +24,7 @@ from wapool.cli.table import render
 from wapool.db.pool import Database
 from wapool.errors import CompanyNotFound
 from wapool.messaging.inbound_mirror import CHANNEL
+from wapool.messaging.stored import inbound_after
 from wapool.registry.company import validate_company_id
 from wapool.settings import Settings
 
@@ -38,6 +40,8 @@ class Row:
     message_id: str
     #: For ordering and --follow: the source's own increasing id.
     cursor: int
+    #: Inbound: the whole event, as the webhook delivers it (in ``--json``).
+    event: dict[str, Any] | None = None
 
 
 #: (db, company, after cursor or None for the latest, limit) -> rows, oldest first.
@@ -45,19 +49,11 @@ Source = Callable[[Database, str, int | None, int], Awaitable[list[Row]]]
 
 
 async def inbound_rows(db: Database, company: str, after: int | None, limit: int) -> list[Row]:
-    sql = (
-        "SELECT id, sent_at, chat_jid, kind, body, message_id, from_me FROM inbound_messages "
-        "WHERE company_id = %s AND id > %s ORDER BY id LIMIT %s"
-        if after is not None
-        else "SELECT * FROM (SELECT id, sent_at, chat_jid, kind, body, message_id, from_me "
-        "FROM inbound_messages WHERE company_id = %s ORDER BY id DESC LIMIT %s) t ORDER BY id"
-    )
-    params = (company, after, limit) if after is not None else (company, limit)
-    rows = await db.fetch(sql, params)
     return [
-        Row(at, "in", chat, kind, "from me" if from_me else "received", text, mid, int(i))
-        for i, at, chat, kind, text, mid, from_me in rows
-    ]
+        Row(m.sent_at, "in", m.chat, m.kind, "from me" if m.from_me else "received", m.text,
+            m.message_id, m.id, m.event)
+        for m in await inbound_after(db, company, after, limit)
+    ]  # fmt: skip
 
 
 def _sources() -> list[Source]:

@@ -1,6 +1,8 @@
 """``wapool send COMPANY TO TEXT [--wait]``: queue a message through ``outbound_messages``.
 
-The row is claimed and sent by the daemon that drives the company, from any host; with
+The row is claimed and sent by the daemon that drives the company, from any host (with a master
+key configured here, its text is sealed before it is inserted; otherwise the daemon seals it
+when it claims it); with
 ``--wait`` every status change is printed until the message is read, failed or uncertain, or
 the timeout passes (exit 0 if it was sent by then, else 1). ``--key`` makes the command idempotent: run twice, it sends once.
 """
@@ -10,14 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+import uuid
 from typing import Any
 
 import psycopg
 
 from wapool.cli.database import open_database
 from wapool.cli.messages import Row
+from wapool.crypto.messages import Content
 from wapool.db.pool import Conn, Database
 from wapool.errors import WapoolError
+from wapool.messaging import outbound_content
 from wapool.messaging.outbound import recipient_jid
 from wapool.messaging.request import MAX_KEY, MAX_TEXT
 from wapool.registry.repository import CompanyRepository
@@ -49,12 +54,18 @@ async def _send(settings: Settings, args: argparse.Namespace) -> int:
         raise WapoolError(f"--key must be 1 to {MAX_KEY} characters")
     async with open_database(settings) as db:
         await CompanyRepository(db).get(args.company_id)  # unknown: one clear line
+        new_id = str(uuid.uuid4())
+        keys = await outbound_content.ContentKeys(db).prepare([args.company_id])
+        written = outbound_content.columns(keys, args.company_id, new_id, Content(args.text))
+        # No usable data key here: plaintext, as any producer's row (the daemon seals it).
+        text, sealed = (written[0], written[3]) if written else (args.text, None)
 
         async def insert(conn: Conn) -> str:
             cur = await conn.execute(
-                "INSERT INTO outbound_messages (company_id, to_jid, text, idempotency_key, "
-                "origin) VALUES (%s, %s, %s, %s, 'cli') ON CONFLICT DO NOTHING RETURNING id::text",
-                (args.company_id, to, args.text, args.key),
+                "INSERT INTO outbound_messages (id, company_id, to_jid, text, idempotency_key, "
+                "origin, sealed) VALUES (%s, %s, %s, %s, %s, 'cli', %s) ON CONFLICT DO NOTHING "
+                "RETURNING id::text",
+                (new_id, args.company_id, to, text, args.key, sealed),
             )
             row = await cur.fetchone()
             if row is None:  # the key was used: that message
@@ -83,22 +94,27 @@ async def outbound_rows(db: Database, company: str, after: int | None, limit: in
     columns = (
         "(extract(epoch FROM updated_at) * 1e6)::bigint, created_at, to_jid, "
         "CASE WHEN media_mimetype IS NULL THEN 'text' ELSE split_part(media_mimetype, '/', 1) "
-        "END, status, text, id::text"
+        "END, status, text, id::text, media_filename, sealed"
     )
     if after is None:
-        rows = await db.fetch(
-            f"SELECT * FROM (SELECT {columns} FROM outbound_messages WHERE company_id = %s "
-            "ORDER BY created_at DESC LIMIT %s) t ORDER BY 1",
-            (company, limit),
-        )
+        sql = (f"SELECT * FROM (SELECT {columns} FROM outbound_messages WHERE company_id = %s "
+               "ORDER BY created_at DESC LIMIT %s) t ORDER BY 1")  # fmt: skip
+        params: tuple[Any, ...] = (company, limit)
     else:
-        rows = await db.fetch(
-            f"SELECT {columns} FROM outbound_messages WHERE company_id = %s "
-            "AND updated_at > to_timestamp(%s / 1e6) ORDER BY updated_at LIMIT %s",
-            (company, after, limit),
-        )
-    return [Row(at, "out", to, kind, status, text, mid, int(cursor))
-            for cursor, at, to, kind, status, text, mid in rows]  # fmt: skip
+        sql = (f"SELECT {columns} FROM outbound_messages WHERE company_id = %s "
+               "AND updated_at > to_timestamp(%s / 1e6) ORDER BY updated_at LIMIT %s")  # fmt: skip
+        params = (company, after, limit)
+
+    async def work(conn: Conn) -> list[Row]:
+        cur = await conn.execute(sql, params)
+        out = []
+        for cursor, at, to, kind, status, text, mid, filename, sealed in await cur.fetchall():
+            content = await outbound_content.read(conn, db, company, mid,
+                                                  (text, None, filename, sealed))  # fmt: skip
+            out.append(Row(at, "out", to, kind, status, content.text, mid, int(cursor)))
+        return out
+
+    return await db.run(work)
 
 
 async def _follow(db: Any, message_id: str, timeout: float) -> int:

@@ -49,7 +49,7 @@ def _wrap_ad(company_id: str, key_id: str) -> bytes:
     return f"wapool data key\0{company_id}\0{key_id}".encode()
 
 
-def _row_ad(company_id: str, table: str, key: str, seq: int, key_id: str) -> bytes:
+def associated_data(company_id: str, table: str, key: str, seq: int, key_id: str) -> bytes:
     return f"{company_id}\0{table}\0{key}\0{seq}\0{key_id}".encode()
 
 
@@ -59,7 +59,9 @@ def is_sealed(image: str) -> bool:
 
 def seal(dk: DataKey, company_id: str, table: str, key: str, seq: int, image: str) -> str:
     nonce = os.urandom(NONCE_BYTES)
-    sealed = dk.aead.encrypt(nonce, image.encode(), _row_ad(company_id, table, key, seq, dk.key_id))
+    sealed = dk.aead.encrypt(
+        nonce, image.encode(), associated_data(company_id, table, key, seq, dk.key_id)
+    )
     return f"{PREFIX}{dk.key_id}:{base64.b64encode(nonce + sealed).decode()}"
 
 
@@ -76,7 +78,9 @@ def open_image(
     try:
         raw = base64.b64decode(body, validate=True)
         plain = dk.aead.decrypt(
-            raw[:NONCE_BYTES], raw[NONCE_BYTES:], _row_ad(company_id, table, key, seq, key_id)
+            raw[:NONCE_BYTES],
+            raw[NONCE_BYTES:],
+            associated_data(company_id, table, key, seq, key_id),
         )
     except (InvalidTag, binascii.Error, ValueError):
         raise ValueError("does not decrypt for this company, table, key and seq") from None

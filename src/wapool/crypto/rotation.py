@@ -4,7 +4,9 @@
 Re-encryption never holds a lock for long: each batch is one short transaction that rewrites a
 row only if it is still the image it read (same ``seq`` and image), so a row the mirror rewrote
 meanwhile is left to the mirror, which seals it itself. It resumes where it stops: what is
-sealed with the current data key is never selected again.
+sealed with the current data key is never selected again. Message bodies
+(``inbound_messages``, ``outbound_messages``: ``crypto.messages``) are re-sealed the same way,
+after the store rows (``message_rotation``).
 """
 
 from __future__ import annotations
@@ -14,20 +16,24 @@ from dataclasses import dataclass
 
 from wapool.crypto.envelope import DataKey, is_sealed, open_image, seal, unwrap, wrap
 from wapool.crypto.keyring import Keyring
+from wapool.crypto.message_rotation import MESSAGE_TABLES, Step
 from wapool.db.pool import Conn, Database
 
 TABLES = ("store_rows", "store_tombstones")
+#: Data keys re-wrapped per transaction.
+REWRAP_BATCH = 500
 
 
-async def rewrap(db: Database, keyring: Keyring) -> int:
-    """Wrap every data key with the current master key; returns how many were re-wrapped."""
+async def rewrap(db: Database, keyring: Keyring, *, batch: int = REWRAP_BATCH) -> int:
+    """Wrap every data key with the current master key, ``batch`` keys per transaction (no
+    long lock, however many companies); returns how many were re-wrapped."""
     current = keyring.current
 
     async def work(conn: Conn) -> int:
         cur = await conn.execute(
             "SELECT company_id, key_id, master_key_id, wrapped FROM store_data_keys "
-            "WHERE master_key_id <> %s FOR UPDATE",
-            (current.key_id,),
+            "WHERE master_key_id <> %s ORDER BY company_id, key_id LIMIT %s FOR UPDATE",
+            (current.key_id, batch),
         )
         done = 0
         for company_id, key_id, master_key_id, wrapped in await cur.fetchall():
@@ -45,7 +51,12 @@ async def rewrap(db: Database, keyring: Keyring) -> int:
             done += 1
         return done
 
-    return await db.run(work)
+    total = 0
+    while done := await db.run(work):
+        total += done
+        if done < batch:
+            break
+    return total
 
 
 def raise_missing(keyring: Keyring, master_key_id: str, company_id: str) -> None:
@@ -91,6 +102,22 @@ async def reencrypt(
             if last is None:
                 break
             after = last
+            await asyncio.sleep(pause)
+    for step in MESSAGE_TABLES:
+        position: str | None = None
+        while True:
+
+            async def message_work(
+                conn: Conn, step: Step = step, position: str | None = position
+            ) -> tuple[int, int, str | None]:
+                return await step(conn, db, company_id, current, position, batch)
+
+            rewritten, skipped, next_position = await db.run(message_work)
+            progress.rewritten += rewritten
+            progress.skipped += skipped
+            if next_position is None:
+                break
+            position = next_position
             await asyncio.sleep(pause)
     return progress
 
@@ -158,7 +185,10 @@ async def companies_with_rows(db: Database) -> list[str]:
     async def work(conn: Conn) -> list[str]:
         cur = await conn.execute(
             "SELECT company_id FROM store_copies UNION "
-            "SELECT DISTINCT company_id FROM store_tombstones ORDER BY 1"
+            "SELECT DISTINCT company_id FROM store_tombstones UNION "
+            "SELECT id FROM companies c WHERE EXISTS (SELECT 1 FROM inbound_messages m "
+            "WHERE m.company_id = c.id) OR EXISTS (SELECT 1 FROM outbound_messages o "
+            "WHERE o.company_id = c.id) ORDER BY 1"
         )
         return [str(r[0]) for r in await cur.fetchall()]
 

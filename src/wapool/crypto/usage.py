@@ -21,6 +21,9 @@ class Usage:
     wrapped_by: dict[str, int]
     sealed_rows: int
     plaintext_rows: int
+    #: inbound and outbound messages whose content is sealed / in the clear
+    sealed_messages: int = 0
+    plaintext_messages: int = 0
 
 
 async def usage(db: Database, *, count_rows: bool = True) -> Usage:
@@ -29,14 +32,19 @@ async def usage(db: Database, *, count_rows: bool = True) -> Usage:
             "SELECT master_key_id, count(DISTINCT company_id) FROM store_data_keys GROUP BY 1"
         )
         wrapped = {str(m): int(n) for m, n in await cur.fetchall()}
-        sealed = plain = 0
-        if count_rows:
-            cur = await conn.execute(
-                "SELECT count(*) FILTER (WHERE image LIKE 'e1:%%'), "
-                "count(*) FILTER (WHERE image NOT LIKE 'e1:%%') FROM store_rows"
-            )
-            sealed, plain = await cur.fetchone() or (0, 0)
-        return Usage(wrapped, int(sealed), int(plain))
+        if not count_rows:
+            return Usage(wrapped, 0, 0)
+        cur = await conn.execute(
+            "SELECT count(*) FILTER (WHERE image LIKE 'e1:%%'), "
+            "count(*) FILTER (WHERE image NOT LIKE 'e1:%%') FROM store_rows"
+        )
+        sealed, plain = await cur.fetchone() or (0, 0)
+        cur = await conn.execute(
+            "SELECT count(sealed), count(*) - count(sealed) FROM (SELECT sealed FROM "
+            "inbound_messages UNION ALL SELECT sealed FROM outbound_messages) m"
+        )
+        sealed_messages, plain_messages = await cur.fetchone() or (0, 0)
+        return Usage(wrapped, int(sealed), int(plain), int(sealed_messages), int(plain_messages))
 
     return await db.run(work)
 

@@ -197,8 +197,9 @@ CREATE TABLE outbound_messages (
     claimed_epoch   bigint,
     created_at      timestamptz NOT NULL DEFAULT now(),
     updated_at      timestamptz NOT NULL DEFAULT now(),
+    sealed          bytea,
     CONSTRAINT outbound_media_typed CHECK (media IS NULL OR media_mimetype IS NOT NULL),
-    CONSTRAINT outbound_has_content CHECK (media IS NOT NULL OR text <> '')
+    CONSTRAINT outbound_has_content CHECK (media IS NOT NULL OR text <> '' OR sealed IS NOT NULL)
 );
 
 CREATE UNIQUE INDEX outbound_messages_key_idx ON outbound_messages (company_id, idempotency_key)
@@ -236,11 +237,13 @@ CREATE TABLE inbound_messages (
     body        text NOT NULL DEFAULT '',
     sent_at     timestamptz NOT NULL,
     received_at timestamptz NOT NULL,
-    event       jsonb NOT NULL,
+    event       jsonb,
     holder      text NOT NULL,
     epoch       bigint NOT NULL,
     inserted_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (company_id, message_id)
+    sealed      bytea,
+    PRIMARY KEY (company_id, message_id),
+    CONSTRAINT inbound_event_or_sealed CHECK (event IS NOT NULL OR sealed IS NOT NULL)
 );
 
 CREATE INDEX inbound_messages_recent_idx ON inbound_messages (company_id, id);
@@ -257,3 +260,8 @@ CREATE TABLE store_data_keys (
     rewrapped_at  timestamptz,
     PRIMARY KEY (company_id, key_id)
 );
+-- Message bodies (docs/encryption.md): with a master key, `sealed` holds a message's content
+-- ('e1:<data key id>:' || nonce || ciphertext || tag, bound to company, table and message):
+-- inbound the whole event (`event` NULL, `body` ''), outbound text, media and file name
+-- (`text` '', `media` and `media_filename` NULL). A producer's plaintext outbound row is sealed
+-- by the daemon in the transaction that claims it.

@@ -13,6 +13,14 @@ The transaction locks the companies' lease rows (``Fence``, ``FOR SHARE``) and r
 holder and epoch with each row. A stale epoch does not refuse the rows, unlike key images: a
 message is a fact the session received, an insert never overwrites what the current holder
 wrote, and refusing it would lose a message whatsmeow already acknowledged.
+
+With a master key, each event is sealed with its company's data key (``crypto.messages``) in
+the worker thread that builds the parameters; ``body`` and ``event`` then stay empty. A company
+whose data key this process cannot use keeps its messages in the inbox (and retries), never
+writes them in plaintext; one without a ``companies`` row is skipped as before.
+
+One module over 250 lines: reading, sealing and inserting a batch share one rule (a cursor
+moves only past rows that are in PostgreSQL or skipped for good), checkable only together.
 """
 
 from __future__ import annotations
@@ -21,10 +29,13 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from wapool.crypto.envelope import DataKey
+from wapool.crypto.messages import seal_event
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.messaging.cursors import Cursors, Progress
@@ -40,13 +51,15 @@ CHANNEL = "wapool_inbound"
 #: hundred companies after an outage drains in several ticks, each well within its timeout).
 BATCH = 2000
 MAX_ROWS_PER_TICK = 10_000
+#: A company whose data key this process cannot use is tried again this often.
+KEY_RETRY_SECONDS = 5.0
 
 # A company deleted from the registry (not just removed) has no row to refer to: its messages
 # stay in the local inbox (and reach the webhook) instead of failing everyone's batch.
 _INSERT = (
     "INSERT INTO inbound_messages (company_id, message_id, chat_jid, sender_jid, from_me, "
-    "is_group, kind, body, sent_at, received_at, event, holder, epoch) "
-    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s "
+    "is_group, kind, body, sent_at, received_at, event, holder, epoch, sealed) "
+    "SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s "
     "WHERE EXISTS (SELECT 1 FROM companies WHERE id = %s) "
     "ON CONFLICT (company_id, message_id) DO NOTHING"
 )
@@ -68,6 +81,8 @@ class _Batch:
     rows: list[Envelope]
     upto: int
     params: list[tuple[object, ...]]
+    #: Companies of rows left out for want of a data key (sealing on, none in ``keys``).
+    keyless: set[str]
 
 
 class InboundMirror:
@@ -80,6 +95,12 @@ class InboundMirror:
         self._dirty: set[str] = set()
         self.applied = 0
         self.failures = 0
+        #: Companies of rows seen without a data key: prepared at the next tick.
+        self._want_keys: set[str] = set()
+        #: Companies whose data key is unusable here, and why (logged once per reason); their
+        #: inboxes are read again every ``KEY_RETRY_SECONDS``.
+        self._unusable: dict[str, str] = {}
+        self._parked: dict[str, float] = {}
 
     def add(self, company: str, inbox: Path) -> None:
         self._sources.setdefault(company, _Source(company, inbox))
@@ -100,10 +121,15 @@ class InboundMirror:
         return sum(max(0, s.high - (s.cursor or 0)) for s in self._sources.values())
 
     async def tick(self) -> int:
-        batches = await asyncio.to_thread(self._collect)
+        keys = await self._keys()
+        batches = await asyncio.to_thread(self._collect, keys)
         if not batches:
             return 0
         try:
+            if keys is not None and any(b.keyless for b in batches):
+                batches = await self._without_keyless(batches)
+                if not batches:
+                    return 0
             rows = sum(len(b.rows) for b in batches)
             timeout = self._db.query_timeout + rows / 5_000
             await self._db.run(lambda conn: self._apply(conn, batches), timeout=timeout)
@@ -120,7 +146,45 @@ class InboundMirror:
         self.applied += count
         return count
 
-    def _collect(self) -> list[_Batch]:
+    async def _keys(self) -> dict[str, DataKey] | None:
+        """The data keys of the companies this tick may read (None: no master key, plaintext)."""
+        if not self._db.cipher.enabled:
+            return None
+        now = time.monotonic()
+        for company, at in list(self._parked.items()):
+            if at <= now:  # try its key again
+                del self._parked[company]
+                self._dirty.add(company)
+        wanted = sorted({c for c in self._dirty if c in self._sources} | self._want_keys)
+        keys, unusable = await self._db.cipher.prepare(self._db, wanted)
+        for company, why in unusable.items():
+            if self._unusable.get(company) != why:  # once per company and reason
+                self._unusable[company] = why
+                log.error("inbound_key_unusable", extra={"company": company, "error": why})
+            if company in self._dirty:  # its inbox waits; not read again at every tick
+                self._dirty.discard(company)
+                self._parked[company] = now + KEY_RETRY_SECONDS
+        for company in keys.keys() & self._unusable.keys():
+            del self._unusable[company]
+        self._want_keys -= keys.keys()
+        return {c: keys[c] for c in wanted if c in keys}
+
+    async def _without_keyless(self, batches: list[_Batch]) -> list[_Batch]:
+        """Batches with rows of companies that have a ``companies`` row but no data key here
+        wait (read again at the next tick); rows of companies without one are skipped."""
+        keyless: set[str] = set().union(*(b.keyless for b in batches))
+        rows = await self._db.fetch(
+            "SELECT id FROM companies WHERE id = ANY(%s)", (sorted(keyless),)
+        )
+        existing = {str(r[0]) for r in rows}
+        if not existing:
+            return batches
+        self._want_keys |= existing
+        waiting = [b for b in batches if b.keyless & existing]
+        self._dirty.update(b.source.company for b in waiting)
+        return [b for b in batches if not b.keyless & existing]
+
+    def _collect(self, keys: dict[str, DataKey] | None) -> list[_Batch]:
         batches = []
         dirty, self._dirty = self._dirty, set()
         total = 0
@@ -129,7 +193,7 @@ class InboundMirror:
                 self._dirty.add(source.company)  # next tick
                 continue
             try:
-                batch = self._read(source)
+                batch = self._read(source, keys)
             except (sqlite3.Error, OSError) as exc:
                 log.error(
                     "inbound_read_failed",
@@ -146,7 +210,7 @@ class InboundMirror:
                 total += len(batch.rows)
         return batches
 
-    def _read(self, source: _Source) -> _Batch | None:
+    def _read(self, source: _Source, keys: dict[str, DataKey] | None) -> _Batch | None:
         if source.reader is None:
             source.reader = InboxReader(source.path)
             source.identity = source.reader.identity()
@@ -164,8 +228,18 @@ class InboundMirror:
             self._dirty.add(source.company)  # more to read: the next tick, notice or not
         holder = self.fence.holder if self.fence is not None else ""
         epoch = self.fence.epochs.get(source.company, 0) if self.fence is not None else 0
-        # The parameters are built here, in the worker thread, not on the event loop.
-        return _Batch(source, rows, upto, [_row(e, holder, epoch) for e in rows])
+        # The parameters are built (and sealed) here, in the worker thread, not on the loop.
+        params: list[tuple[object, ...]] = []
+        keyless: set[str] = set()
+        for envelope in rows:
+            company = envelope.data["company"]
+            if keys is None:
+                params.append(_row(envelope, holder, epoch, None))
+            elif (dk := keys.get(company)) is not None:
+                params.append(_row(envelope, holder, epoch, dk))
+            else:
+                keyless.add(company)
+        return _Batch(source, rows, upto, params, keyless)
 
     async def _apply(self, conn: Conn, batches: list[_Batch]) -> None:
         companies = sorted({b.source.company for b in batches})
@@ -184,12 +258,18 @@ class InboundMirror:
             await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, company))
 
 
-def _row(envelope: Envelope, holder: str, epoch: int) -> tuple[object, ...]:
-    """The insert's parameters, from the inbox's JSON as written (no dataclasses rebuilt)."""
+def _row(envelope: Envelope, holder: str, epoch: int, dk: DataKey | None) -> tuple[object, ...]:
+    """The insert's parameters, from the inbox's JSON as written (no dataclasses rebuilt);
+    with a data key, the event sealed and ``body`` and ``event`` left empty."""
     m = envelope.data
+    text, sealed = m["text"], None
+    event_param: str | None = envelope.body
+    if dk is not None:
+        text, event_param = "", None
+        sealed = seal_event(dk, m["company"], m["message_id"], envelope.body)
     return (
         m["company"], m["message_id"], m["chat"], m["sender"], m["from_me"], m["is_group"],
-        m["kind"], m["text"], datetime.fromtimestamp(m["timestamp"], UTC),
-        datetime.fromtimestamp(envelope.received_at, UTC), envelope.body, holder, epoch,
+        m["kind"], text, datetime.fromtimestamp(m["timestamp"], UTC),
+        datetime.fromtimestamp(envelope.received_at, UTC), event_param, holder, epoch, sealed,
         m["company"],
     )  # fmt: skip

@@ -13,6 +13,11 @@
   accept messages for the company.
 * **Release** — at a clean stop, queued rows go back to unclaimed, for the next holder.
 
+With a master key, content is sealed on the way in (``outbound_content``): the mirror writes
+sealed rows, a claim seals the producer's plaintext row in the same transaction, and whatever is
+copied to the outbox is opened first. A row whose content does not open is not sent: a queued
+one becomes ``failed`` with the reason.
+
 One module because these four share one rule — who may write a row (``claimed_by``) — and it is
 only checkable when they are read together.
 """
@@ -28,9 +33,12 @@ from typing import Any
 import psycopg
 
 from wapool.backoff import Backoff
+from wapool.crypto.envelope import DataKey, RowUnreadable
+from wapool.crypto.messages import Content
 from wapool.db.pool import Conn, Database
 from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
+from wapool.messaging import outbound_content
 from wapool.messaging.outbound import Media, Outbound, Record, Status, recipient_jid
 from wapool.messaging.outbox import Outbox
 
@@ -44,14 +52,15 @@ BATCH = 500
 _COLUMNS = (
     "id::text, company_id, idempotency_key, to_jid, text, reply_to, "
     "CASE WHEN status = 'queued' THEN media END, media_mimetype, media_filename, "
-    "extract(epoch FROM expires_at)::float8, status, reason, whatsapp_id, origin, claimed_by"
+    "extract(epoch FROM expires_at)::float8, status, reason, whatsapp_id, origin, claimed_by, "
+    "sealed"
 )
 _UPSERT = """
 INSERT INTO outbound_messages AS o (id, company_id, idempotency_key, to_jid, text, reply_to,
     media, media_mimetype, media_filename, expires_at, status, reason, whatsapp_id, origin,
-    attempts, claimed_by, claimed_epoch, created_at, updated_at)
+    attempts, claimed_by, claimed_epoch, created_at, updated_at, sealed)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s), %s, %s, %s, %s, %s, %s, %s,
-    to_timestamp(%s), to_timestamp(%s))
+    to_timestamp(%s), to_timestamp(%s), %s)
 ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, reason = EXCLUDED.reason,
     whatsapp_id = EXCLUDED.whatsapp_id, attempts = EXCLUDED.attempts,
     updated_at = EXCLUDED.updated_at
@@ -68,6 +77,7 @@ class OutboundSync:
         self._leases = leases
         self._me = leases.holder
         self._wake_sender = wake_sender
+        self._keys = outbound_content.ContentKeys(db)
         self._wake = asyncio.Event()
         self._claim_due = True
         #: Companies adopted: the API accepts their messages.
@@ -135,13 +145,22 @@ class OutboundSync:
         if not rows:
             return 0
         held = dict(self._leases.held)
-        params = [
-            (r.id, r.company, r.idempotency_key, r.to, r.text, r.reply_to, media,
-             r.media_mimetype, r.media_filename, r.expires_at, r.status.value, r.reason,
-             r.whatsapp_id, r.origin, r.attempts, self._me, held.get(r.company), r.created_at,
-             r.updated_at)
-            for r, _version, media in rows
-        ]  # fmt: skip
+        keys = await self._keys.prepare(r.company for r, _, _ in rows)
+        params = []
+        versions: dict[str, int] = {}
+        for r, version, media in rows:
+            content = Content(r.text, media, r.media_filename)
+            written = outbound_content.columns(keys, r.company, r.id, content)
+            if written is None:
+                continue  # no usable data key here: it waits, never written in plaintext
+            text, media, filename, sealed = written
+            params.append(
+                (r.id, r.company, r.idempotency_key, r.to, text, r.reply_to, media,
+                 r.media_mimetype, filename, r.expires_at, r.status.value, r.reason,
+                 r.whatsapp_id, r.origin, r.attempts, self._me, held.get(r.company),
+                 r.created_at, r.updated_at, sealed)
+            )  # fmt: skip
+            versions[r.id] = version
 
         async def work(conn: Conn) -> None:
             try:
@@ -157,16 +176,18 @@ class OutboundSync:
                 except psycopg.errors.UniqueViolation:
                     log.error("outbound_key_conflict", extra={"company": row[1], "id": row[0]})
 
-        await self._db.run(work)
-        await self._outbox.mirrored({r.id: version for r, version, _ in rows})
-        self.mirrored_rows += len(rows)
-        return len(rows)
+        if params:
+            await self._db.run(work)
+            await self._outbox.mirrored(versions)
+        self.mirrored_rows += len(params)
+        return len(params)
 
     async def claim(self) -> None:
         """Claim producers' rows for the companies this daemon drives (lease checked)."""
         companies = sorted(self.ready & set(self._leases.held))
         if not companies:
             return
+        keys = await self._keys.prepare(companies)
 
         async def work(conn: Conn) -> list[tuple[Any, ...]]:
             cur = await conn.execute(
@@ -184,7 +205,7 @@ class OutboundSync:
                 f"SELECT {_COLUMNS} FROM outbound_messages WHERE id = ANY(%s) ORDER BY created_at",
                 (ids,),
             )
-            return await cur.fetchall()
+            return await self._readable(conn, await cur.fetchall(), keys)
 
         rows = await self._db.run(work)
         for row in rows:
@@ -197,6 +218,7 @@ class OutboundSync:
     async def adopt(self, company: str) -> None:
         """Take over ``company``'s outbound rows before accepting its messages."""
         me = self._me
+        keys = await self._keys.prepare([company])
 
         async def work(conn: Conn) -> list[tuple[Any, ...]]:
             await conn.execute(
@@ -212,7 +234,7 @@ class OutboundSync:
                 f"AND created_at > now() - make_interval(days => %s))) ORDER BY created_at",
                 (company, me, KEY_DAYS),
             )
-            return await cur.fetchall()
+            return await self._readable(conn, await cur.fetchall(), keys)
 
         rows = await self._db.run(work)
         for row in rows:
@@ -254,6 +276,41 @@ class OutboundSync:
         i, c, status, to, key, wa, reason, created, updated = rows[0]
         return Record(i, c, 0, to, "", Status(status), created, updated, key,
                       whatsapp_id=wa, reason=reason)  # fmt: skip
+
+    async def _readable(
+        self, conn: Conn, rows: list[tuple[Any, ...]], keys: dict[str, DataKey] | None
+    ) -> list[tuple[Any, ...]]:
+        """The rows with their content opened (``_COLUMNS`` without ``sealed``); this daemon's
+        queued rows still in plaintext are sealed here, in the caller's transaction. A queued
+        row whose content does not open becomes ``failed``, saying why."""
+        out: list[tuple[Any, ...]] = []
+        plain: list[tuple[str, str, Content]] = []
+        for row in rows:
+            mid, company, status, claimer = row[0], row[1], row[10], row[14]
+            try:
+                content = await outbound_content.read(conn, self._db, company, mid,
+                                                      (row[4], row[6], row[8], row[15]))  # fmt: skip
+            except RowUnreadable as exc:
+                log.error("outbound_unreadable", extra={"company": company, "id": mid,
+                                                        "error": str(exc)})  # fmt: skip
+                content = Content("")
+                if status == Status.QUEUED:
+                    status = Status.FAILED.value
+                    reason = f"its content does not decrypt: {exc}"
+                    await conn.execute(
+                        "UPDATE outbound_messages SET status = 'failed', reason = %s, "
+                        "updated_at = now() WHERE id::text = %s",
+                        (reason, mid),
+                    )
+                    row = (*row[:10], status, reason, *row[12:])
+            else:
+                if row[15] is None and claimer == self._me and status == Status.QUEUED:
+                    plain.append((company, mid, content))
+            media = content.media if status == Status.QUEUED else None
+            out.append((*row[:4], content.text, row[5], media, row[7], content.filename,
+                        *row[9:15]))  # fmt: skip
+        await outbound_content.seal_in_place(conn, keys, plain)
+        return out
 
     async def _copy(self, row: tuple[Any, ...]) -> None:
         (mid, company, key, to, text, reply_to, media, mimetype, filename, expires, status,
