@@ -20,7 +20,9 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -70,7 +72,17 @@ def _write_load(
     counter.value = done  # type: ignore[attr-defined]
 
 
-async def _lag(db: Database, paths: dict[str, Path], rate: float, seconds: float) -> None:
+#: Work run while the load is on: (db) -> one line saying what it did.
+Meanwhile = Callable[[Database], Awaitable[str]]
+
+
+async def _lag(
+    db: Database,
+    paths: dict[str, Path],
+    rate: float,
+    seconds: float,
+    meanwhile: Meanwhile | None = None,
+) -> None:
     mirror = Mirror(db)
     for company, path in paths.items():
         mirror.add(company, path)
@@ -84,7 +96,10 @@ async def _lag(db: Database, paths: dict[str, Path], rate: float, seconds: float
     started = time.monotonic()
     task = asyncio.create_task(mirror.run(stop))
     writer.start()
+    window = asyncio.create_task(_window(db, mirror, seconds, meanwhile)) if meanwhile else None
     await asyncio.to_thread(writer.join)
+    if window is not None:
+        print(await window)
     assert await mirror.drain(60)
     stop.set()
     await task
@@ -104,6 +119,24 @@ async def _lag(db: Database, paths: dict[str, Path], rate: float, seconds: float
         f"({len(lags)} samples)"
     )
     mirror.close()
+
+
+async def _window(db: Database, mirror: Mirror, seconds: float, meanwhile: Meanwhile) -> str:
+    """Run ``meanwhile`` from a quarter into the load; its line, with the mirror's lag while it
+    ran (the samples recorded between its start and its end)."""
+    await asyncio.sleep(seconds / 4)
+    first = len(mirror.stats.lags)
+    started = time.monotonic()
+    did = await meanwhile(db)
+    took = time.monotonic() - started
+    lags = sorted(list(mirror.stats.lags)[first:])
+    if len(mirror.stats.lags) == mirror.stats.lags.maxlen or len(lags) < 2:
+        return f"  meanwhile ({took:.2f} s): {did}; too few lag samples in the window"
+    q = statistics.quantiles(lags, n=100)
+    return (
+        f"  meanwhile ({took:.2f} s): {did}; lag during it p50 {q[49] * 1000:.1f} ms, "
+        f"p99 {q[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} samples)"
+    )
 
 
 async def _backlog(db: Database, path: Path, company: str, rows: int) -> None:
@@ -180,12 +213,12 @@ async def main(
             paths = {c: _store(template, state, c, n) for n, c in enumerate(ids)}
             backlog = paths.pop(f"backlog-{mode}")
             print(f"--- encryption {mode} (load average {os.getloadavg()[0]:.2f})")
-            # With encryption on, the plaintext copies of the "off" round are re-encrypted
-            # online meanwhile (wapool keys reencrypt), as in a migration under load.
-            migrating = asyncio.create_task(_reencrypt(db, plaintext)) if mode == "on" else None
-            await _lag(db, paths, rate, seconds)
-            if migrating is not None:
-                print(f"  meanwhile re-encrypted {await migrating} plaintext rows online")
+            # With encryption on, a quarter into the load the master key is rotated (every
+            # data key re-wrapped, the keyring swapped as a running daemon's key watch does),
+            # then the plaintext copies of the "off" round are re-encrypted online (wapool keys
+            # rotate; wapool keys reencrypt), as a migration and a rotation under load.
+            meanwhile = _rotate_and_reencrypt(plaintext) if mode == "on" else None
+            await _lag(db, paths, rate, seconds, meanwhile)
             plaintext = list(paths)
             await _backlog(db, backlog, f"backlog-{mode}", backlog_rows)
             await _restore_10k(db, template, state, f"r10k-{mode}")
@@ -198,11 +231,50 @@ async def main(
         shutil.rmtree(root, ignore_errors=True)
 
 
-async def _reencrypt(db: Database, companies: list[str]) -> int:
-    done = 0
-    for company in companies:
-        done += (await rotation.reencrypt(db, company, batch=1000, pause=0.05)).rewritten
-    return done
+def _rotate_and_reencrypt(plaintext: list[str]) -> Meanwhile:
+    """``wapool keys rotate`` then ``wapool keys reencrypt``, in a process of their own as the
+    commands run; then the running daemon's key watch swaps its keyring."""
+
+    async def run(db: Database) -> str:
+        old = db.cipher.keyring
+        assert old is not None
+        ring = keyring.Keyring((keyring.new_key(), *old.keys), "bench")
+        spawn = multiprocessing.get_context("spawn")  # no inherited PostgreSQL connections
+        results = spawn.Queue()
+        job = spawn.Process(
+            target=_keys_job,
+            args=(db.pool.conninfo, [k.secret for k in ring.keys], plaintext, results),
+        )
+        job.start()
+        await asyncio.to_thread(job.join)
+        db.cipher.keyring = ring
+        return str(results.get(timeout=10))
+
+    return run
+
+
+def _keys_job(conninfo: str, secrets: list[bytes], companies: list[str], results: Any) -> None:
+    async def work() -> str:
+        settings = load_settings(None, database_url=conninfo, state_dir=Path("/nonexistent"))
+        db = Database.from_settings(settings, load_keys=False)
+        keys = tuple(keyring.MasterKey(keyring.key_id(s), s) for s in secrets)
+        db.cipher = RowCipher(keyring.Keyring(keys, "bench"))
+        await db.open(wait=True)
+        try:
+            started = time.monotonic()
+            rewrapped = await rotation.rewrap(db, db.cipher.keyring)  # type: ignore[arg-type]
+            rotated = time.monotonic() - started
+            done = 0
+            for company in companies:
+                done += (await rotation.reencrypt(db, company, batch=1000, pause=0.05)).rewritten
+        finally:
+            await db.close()
+        return (
+            f"master key rotated ({rewrapped} data keys re-wrapped in {rotated * 1000:.0f} ms), "
+            f"then {done} plaintext rows re-encrypted online, both in a process of their own"
+        )
+
+    results.put(asyncio.run(work()))
 
 
 def _seal_cost(rows: int = 100_000) -> None:
