@@ -98,8 +98,10 @@ async def _lag(
     writer.start()
     window = asyncio.create_task(_window(db, mirror, seconds, meanwhile)) if meanwhile else None
     await asyncio.to_thread(writer.join)
+    span: tuple[int, int] | None = None
     if window is not None:
-        print(await window)
+        line, span = await window
+        print(line)
     assert await mirror.drain(60)
     stop.set()
     await task
@@ -118,24 +120,37 @@ async def _lag(
         f"  lag p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms "
         f"({len(lags)} samples)"
     )
+    if span is not None and len(mirror.stats.lags) < (mirror.stats.lags.maxlen or 0):
+        samples = list(mirror.stats.lags)
+        print(f"  {_quantiles(samples[: span[0]] + samples[span[1] :])} outside that window")
     mirror.close()
 
 
-async def _window(db: Database, mirror: Mirror, seconds: float, meanwhile: Meanwhile) -> str:
+def _quantiles(samples: list[float]) -> str:
+    if len(samples) < 2:
+        return "too few lag samples"
+    lags = sorted(samples)
+    q = statistics.quantiles(lags, n=100)
+    return (
+        f"lag p50 {q[49] * 1000:.1f} ms, p99 {q[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms "
+        f"({len(lags)} samples)"
+    )
+
+
+async def _window(
+    db: Database, mirror: Mirror, seconds: float, meanwhile: Meanwhile
+) -> tuple[str, tuple[int, int]]:
     """Run ``meanwhile`` from a quarter into the load; its line, with the mirror's lag while it
-    ran (the samples recorded between its start and its end)."""
+    ran (the samples recorded between its start and its end), and where those samples are."""
     await asyncio.sleep(seconds / 4)
     first = len(mirror.stats.lags)
     started = time.monotonic()
     did = await meanwhile(db)
     took = time.monotonic() - started
-    lags = sorted(list(mirror.stats.lags)[first:])
-    if len(mirror.stats.lags) == mirror.stats.lags.maxlen or len(lags) < 2:
-        return f"  meanwhile ({took:.2f} s): {did}; too few lag samples in the window"
-    q = statistics.quantiles(lags, n=100)
+    last = len(mirror.stats.lags)
     return (
-        f"  meanwhile ({took:.2f} s): {did}; lag during it p50 {q[49] * 1000:.1f} ms, "
-        f"p99 {q[98] * 1000:.1f} ms, max {lags[-1] * 1000:.1f} ms ({len(lags)} samples)"
+        f"  meanwhile ({took:.2f} s): {did}\n  {_quantiles(list(mirror.stats.lags)[first:last])} during it",
+        (first, last),
     )
 
 

@@ -169,13 +169,18 @@ async def _batch(
     last = (str(rows[-1][0]), str(rows[-1][1]), str(rows[-1][2]))
     if not news:
         return 0, 0, last
-    match = "AND r.tombstoned_at::text = v.stamp " if table == "store_tombstones" else ""
+    bounds: tuple[str, ...] = ()
+    if table == "store_tombstones":
+        match = "AND r.tombstoned_at::text = v.stamp"
+    else:  # the batch's key range: an index range scan, not all the company's rows
+        match = "AND (r.tbl, r.pk) BETWEEN (%s, %s) AND (%s, %s)"
+        bounds = (rows[0][1], rows[0][2], rows[-1][1], rows[-1][2])
     cur = await conn.execute(
         f"UPDATE {table} r SET image = v.new FROM unnest("
         "%s::text[], %s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[]) "
         "AS v(stamp, tbl, pk, seq, old, new) WHERE r.company_id = %s AND r.tbl = v.tbl "
         f"AND r.pk = v.pk AND r.seq = v.seq AND r.image = v.old {match}",
-        (stamps, tbls, pks, seqs, olds, news, company_id),
+        (stamps, tbls, pks, seqs, olds, news, company_id, *bounds),
     )
     rewritten = max(cur.rowcount, 0)
     return rewritten, len(news) - rewritten, last
