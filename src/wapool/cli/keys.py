@@ -122,8 +122,10 @@ async def _rotate(settings: Settings, args: argparse.Namespace) -> int:
     async with open_database(settings) as db:
         done = await rotation.rewrap(db, ring)
     print(f"{done} data keys re-wrapped with master key {ring.current.key_id}")
-    print("restart the daemon so it wraps new data keys with it; retire old keys once "
-          "`wapool keys status` shows them unused")  # fmt: skip
+    print("running daemons reading this key file pick it up within "
+          "WAPOOL_MASTER_KEY_CHECK_SECONDS (other hosts: copy the file there; a systemd "
+          "credential: seal it again and restart); retire old keys once `wapool keys status` "
+          "shows them unused")  # fmt: skip
     if not args.rewrap_only and args.file is not None:
         print(seal_hint(args.file))
     return 0
