@@ -64,7 +64,7 @@ def judge(keyring: Keyring | None, found: Usage, settings: Settings) -> str:
             raise ConfigError(
                 [f"{NOT_CONFIGURED}: no master key configured (WAPOOL_ENCRYPTION_REQUIRED=true)"]
             )
-        return "off: no master key configured, rows are written in plaintext"
+        return "off: no master key configured, rows and messages are written in plaintext"
     missing = {m: n for m, n in found.wrapped_by.items() if keyring.get(m) is None}
     if missing:
         lines = [
