@@ -1,7 +1,8 @@
 """The inbound drill with real daemons: simulated inbound traffic, a real PostgreSQL outage
 (``pg_ctl stop -m immediate``), a SIGKILL of the daemon during it and a restart. Every message
 the sessions durably received (the inboxes) reaches the webhook at least once, in chat order,
-and ``inbound_messages`` exactly once.
+and ``inbound_messages`` exactly once, sealed (the daemons run with a master key: a daemon
+restarted during the outage has no data key cached, so its messages wait in the inbox).
 
 Reduced by default (3 companies x 10 msg/s, a few seconds of outage); ``WAPOOL_SLOW=1``: the
 issue's size (20 companies, 100 msg/s in all, 3 minutes of outage)."""
@@ -21,6 +22,7 @@ import pytest
 from tests.conftest import run_cli
 from tests.daemon import Daemons
 from tests.webhook_receiver import Receiver, receiving
+from wapool.crypto import keyring
 from wapool.devdb import Cluster
 
 SLOW = os.environ.get("WAPOOL_SLOW") == "1"
@@ -67,8 +69,10 @@ async def test_inbound_survives_an_outage_and_a_kill(
         for company in COMPANIES:
             conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
     state = tmp_path / "state"
+    keyring.write(tmp_path / "master.key", [keyring.new_key()])
     async with receiving(SECRET.encode()) as receiver:
         env = {
+            "WAPOOL_MASTER_KEY_FILE": str(tmp_path / "master.key"),
             "WAPOOL_DATABASE_URL": database_url,
             "WAPOOL_STATE_DIR": str(state),
             "WAPOOL_WHATSAPP_BACKEND": "simulated",
@@ -128,6 +132,12 @@ async def test_inbound_survives_an_outage_and_a_kill(
         assert daemon.stop(timeout=60) == 0
     rows = in_postgres(database_url)
     assert len(rows) == len(set(rows)) == len(expected)  # once each, nothing else
+    with psycopg.connect(database_url) as conn:
+        clear = conn.execute(
+            "SELECT count(*) FROM inbound_messages WHERE sealed IS NULL OR event IS NOT NULL "
+            "OR body <> ''"
+        ).fetchone()
+    assert clear == (0,)
     _assert_chat_order(receiver, received)
     assert receiver.bad_signatures == 0
 

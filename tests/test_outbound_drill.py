@@ -2,7 +2,8 @@
 PostgreSQL outage (``pg_ctl stop -m immediate``), a SIGKILL of the daemon during it, a restart.
 Every accepted message is sent exactly once or is visibly ``uncertain``; no idempotency key is
 sent twice (a producer retries every request whose answer it did not get, with the same key);
-messages accepted during the outage are sent during the outage.
+messages accepted during the outage are sent during the outage. The daemons run with a master
+key: every row in ``outbound_messages`` is sealed.
 
 Reduced by default (4 companies, 8 msg/s in all, 6 s of outage); ``WAPOOL_SLOW=1``: the issue's
 size (20 companies, 20 msg/s, 3 minutes of outage)."""
@@ -24,6 +25,7 @@ import pytest
 from tests.api_client import TOKEN, call
 from tests.daemon import Daemon, Daemons
 from tests.simserver import running_sim_server
+from wapool.crypto import keyring
 from wapool.devdb import Cluster
 from wapool.whatsapp.sim_messages import ECHO_JID
 
@@ -103,8 +105,10 @@ def test_outbound_survives_an_outage_and_a_kill(
         for company in COMPANIES:
             conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
     state = tmp_path / "state"
+    keyring.write(tmp_path / "master.key", [keyring.new_key()])
     with running_sim_server(tmp_path) as server:
         env = {
+            "WAPOOL_MASTER_KEY_FILE": str(tmp_path / "master.key"),
             "WAPOOL_DATABASE_URL": database_url,
             "WAPOOL_STATE_DIR": str(state),
             "WAPOOL_WHATSAPP_BACKEND": "simulated",
@@ -166,3 +170,8 @@ def test_outbound_survives_an_outage_and_a_kill(
         )
         assert sent_during, "nothing was sent during the outage"
         assert len(uncertain) <= len(COMPANIES)  # at most the one in flight per company
+        with psycopg.connect(database_url) as conn:
+            clear = conn.execute(
+                "SELECT count(*) FROM outbound_messages WHERE sealed IS NULL OR text <> ''"
+            ).fetchone()
+        assert clear == (0,)
