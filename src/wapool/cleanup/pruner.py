@@ -10,13 +10,14 @@ entry trimmed had been committed in PostgreSQL first, so the answer is complete.
 
 A batch is deleted with one statement and logged as one purge entry (``store.purge``), not as
 one change-log entry per row, so the mirror repeats it in PostgreSQL with one range delete.
-Each batch holds SQLite's write lock for about ``target_lock_seconds`` (15 ms): the batch size
+Each batch holds SQLite's write lock for about ``target_lock_seconds`` (25 ms): the batch size
 follows the measured time per row (shrinking at once, growing at most twofold per batch).
 Between two batches the lock stays free for at least ``min_gap_seconds`` (12 ms). Both come
-from SQLite's busy handler, which whatsmeow and the mirror wait in: it polls 1, 3, 8 and 18 ms
-after a writer found the lock taken, then every 15 to 25 ms. A lock shorter than 18 ms, followed
-by a gap longer than the 10 ms between the last two of those polls, lets every waiting writer
-in within 18 ms; a 50 ms lock made a quarter of them wait 53 ms or more.
+from SQLite's busy handler, which whatsmeow and the mirror wait in: it polls 1, 3, 8, 18, 33 and
+53 ms after a writer found the lock taken. A gap longer than the 10 to 15 ms between two of those
+polls lets every writer that waited during a batch in before the next one; a 25 ms lock makes a
+writer that arrives as it begins wait 33 ms, a 50 ms lock 53 ms (a 15 ms one, 18 ms, but then
+the lock is held less than half of the time: see docs/cleanup.md for the figures).
 
 Before taking the lock, a batch reads the change log once more (no lock): whatever the mirror
 applies and trims later is all the lock-time check may still miss, so the recheck in PostgreSQL
@@ -24,6 +25,9 @@ is rarely needed under the lock. Right after the commit, the batch's pages are c
 second connection from a thread of the pruner's own, so the checkpoint lock is already held when
 a waiting writer commits (its automatic checkpoint then gives up at once instead of copying the
 batch and syncing the file while whatsmeow waits for its write to return).
+
+One module because those steps (log scan, lock, purge, checkpoint, sizing) share one store's
+connections and what was seen of its log, and are read together.
 """
 
 from __future__ import annotations
