@@ -17,6 +17,7 @@ and tombstones) and its stop checks are read together; the per-batch work is in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -178,15 +179,44 @@ class CleanupRun:
         self._finished(company, table)
 
     async def _prune_local(self, company: str, path: Path, table: str, cutoff: datetime) -> None:
-        """Delete batch after batch, each page of keys read from PostgreSQL while the batch
-        before it is deleted (the pruner reads the change log again just before each lock, so
-        a page read early is rarely made stale by what the mirror applies meanwhile)."""
+        """Read a batch of expired keys, delete it at once, repeat: the shorter the time from
+        the read to the delete, the less often the mirror applies a rewrite in between."""
         pruner = Pruner(path, batch_rows=self._batch_rows)
         try:
             await asyncio.to_thread(pruner.open)
             if not pruner.has_table(table):
                 return
-            await self._batches_local(pruner, company, table, cutoff)
+            after, reading_took = "", 0.0
+            checkpoint: asyncio.Future[None] | None = None
+            try:
+                while True:
+                    self._check_stop()
+                    # Read the keys at the end of the gap between two batches: a read made
+                    # just before the delete is rarely made stale by the mirror.
+                    await asyncio.sleep(pruner.gap_left(after=reading_took))
+                    began = time.monotonic()
+                    page = await postgres.expired_page(
+                        self._db, company, table, cutoff, after, pruner.batch_rows
+                    )
+                    reading_took = time.monotonic() - began
+                    if not page.keys:
+                        return
+                    try:
+                        batch = await self._delete(pruner, company, table, page, after, cutoff)
+                    except StalePage:  # PostgreSQL was slow to answer the recheck: again
+                        self.result.slow_rechecks += 1
+                        continue
+                    self.result.add(company, table, batch.rows, batch.bytes)
+                    after = page.keys[-1][0]
+                    self._report(company, table)
+                    # The checkpoint takes no lock: it overlaps the gap and the next batch.
+                    if checkpoint is not None:
+                        await checkpoint
+                    checkpoint = asyncio.ensure_future(asyncio.to_thread(pruner.checkpoint))
+            finally:
+                if checkpoint is not None:
+                    with contextlib.suppress(Exception):  # the next run checkpoints anyway
+                        await checkpoint
         finally:
             self.result.longest_lock_seconds = max(
                 self.result.longest_lock_seconds, pruner.longest_lock
@@ -197,36 +227,6 @@ class CleanupRun:
                 self.result.longest_recheck_seconds, pruner.longest_recheck
             )
             await asyncio.to_thread(pruner.close)
-
-    async def _batches_local(
-        self, pruner: Pruner, company: str, table: str, cutoff: datetime
-    ) -> None:
-        def read(after: str) -> asyncio.Future[postgres.Page]:
-            page = postgres.expired_page(self._db, company, table, cutoff, after, pruner.batch_rows)
-            return asyncio.ensure_future(page)
-
-        after = ""
-        upcoming = read(after)
-        try:
-            while True:
-                self._check_stop()
-                page = await upcoming
-                if not page.keys:
-                    return
-                upcoming = read(page.keys[-1][0])
-                try:
-                    batch = await self._delete(pruner, company, table, page, after, cutoff)
-                except StalePage:  # PostgreSQL was slow to answer the recheck: again
-                    self.result.slow_rechecks += 1
-                    upcoming.cancel()
-                    upcoming = read(after)
-                    continue
-                self.result.add(company, table, batch.rows, batch.bytes)
-                after = page.keys[-1][0]
-                self._report(company, table)
-        finally:
-            upcoming.cancel()
-            await asyncio.gather(upcoming, return_exceptions=True)
 
     async def _delete(
         self,

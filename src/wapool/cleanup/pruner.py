@@ -10,24 +10,12 @@ entry trimmed had been committed in PostgreSQL first, so the answer is complete.
 
 A batch is deleted with one statement and logged as one purge entry (``store.purge``), not as
 one change-log entry per row, so the mirror repeats it in PostgreSQL with one range delete.
-Each batch holds SQLite's write lock for about ``target_lock_seconds`` (25 ms): the batch size
-follows the measured time per row (shrinking at once, growing at most twofold per batch).
-Between two batches the lock stays free for at least ``min_gap_seconds`` (12 ms). Both come
-from SQLite's busy handler, which whatsmeow and the mirror wait in: it polls 1, 3, 8, 18, 33 and
-53 ms after a writer found the lock taken. A gap longer than the 10 to 15 ms between two of those
-polls lets every writer that waited during a batch in before the next one; a 25 ms lock makes a
-writer that arrives as it begins wait 33 ms, a 50 ms lock 53 ms (a 15 ms one, 18 ms, but then
-the lock is held less than half of the time: see docs/cleanup.md for the figures).
-
-Before taking the lock, a batch reads the change log once more (no lock): whatever the mirror
-applies and trims later is all the lock-time check may still miss, so the recheck in PostgreSQL
-is rarely needed under the lock. Right after the commit, the batch's pages are checkpointed on a
-second connection from a thread of the pruner's own, so the checkpoint lock is already held when
-a waiting writer commits (its automatic checkpoint then gives up at once instead of copying the
-batch and syncing the file while whatsmeow waits for its write to return).
-
-One module because those steps (log scan, lock, purge, checkpoint, sizing) share one store's
-connections and what was seen of its log, and are read together.
+Each batch holds SQLite's write lock for tens of milliseconds (whatsmeow waits up to 5 s); the
+batch size adapts so that one transaction stays near ``target_lock_seconds``. Between two
+batches the lock stays free for at least ``min_gap_seconds``: SQLite's busy handler, which
+whatsmeow and the mirror wait in, polls every 25 ms or so in its first 130 ms of waiting, so a
+writer that found the lock taken gets its turn in the next gap instead of starving behind
+back-to-back batches.
 """
 
 from __future__ import annotations
@@ -35,7 +23,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,9 +35,6 @@ from wapool.store.working_store import connect, transaction
 CACHE_KIB = 64 * 1024
 #: Read the store through a memory map (SQLite caps it at 2 GiB): no system call per page read.
 MMAP_BYTES = 1 << 31
-#: The smallest batch, and the fewest rows a batch must have to measure the time per row.
-MIN_BATCH_ROWS = 100
-MIN_SAMPLE_ROWS = 50
 
 
 class OutdatedCapture(Exception):
@@ -75,8 +59,8 @@ class Pruner:
     """One company's working store, one table at a time."""
 
     path: Path
-    target_lock_seconds: float = 0.025
-    min_gap_seconds: float = 0.012
+    target_lock_seconds: float = 0.05
+    min_gap_seconds: float = 0.03
     batch_rows: int = 5_000
     max_batch_rows: int = 8_000
     longest_lock: float = 0.0
@@ -92,10 +76,6 @@ class Pruner:
     _recent: set[tuple[str, str]] = field(default_factory=set)
     _scanned_to: int = -1
     _released_at: float = float("-inf")
-    #: Smoothed lock time per row of the last batches (seconds), None before the first one.
-    _per_row: float | None = None
-    _checkpoints: ThreadPoolExecutor | None = None
-    _checkpoint: Future[None] | None = None
 
     def open(self) -> None:
         """Connect and note every key with a pending upsert (read transaction, no lock)."""
@@ -105,7 +85,6 @@ class Pruner:
         # Checkpointed explicitly after each batch, once the write lock is released.
         self._conn.execute("PRAGMA wal_autocheckpoint = 0")
         self._checkpointer = connect(self.path)
-        self._checkpoints = ThreadPoolExecutor(1, thread_name_prefix="wapool-checkpoint")
         purge.prepare(self._conn)
         if not changelog.logs_purges(self._conn):
             raise OutdatedCapture(
@@ -118,9 +97,6 @@ class Pruner:
             self._scanned_to = changelog.last_seq(self._conn)
 
     def close(self) -> None:
-        if self._checkpoints is not None:
-            self._checkpoints.shutdown(wait=True)  # the last checkpoint finishes first
-            self._checkpoints = self._checkpoint = None
         for conn in (self._conn, self._checkpointer):
             if conn is not None:
                 conn.close()
@@ -143,54 +119,38 @@ class Pruner:
         written since ``read_seq``; one write transaction, one purge entry.
 
         ``rewritten`` returns the keys of the batch PostgreSQL shows as written after
-        ``read_seq``; it is called only when the mirror trimmed entries this pruner never saw:
-        mostly just before the lock is taken, rarely with it held (so the mirror cannot trim
-        more meanwhile). Without it, that case raises ``StalePage``."""
+        ``read_seq``; it is called, with the write lock held (so the mirror cannot trim more
+        meanwhile), only when the mirror trimmed entries this pruner never saw. Without it,
+        that case raises ``StalePage``."""
         conn = self._connection()
         result = BatchResult()
-        self._wait_checkpoint()
         time.sleep(self.gap_left())
-        with transaction(conn):  # a read: no lock, whatsmeow writes on meanwhile
-            unseen = self._trimmed_unseen(conn, read_seq)
-        if unseen:
-            if rewritten is None:
-                raise StalePage
-            self._recheck(table, rewritten, result)
         try:
             with transaction(conn, immediate=True):
-                locked = time.perf_counter()
+                started = time.perf_counter()
                 if self._trimmed_unseen(conn, read_seq):
                     if rewritten is None:
                         raise StalePage
-                    self._recheck(table, rewritten, result, locked=True)
+                    self._recheck(table, rewritten, result)
                 through = keys[-1][0] if keys else after
                 entry = purge.Purge(table, after, through, cutoff, read_seq)
                 self._purge(conn, entry, keys, result)
                 self._scanned_to = changelog.last_seq(conn)  # our own purge: nothing to watch
-            self._start_checkpoint()
         finally:
             self._released_at = time.monotonic()
-        result.lock_seconds = time.perf_counter() - locked
+        result.lock_seconds = time.perf_counter() - started
         self.longest_lock = max(self.longest_lock, result.lock_seconds)
         self.locks.append(result.lock_seconds)
         # The batch size governs the delete's share of the lock, not PostgreSQL's answer time.
         self._adapt(len(keys), result.lock_seconds - result.recheck_seconds)
         return result
 
-    def _recheck(
-        self,
-        table: str,
-        rewritten: Callable[[], list[str]],
-        result: BatchResult,
-        *,
-        locked: bool = False,
-    ) -> None:
+    def _recheck(self, table: str, rewritten: Callable[[], list[str]], result: BatchResult) -> None:
         self.rechecks += 1
         asked = time.perf_counter()
         self.note_rewritten(table, rewritten())
-        if locked:
-            result.recheck_seconds = time.perf_counter() - asked
-            self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
+        result.recheck_seconds = time.perf_counter() - asked
+        self.longest_recheck = max(self.longest_recheck, result.recheck_seconds)
 
     def _purge(
         self,
@@ -210,24 +170,14 @@ class Pruner:
         result.bytes = planned * result.rows // max(len(wanted), 1)
 
     def checkpoint(self) -> None:
-        """Copy the last batch's pages from the WAL into the database, so that whatsmeow's next
-        commit does not find a big WAL to checkpoint itself. PASSIVE: nobody waits on it.
-        ``delete`` starts one itself right after each commit."""
+        """Copy the last batch's pages from the WAL into the database (start it right after
+        ``delete``), so that whatsmeow's next commit does not find a big WAL to checkpoint
+        itself. PASSIVE: nobody waits on it, and it may run while the next ``delete`` does (not
+        while another checkpoint does)."""
         conn = self._checkpointer
         if conn is None:
             raise RuntimeError("Pruner.open() first")
         conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-
-    def _start_checkpoint(self) -> None:
-        if self._checkpoints is not None:
-            self._checkpoint = self._checkpoints.submit(self.checkpoint)
-
-    def _wait_checkpoint(self) -> None:
-        """Let the previous batch's checkpoint finish first: the WAL then never holds more than
-        one batch that is not in the database yet (a failed one is retried after the next)."""
-        if self._checkpoint is not None:
-            self._checkpoint.exception()
-            self._checkpoint = None
 
     def gap_left(self, after: float = 0.0) -> float:
         """Seconds to wait (counting ``after`` more seconds of other work) before the next
@@ -256,16 +206,12 @@ class Pruner:
         self._recent.update(changelog.upserted_keys(self._connection(), after))
 
     def _adapt(self, rows: int, seconds: float) -> None:
-        """Size the next batch for ``target_lock_seconds`` from the smoothed time per row: at
-        once when batches got slower, at most twice as many rows when they got faster."""
-        if rows < min(self.batch_rows, MIN_SAMPLE_ROWS):
+        if rows < self.batch_rows:
             return
-        per_row = seconds / rows
-        smoothed = self._per_row
-        self._per_row = per_row if smoothed is None else max(per_row, (smoothed + per_row) / 2)
-        fitting = int(self.target_lock_seconds / max(self._per_row, 1e-7))
-        grown = min(fitting, self.max_batch_rows, max(rows, self.batch_rows) * 2)
-        self.batch_rows = max(grown, min(MIN_BATCH_ROWS, self.batch_rows))
+        if seconds > self.target_lock_seconds * 1.5:
+            self.batch_rows = max(100, self.batch_rows // 2)
+        elif seconds < self.target_lock_seconds / 2:
+            self.batch_rows = min(self.max_batch_rows, self.batch_rows * 2)
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
