@@ -55,6 +55,8 @@ class RunResult:
     #: (company, table) -> [rows, bytes] deleted
     deleted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     longest_lock_seconds: float = 0.0
+    #: How long each working-store batch held its write lock (seconds).
+    lock_seconds: list[float] = field(default_factory=list)
     #: Batches checked against PostgreSQL because the mirror applied writes between the read
     #: and the delete.
     rechecks: int = 0
@@ -219,6 +221,7 @@ class CleanupRun:
             self.result.longest_lock_seconds = max(
                 self.result.longest_lock_seconds, pruner.longest_lock
             )
+            self.result.lock_seconds.extend(pruner.locks)
             self.result.rechecks += pruner.rechecks
             self.result.longest_recheck_seconds = max(
                 self.result.longest_recheck_seconds, pruner.longest_recheck

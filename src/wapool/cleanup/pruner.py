@@ -64,6 +64,8 @@ class Pruner:
     batch_rows: int = 5_000
     max_batch_rows: int = 8_000
     longest_lock: float = 0.0
+    #: Every batch's lock time (seconds), for the run's figures.
+    locks: list[float] = field(default_factory=list)
     #: Batches checked against PostgreSQL because the mirror applied writes meanwhile.
     rechecks: int = 0
     longest_recheck: float = 0.0
@@ -138,6 +140,7 @@ class Pruner:
             self._released_at = time.monotonic()
         result.lock_seconds = time.perf_counter() - started
         self.longest_lock = max(self.longest_lock, result.lock_seconds)
+        self.locks.append(result.lock_seconds)
         # The batch size governs the delete's share of the lock, not PostgreSQL's answer time.
         self._adapt(len(keys), result.lock_seconds - result.recheck_seconds)
         return result
