@@ -104,7 +104,12 @@ if __name__ == "__main__":
     parser.add_argument("--companies", type=int, default=20)
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--sweep", type=float, default=60.0)
+    parser.add_argument("--keep", type=Path, help="run in this new folder and keep the logs")
     args = parser.parse_args()
+    if args.keep is not None:
+        args.keep.mkdir(mode=0o755, parents=True)
+        run(args.keep, args.companies, args.lease, args.sweep)
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory(prefix="wapool-takeover-") as tmp:
         Path(tmp).chmod(0o755)  # the postgres user must reach the cluster's folder
         run(Path(tmp), args.companies, args.lease, args.sweep)
