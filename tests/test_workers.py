@@ -90,7 +90,7 @@ def test_a_start_that_fails_is_reported_as_a_failed_connect(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     messages = [protocol.decode(line) for line in result.stdout.splitlines(keepends=True)]
     errors = [fields for kind, fields in messages if kind == "error"]
-    assert errors and errors[0]["company"] == "a"
+    assert [e["company"] for e in errors] == ["a"]
     events = [protocol.decode_event(f) for kind, f in messages if kind == "event"]
     assert [type(e) for e in events] == [ev.ConnectFailed]
 
