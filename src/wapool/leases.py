@@ -76,6 +76,9 @@ class Leases:
         self._valid_until: dict[str, float] = {}
         self._unconfirmed: set[str] = set()
         self._adopted: set[str] = set()
+        #: Seconds until the first of the wanted leases another daemon holds expires, as seen
+        #: by the last ``acquire`` (None: none held): when to look again for a dead holder's.
+        self.next_expiry: float | None = None
         #: Company -> the applied sequence its previous holder handed it over at (taken ones).
         self.handed_at: dict[str, int] = {}
         self.renewals = 0
@@ -145,11 +148,13 @@ class Leases:
         async def work(conn: Conn) -> dict[str, tuple[int, int | None]]:
             cur = await conn.execute(
                 "SELECT company_id, holder, epoch, extract(epoch FROM now() - expires_at)::float8 "
-                "FROM company_leases WHERE company_id = ANY(%s) "
-                "AND holder NOT IN ('', %s) AND expires_at < now()",
+                "FROM company_leases WHERE company_id = ANY(%s) AND holder NOT IN ('', %s)",
                 (wanted, self.holder),
             )
-            rows = await cur.fetchall()
+            held = await cur.fetchall()
+            rows = [row for row in held if row[3] > 0]
+            ahead = [-float(x) for _, _, _, x in held if x <= 0]
+            self.next_expiry = min(ahead) if ahead else None
             params["ripe"] = self._ripe(
                 {str(c): (str(h), int(e)) for c, h, e, _ in rows},
                 {str(c): float(x) for c, _, _, x in rows},
