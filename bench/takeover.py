@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+from figures import load_average
 
 from wapool.devdb import Cluster, free_port
 
@@ -91,7 +92,7 @@ def run(root: Path, companies: int, lease: float, sweep: float) -> None:
         print(f"{companies} companies, lease {lease:g} s, reconcile every {sweep:g} s, "
               f"{companies - before} on the killed daemon; after the SIGKILL: first of them "
               f"taken {first:.1f} s, all {leases:.1f} s, "
-              f"all connected again {connected:.1f} s")  # fmt: skip
+              f"all connected again {connected:.1f} s; {load_average()}")  # fmt: skip
     finally:
         for daemon in daemons:
             daemon.kill()
@@ -104,7 +105,13 @@ if __name__ == "__main__":
     parser.add_argument("--companies", type=int, default=20)
     parser.add_argument("--lease", type=float, default=30.0)
     parser.add_argument("--sweep", type=float, default=60.0)
+    parser.add_argument("--keep", type=Path, help="run in this new folder and keep the logs")
     args = parser.parse_args()
+    print(f"before: {load_average()}")
+    if args.keep is not None:
+        args.keep.mkdir(mode=0o755, parents=True)
+        run(args.keep, args.companies, args.lease, args.sweep)
+        raise SystemExit(0)
     with tempfile.TemporaryDirectory(prefix="wapool-takeover-") as tmp:
         Path(tmp).chmod(0o755)  # the postgres user must reach the cluster's folder
         run(Path(tmp), args.companies, args.lease, args.sweep)

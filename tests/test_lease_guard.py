@@ -12,6 +12,7 @@ import pytest
 from tests.test_mirror import add_companies
 from wapool.bringup import BringUp
 from wapool.clock import ManualClock
+from wapool.db.health import DatabaseHealth
 from wapool.db.pool import Database
 from wapool.leases import Leases
 from wapool.supervisor.reconciler import Supervisor
@@ -229,4 +230,22 @@ async def test_an_expired_lease_is_taken_over_only_once_seen_expired_for_the_gra
         conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
     assert await taker.acquire(["a"]) == {}
     clock.advance(15)
+    assert await taker.acquire(["a"]) == {"a": 2}
+
+
+async def test_a_dead_holders_lease_is_taken_over_at_once_when_postgres_was_up_all_along(
+    db: Database, database_url: str
+) -> None:
+    """The holder had every renewal's chance with PostgreSQL up (for us): no grace to wait."""
+    add_companies(database_url, "a")
+    holder = Leases(db, "holder", seconds=30)
+    await holder.acquire(["a"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
+    clock = ManualClock()
+    db.health = DatabaseHealth(clock)  # up since this clock's start
+    taker = Leases(db, "taker", seconds=30, clock=clock, takeover_grace=15)
+    clock.advance(30 + 15)  # not yet: the holder's last renewal may predate what we saw
+    assert await taker.acquire(["a"]) == {}
+    clock.advance(2)
     assert await taker.acquire(["a"]) == {"a": 2}

@@ -78,6 +78,56 @@ def test_worker_survives_garbage_on_its_stdin(whatsmeow_template: Path, tmp_path
     assert result.stderr.count(b"event=bad_command") == 2
 
 
+def test_a_start_that_fails_is_reported_as_a_failed_connect(tmp_path: Path) -> None:
+    """The session waits on its connect (a slot of the connect gate): a start that raises must
+    settle it, naming the company, so the supervisor retries it."""
+    store = tmp_path / "no such folder" / "store.db"  # its inbox cannot be opened
+    commands = protocol.encode("start", company="a", store=str(store)) + protocol.encode("shutdown")
+    result = subprocess.run(
+        [sys.executable, "-m", "wapool.supervisor.worker_main", "simulated"],
+        input=commands, capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    messages = [protocol.decode(line) for line in result.stdout.splitlines(keepends=True)]
+    errors = [fields for kind, fields in messages if kind == "error"]
+    assert [e["company"] for e in errors] == ["a"]
+    events = [protocol.decode_event(f) for kind, f in messages if kind == "event"]
+    assert [type(e) for e in events] == [ev.ConnectFailed]
+
+
+async def test_an_error_message_from_a_worker_is_logged_not_fatal(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its ``message`` field once clashed with the log record's and ended the reader."""
+    events: list[tuple[str, ev.WhatsAppEvent]] = []
+    pool = WorkerPool("simulated", 2, lambda c, e: events.append((c, e)), lambda c, r: None)
+    error = json.dumps({"v": 1, "type": "error", "company": "a", "message": "database is locked"})
+    event = json.dumps({"v": 1, "type": "event", "company": "a", "event": "Connected",
+                        "fields": {}})  # fmt: skip
+    script = f"print({error!r}, flush=True)\nprint({event!r}, flush=True)\nimport time\n" + (
+        "time.sleep(30)"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    worker = WorkerHandle(0, process, companies={"a": Path("x")})
+    pool._workers[0] = worker
+    worker.reader = asyncio.create_task(pool._read(worker))
+    try:
+        for _ in range(200):
+            if events:
+                break
+            await asyncio.sleep(0.05)
+        assert events == [("a", ev.Connected())]
+        warned = [r for r in caplog.records if r.getMessage() == "worker_error"]
+        assert [r.__dict__["error"] for r in warned] == ["database is locked"]
+    finally:
+        process.kill()
+        await process.wait()
+        await worker.reader
+
+
 async def test_main_process_survives_garbage_from_a_worker() -> None:
     events: list[tuple[str, ev.WhatsAppEvent]] = []
     pool = WorkerPool("simulated", 2, lambda c, e: events.append((c, e)), lambda c, r: None)

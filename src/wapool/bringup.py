@@ -61,6 +61,8 @@ class BringUp:
         self.rate: float | None = None
         #: Companies wait for a lease this daemon will take as soon as it has room.
         self.backlog = False
+        #: Seconds until a lease this daemon's share wants may expire (None: nothing to expect).
+        self.look_again: float | None = None
 
     @property
     def budget(self) -> int:
@@ -84,6 +86,7 @@ class BringUp:
         cap). Sets ``backlog``: more companies this daemon will take as soon as it has room."""
         room = self.room()
         self.backlog = bool(waiting) and room == 0 and share != 0
+        self.look_again = None
         if not waiting or not room:
             return {}
         try:
@@ -95,6 +98,9 @@ class BringUp:
             return {}
         taken |= free
         self.taken(taken)
+        # Our share wants more than was free: another holder's lease may expire (a dead node's);
+        # look again right then rather than at the next sweep.
+        self.look_again = self._leases.next_expiry if limit > len(free) else None
         if taken:
             extra = {"count": len(taken), "budget": self.budget}
             log.info("leases_taken", extra=extra | {"waiting": len(waiting) - len(taken)})

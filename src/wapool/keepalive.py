@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: How long after another node's heartbeat is due to go stale the nodes are read again.
+STALE_MARGIN = 0.25
+
 
 async def renew_loop(rt: Runtime, stop: asyncio.Event) -> None:
     """Keep our leases; a company whose lease another daemon took is stopped at once.
@@ -53,5 +56,8 @@ async def heartbeat_loop(rt: Runtime, stop: asyncio.Event, changed: asyncio.Even
         if view is not None and ((view.sharing, view.draining) != seen or view.moves):
             seen = (view.sharing, view.draining)
             changed.set()
+        pause = rt.leases.renew_every
+        if view is not None and view.stale_in is not None:  # a node may die then: see it soon
+            pause = max(STALE_MARGIN, min(pause, view.stale_in + STALE_MARGIN))
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), rt.leases.renew_every)
+            await asyncio.wait_for(stop.wait(), pause)

@@ -76,6 +76,9 @@ class Leases:
         self._valid_until: dict[str, float] = {}
         self._unconfirmed: set[str] = set()
         self._adopted: set[str] = set()
+        #: Seconds until the first of the wanted leases another daemon holds expires, as seen
+        #: by the last ``acquire`` (None: none held): when to look again for a dead holder's.
+        self.next_expiry: float | None = None
         #: Company -> the applied sequence its previous holder handed it over at (taken ones).
         self.handed_at: dict[str, int] = {}
         self.renewals = 0
@@ -144,12 +147,17 @@ class Leases:
 
         async def work(conn: Conn) -> dict[str, tuple[int, int | None]]:
             cur = await conn.execute(
-                "SELECT company_id, holder, epoch FROM company_leases WHERE company_id = ANY(%s) "
-                "AND holder NOT IN ('', %s) AND expires_at < now()",
+                "SELECT company_id, holder, epoch, extract(epoch FROM now() - expires_at)::float8 "
+                "FROM company_leases WHERE company_id = ANY(%s) AND holder NOT IN ('', %s)",
                 (wanted, self.holder),
             )
+            held = await cur.fetchall()
+            rows = [row for row in held if row[3] > 0]
+            ahead = [-float(x) for _, _, _, x in held if x <= 0]
+            self.next_expiry = min(ahead) if ahead else None
             params["ripe"] = self._ripe(
-                {str(c): (str(h), int(e)) for c, h, e in await cur.fetchall()}
+                {str(c): (str(h), int(e)) for c, h, e, _ in rows},
+                {str(c): float(x) for c, _, _, x in rows},
             )
             return await _take(conn, params)
 
@@ -167,23 +175,35 @@ class Leases:
                                               "handed_at_seq": seq})  # fmt: skip
         return {company: epoch for company, (epoch, _) in taken.items()}
 
-    def _ripe(self, expired: Mapping[str, tuple[str, int]]) -> list[str]:
+    def _ripe(
+        self, expired: Mapping[str, tuple[str, int]], expired_for: Mapping[str, float]
+    ) -> list[str]:
         """Which of these expired leases of other holders may be taken over now.
 
-        A holder cut off from PostgreSQL cannot renew; when PostgreSQL returns, it renews within
-        a third of a lease. Taking its lease before that would drive the company from a store
-        without the holder's last changes (its mirror is fenced off from then on). So a lease is
-        taken over only once it was seen expired, under the same holder and epoch, for
-        ``takeover_grace`` seconds during which this daemon saw no outage."""
+        A holder cut off from PostgreSQL by an outage cannot renew; when PostgreSQL returns, it
+        renews within a third of a lease. Taking its lease before that would drive the company
+        from a store without the holder's last changes (its mirror is fenced off from then on).
+        So a lease is taken over once it was seen expired, under the same holder and epoch, for
+        ``takeover_grace`` seconds during which this daemon saw no outage — or at once if this
+        daemon has reached PostgreSQL without an outage since before the holder's last renewal
+        (``expired_for`` seconds ago, by PostgreSQL's clock, plus a lease): the holder then had
+        every renewal's chance with PostgreSQL up, and did not take it (it died, or is cut off
+        alone, which no grace would mend)."""
         now = self._clock.monotonic()
-        outages = self._db.health.snapshot().outages
+        health = self._db.health.snapshot()
+        outages = health.outages
+        up_for = health.up_seconds
         seen = {}
         for company, (holder, epoch) in expired.items():
             before = self._expired.get(company)
             same = before is not None and before[:2] == (holder, epoch) and before[3] == outages
             seen[company] = before if same and before else (holder, epoch, now, outages)
         self._expired = seen
-        ripe = [c for c, (_, _, first, _) in seen.items() if now - first >= self.takeover_grace]
+        ripe = [
+            c for c, (_, _, first, _) in seen.items()
+            if now - first >= self.takeover_grace
+            or up_for >= expired_for.get(c, 0.0) + self.seconds + self.takeover_grace
+        ]  # fmt: skip
         self.ripening = len(seen) - len(ripe)
         return ripe
 

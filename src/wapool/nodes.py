@@ -34,6 +34,8 @@ class ClusterView:
     in_transit: int = 0
     #: Sharing node -> companies whose unexpired lease it holds.
     holding: dict[str, int] = field(default_factory=dict)
+    #: Seconds until the first other live node is no longer live unless it beats (None: none).
+    stale_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,13 @@ class Nodes:
     async def view(self) -> ClusterView:
         async def work(conn: Conn) -> ClusterView:
             cur = await conn.execute(
-                "SELECT name, draining FROM nodes "
-                "WHERE heartbeat_at > now() - make_interval(secs => %s)",
+                "SELECT name, draining, extract(epoch FROM now() - heartbeat_at)::float8 "
+                "FROM nodes WHERE heartbeat_at > now() - make_interval(secs => %s)",
                 (self.lease_seconds,),
             )
-            live = {str(n): bool(d) for n, d in await cur.fetchall()}
+            rows = await cur.fetchall()
+            live = {str(n): bool(d) for n, d, _ in rows}
+            ages = [float(a) for n, _, a in rows if n != self.name]
             cur = await conn.execute(
                 "SELECT company_id, move_to FROM company_leases "
                 "WHERE holder = %s AND move_to IS NOT NULL",
@@ -111,6 +115,7 @@ class Nodes:
                 moves=moves,
                 in_transit=int(row[0]) if row else 0,
                 holding={n: holding.get(n, 0) for n in sharing},
+                stale_in=self.lease_seconds - max(ages) if ages else None,
             )
 
         return await self._db.run(work)

@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: While companies wait for this daemon to take their lease, the registry is followed this often.
 BACKLOG_POLL_SECONDS = 0.25
+#: How long after another daemon's lease is due to expire the registry is followed again.
+LOOK_AGAIN_MARGIN = 0.25
 
 
 @dataclass
@@ -170,6 +172,8 @@ class Runtime:
             waiters = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(changed.wait())}
             timeout = min(every, BACKLOG_POLL_SECONDS) if self.backlog else every
             timeout = min(timeout, self.keeper.retry_in(timeout))
+            if self.bringup.look_again is not None:  # a lease our share wants may expire then
+                timeout = min(timeout, self.bringup.look_again + LOOK_AGAIN_MARGIN)
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters:
                 waiter.cancel()

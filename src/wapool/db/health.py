@@ -24,6 +24,8 @@ class HealthSnapshot:
     last_error: str | None
     outages: int
     outage_seconds_total: float
+    #: Seconds PostgreSQL has been reachable without an outage (0 while it is down).
+    up_seconds: float = 0.0
 
 
 Listener = Callable[[bool, float, str | None], None]
@@ -70,13 +72,15 @@ class DatabaseHealth:
         self._notify(duration)
 
     def snapshot(self) -> HealthSnapshot:
-        current = self._clock.monotonic() - self._since if not self._up else 0.0
+        elapsed = self._clock.monotonic() - self._since
+        current = elapsed if not self._up else 0.0
         return HealthSnapshot(
             up=self._up,
             since_monotonic=self._since,
             last_error=self._last_error,
             outages=self._outages,
             outage_seconds_total=self._outage_total + current,
+            up_seconds=elapsed if self._up else 0.0,
         )
 
     def _notify(self, duration: float) -> None:

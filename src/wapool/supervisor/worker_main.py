@@ -34,7 +34,7 @@ from wapool.messaging.model import InboundMessage, Receipt
 from wapool.observability.redact import describe_error
 from wapool.supervisor import protocol
 from wapool.supervisor.worker_sends import SendQueues
-from wapool.whatsapp.events import StoreFailed
+from wapool.whatsapp.events import ConnectFailed, StoreFailed
 from wapool.whatsapp.port import Backend, ClientEvent, WhatsAppClient
 from wapool.whatsapp.sending import Outcome, SendResult
 
@@ -86,6 +86,8 @@ class Worker:
                 client = None
             if client is None:
                 store = Path(fields["store"])
+                if (stale := self._inboxes.pop(company, None)) is not None:
+                    stale.close()  # a start that failed half-way before
                 self._inboxes[company] = InboxWriter(inbox_path(store))
 
                 def emit(event: ClientEvent, company: str = company) -> None:
@@ -156,13 +158,20 @@ class Worker:
         threading.Thread(target=self._heartbeat, daemon=True).start()
         self.send(protocol.encode("hello", pid=os.getpid()))
         for line in commands:
+            kind, fields = "", dict[str, Any]()
             try:
                 kind, fields = protocol.decode(line, protocol.MAX_COMMAND_LINE)
                 self.handle(kind, fields)
             except protocol.ProtocolError as exc:
                 log.warning("bad_command", extra={"error": str(exc)})
             except Exception as exc:  # a client call failed: report it, keep serving
-                self.send(protocol.encode("error", company="", message=str(exc)))
+                company = str(fields.get("company", ""))
+                self.send(protocol.encode("error", company=company, message=str(exc)))
+                if kind == "start":
+                    # The session waits for its connect to settle (holding a slot of the
+                    # connect gate): say it failed, so it is retried with backoff.
+                    failed = ConnectFailed(f"client start failed: {describe_error(exc)}")
+                    self.send(protocol.encode_event(company, failed))
             if self._done.is_set():
                 break
         for company, client in list(self._clients.items()):

@@ -212,6 +212,10 @@ class WorkerPool:
             except protocol.ProtocolError as exc:
                 self.rejected_messages += 1
                 log.warning("worker_bad_message", extra={"worker": worker.index, "error": str(exc)})
+            except Exception:
+                # A listener's bug must not end the reader: unread, the worker would block on
+                # its output, be killed for a missed heartbeat and never be reported dead.
+                log.exception("worker_message_failed", extra={"worker": worker.index})
         code = await worker.process.wait()
         self._workers.pop(worker.index, None)
         self._gone("", worker=worker.index)
@@ -247,7 +251,9 @@ class WorkerPool:
         elif kind == "send_result" and self.on_send_result is not None:
             self.on_send_result(str(fields["company"]), protocol.decode_send_result(fields))
         elif kind == "error":
-            log.warning("worker_error", extra={"worker": worker.index, **fields})
+            # Not ``**fields``: a ``message`` key would clash with the log record's own.
+            log.warning("worker_error", extra={"worker": worker.index,
+                        "company": fields.get("company", ""), "error": fields.get("message", "")})  # fmt: skip
 
     def _kill(self, worker: WorkerHandle, reason: str) -> None:
         worker.doomed = reason
