@@ -10,6 +10,7 @@ moves across a purge.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -66,9 +67,12 @@ def pending(conn: sqlite3.Connection, after_seq: int = 0) -> Pending:
     return Pending(int(rows), oldest)
 
 
-def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
-    """Everything logged after ``after_seq``, coalesced; None when there is nothing."""
-    with transaction(conn):
+def read_prefix(
+    conn: sqlite3.Connection, after_seq: int = 0, *, own_transaction: bool = True
+) -> Prefix | None:
+    """Everything logged after ``after_seq``, coalesced; None when there is nothing.
+    ``own_transaction=False``: the caller holds the read transaction."""
+    with transaction(conn) if own_transaction else contextlib.nullcontext():
         purges = conn.execute(
             "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT ?",
             (PURGE_TABLE, after_seq, MAX_PURGES),

@@ -40,7 +40,7 @@ from wapool.store.disk_watch import DiskWatch
 from wapool.store.faults import StoreFault
 from wapool.store.schema import StoreSchema, read_schema
 from wapool.store.snapshot import Snapshot, SnapshotTaker
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, transaction
 
 log = logging.getLogger(__name__)
 
@@ -350,18 +350,24 @@ class Mirror:
         return batches
 
     def _read(self, target: _Target) -> changelog.Prefix | None:
-        """The store's pending prefix. A store found with nothing pending is not read again
-        until another connection commits to it: ``PRAGMA data_version`` (a look at the WAL
-        index, some 50 times cheaper than reading the log) changes at every such commit. It is
-        taken *before* looking, so a commit after the look always changes it."""
+        """The store's pending prefix. A store found with nothing pending beyond what was
+        applied is not read again until another connection commits to it: ``PRAGMA
+        data_version`` (a look at the WAL index, some 50 times cheaper than reading the log)
+        changes at every such commit. It is taken in the read's own transaction, where it is
+        the snapshot's: a commit after the snapshot always changes it (one read transaction
+        per store and tick, not two)."""
         try:
             conn = self._conn(target)
-            version = _data_version(conn)
-            if version == target.idle_version:
-                target.read_tick = self.stats.ticks  # known empty: as good as a read
-                return None
-            target.idle_version = None
-            prefix = changelog.read_prefix(conn, after_seq=target.applied_seq)
+            with transaction(conn):
+                version = _data_version(conn)
+                if version == target.idle_version:
+                    target.read_tick = self.stats.ticks  # known empty: as good as a read
+                    target.pending_rows, target.oldest_pending_at = 0, None
+                    return None
+                target.idle_version = None
+                prefix = changelog.read_prefix(
+                    conn, after_seq=target.applied_seq, own_transaction=False
+                )
             # What was pending when read (counted in the read's own snapshot: no second look).
             pending = (
                 changelog.Pending(prefix.entries, prefix.oldest_at)
@@ -441,19 +447,12 @@ class Mirror:
     def _applied(self, target: _Target, prefix: changelog.Prefix, *, eager: bool) -> None:
         """``prefix`` is committed in PostgreSQL: read after it from now on, and trim it now
         or later (a crash in between replays it: harmless, see ``pg_copy``)."""
-        conn = self._conn(target)
         target.applied_seq, target.store_uuid = prefix.high_seq, prefix.store_uuid
         target.untrimmed += prefix.entries
-        version = _data_version(conn)  # before looking: see ``_read``
-        if version == target.read_version and len(prefix.purges) < changelog.MAX_PURGES:
-            # Nobody committed since before the read: the log held exactly what was applied.
-            target.idle_version = version
-            target.pending_rows, target.oldest_pending_at = 0, None
-        else:
-            remaining = changelog.pending(conn, target.applied_seq)
-            if remaining.rows == 0:
-                target.idle_version = version
-            target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
+        if len(prefix.purges) < changelog.MAX_PURGES:  # not cut short: all it saw is applied
+            # Unchanged since the read's snapshot: nothing beyond what was applied (the next
+            # tick's look says so, and sets ``pending_rows`` to 0, without reading the log).
+            target.idle_version = target.read_version
         due = self._clock.monotonic() - target.trimmed_at >= TRIM_EVERY
         if eager or due or target.untrimmed >= changelog.TRIM_BATCH:
             self._trim(target)
@@ -463,7 +462,7 @@ class Mirror:
         self.fault("trimming")
         changelog.trim(conn, target.applied_seq, target.untrimmed)
         target.untrimmed, target.trimmed_at = 0, self._clock.monotonic()
-        if target.pending_rows == 0 and self._snapshots is not None:
+        if self._snapshots is not None:  # it looks again itself, and at most once a minute
             self._snapshots.after_drain(
                 target.company_id, conn, target.store_uuid, target.applied_seq
             )
