@@ -52,7 +52,7 @@ format: venv
 
 ## Benchmarks: figures printed, recorded in docs/ (see docs/development.md).
 bench: venv
-	$(BIN)/python bench/store.py
+	$(BIN)/python bench/store.py --matrix --seconds 60
 	$(BIN)/python bench/pool_recovery.py
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1

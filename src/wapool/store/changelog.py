@@ -10,6 +10,7 @@ moves across a purge.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import sqlite3
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from wapool.store.codec import decode_value
 from wapool.store.purge import PURGE_TABLE, Purge
 from wapool.store.schema import StoreSchema, quote, read_schema
-from wapool.store.working_store import get_meta, json_array_sql, transaction
+from wapool.store.working_store import json_array_sql, transaction
 
 TRIM_BATCH = 5_000
 #: Purges per prefix: each one costs the mirror a few statements in its transaction.
@@ -58,14 +59,20 @@ class Pending:
     oldest_at: float | None
 
 
-def pending(conn: sqlite3.Connection) -> Pending:
-    rows, oldest = conn.execute("SELECT count(*), min(at) FROM wapool_changelog").fetchone()
+def pending(conn: sqlite3.Connection, after_seq: int = 0) -> Pending:
+    """Entries after ``after_seq`` (the mirror's: those not yet in PostgreSQL)."""
+    rows, oldest = conn.execute(
+        "SELECT count(*), min(at) FROM wapool_changelog WHERE seq > ?", (after_seq,)
+    ).fetchone()
     return Pending(int(rows), oldest)
 
 
-def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
-    """Everything logged after ``after_seq``, coalesced; None when there is nothing."""
-    with transaction(conn):
+def read_prefix(
+    conn: sqlite3.Connection, after_seq: int = 0, *, own_transaction: bool = True
+) -> Prefix | None:
+    """Everything logged after ``after_seq``, coalesced; None when there is nothing.
+    ``own_transaction=False``: the caller holds the read transaction."""
+    with transaction(conn) if own_transaction else contextlib.nullcontext():
         purges = conn.execute(
             "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT ?",
             (PURGE_TABLE, after_seq, MAX_PURGES),
@@ -94,9 +101,15 @@ def read_prefix(conn: sqlite3.Connection, after_seq: int = 0) -> Prefix | None:
                     schema = schema or read_schema(conn)
                     image = current_image(conn, schema, table, key)
                 changes.append(Change(table, key, image if op != "D" else None, at, step))
+        meta = dict(
+            conn.execute(
+                "SELECT key, value FROM wapool_meta "
+                "WHERE key IN ('store_uuid', 'capture_fingerprint')"
+            ).fetchall()
+        )
         return Prefix(
-            store_uuid=get_meta(conn, "store_uuid") or "",
-            fingerprint=get_meta(conn, "capture_fingerprint") or "",
+            store_uuid=meta.get("store_uuid") or "",
+            fingerprint=meta.get("capture_fingerprint") or "",
             high_seq=int(high),
             entries=int(count),
             changes=changes,
@@ -119,8 +132,12 @@ def current_image(
     return None if row is None else str(row[0])
 
 
-def trim(conn: sqlite3.Connection, up_to_seq: int) -> int:
-    """Delete entries up to ``up_to_seq`` in short batches; return how many went."""
+def trim(conn: sqlite3.Connection, up_to_seq: int, entries: int | None = None) -> int:
+    """Delete entries up to ``up_to_seq`` in short batches; return how many went. With
+    ``entries`` (how many there are, from the prefix read) no more than a batch: one plain
+    range delete, without the batching subquery (the mirror's usual tick, once per store)."""
+    if entries is not None and entries <= TRIM_BATCH:
+        return conn.execute("DELETE FROM wapool_changelog WHERE seq <= ?", (up_to_seq,)).rowcount
     removed = 0
     while True:
         cur = conn.execute(

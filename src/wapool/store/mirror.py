@@ -40,11 +40,17 @@ from wapool.store.disk_watch import DiskWatch
 from wapool.store.faults import StoreFault
 from wapool.store.schema import StoreSchema, read_schema
 from wapool.store.snapshot import Snapshot, SnapshotTaker
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, transaction
 
 log = logging.getLogger(__name__)
 
 LAG_SAMPLES = 100_000
+#: A tick applying more companies than this is a busy one: an applied prefix is then trimmed
+#: from its store once ``TRIM_EVERY`` seconds (or ``changelog.TRIM_BATCH`` entries), not at
+#: every tick; a trim is a write transaction on the store, the largest per-store cost of a
+#: busy tick. Quieter ticks trim at once.
+EAGER_TRIM_COMPANIES = 8
+TRIM_EVERY = 1.0
 #: What one purge counts for when sizing a tick's PostgreSQL timeout.
 PURGE_ROWS = 20_000
 
@@ -69,6 +75,14 @@ class _Target:
     idle_version: int | None = None
     #: The tick that last read the change log (or found it unchanged since an empty read).
     read_tick: int = 0
+    #: ``PRAGMA data_version`` taken just before the last read of the change log.
+    read_version: int | None = None
+    #: Entries up to here are in PostgreSQL: the next read starts after it.
+    applied_seq: int = 0
+    #: Of those, how many are still in the local log (trimmed later: see ``_settle_locked``).
+    untrimmed: int = 0
+    trimmed_at: float = float("-inf")
+    store_uuid: str = ""
 
 
 class MirrorPart(Protocol):
@@ -166,13 +180,17 @@ class Mirror:
                 self._snapshots.forget(company_id)
 
     async def let_go(self, company_id: str) -> None:
-        """Stop mirroring a company and close its connection now (its file is about to move)."""
+        """Stop mirroring a company and close its connection now (its file is about to move),
+        its log trimmed of what was applied."""
+        target = self._targets.get(company_id)
         self.remove(company_id)
         async with self._tick_lock:
-            await asyncio.to_thread(self._close_leaving_locked)
+            await asyncio.to_thread(self._close_leaving_locked, target)
 
-    def _close_leaving_locked(self) -> None:
+    def _close_leaving_locked(self, target: _Target | None = None) -> None:
         with self._sqlite_lock:
+            if target is not None and target.untrimmed and target.conn is not None:
+                self._trim_safely(target)
             self._close_leaving()
 
     def close(self) -> None:
@@ -183,6 +201,7 @@ class Mirror:
 
     def _close_leaving(self) -> None:
         while self._leaving:
+            # Not trimmed now: its file may have been replaced meanwhile (a restore).
             self._drop_conn(self._leaving.pop())
 
     # -- the loop ---------------------------------------------------------------------------
@@ -213,6 +232,7 @@ class Mirror:
                 if all(t.pending_rows == 0 for t in self._targets.values()) and not any(
                     p.pending for p in self.parts
                 ):
+                    await self._flush_trims(None)
                     return True
             await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
@@ -233,9 +253,22 @@ class Mirror:
                     t.read_tick > since and t.pending_rows == 0 and t.rejected is None
                     for t in targets
                 ):
+                    await self._flush_trims(names)
                     return True
             await asyncio.sleep(min(self._poll, max(0.0, deadline - self._clock.monotonic())))
         return False
+
+    async def _flush_trims(self, only: set[str] | None) -> None:
+        """Trim now what was applied and left in the logs (a drain ends with empty logs)."""
+
+        def flush() -> None:
+            with self._sqlite_lock:
+                for target in list(self._targets.values()):
+                    if target.untrimmed and (only is None or target.company_id in only):
+                        self._trim_safely(target)
+
+        async with self._tick_lock:
+            await asyncio.to_thread(flush)
 
     async def _sleep(self, stop: asyncio.Event, seconds: float) -> None:
         self.wake.clear()
@@ -290,6 +323,10 @@ class Mirror:
         self._close_leaving()
         if self._disk is not None:
             self._disk.check()
+        now = self._clock.monotonic()
+        for target in list(self._targets.values()):  # applied earlier, idle since
+            if target.untrimmed and now - target.trimmed_at >= TRIM_EVERY:
+                self._trim_safely(target)
         batches: list[pg_copy.Batch] = []
         total = 0
         order, targets = list(self._order), dict(self._targets)  # the loop may change them
@@ -313,19 +350,31 @@ class Mirror:
         return batches
 
     def _read(self, target: _Target) -> changelog.Prefix | None:
-        """The store's pending prefix. A store found with nothing pending is not read again
-        until another connection commits to it: ``PRAGMA data_version`` (a look at the WAL
-        index, some 50 times cheaper than reading the log) changes at every such commit. It is
-        taken *before* looking, so a commit after the look always changes it."""
+        """The store's pending prefix. A store found with nothing pending beyond what was
+        applied is not read again until another connection commits to it: ``PRAGMA
+        data_version`` (a look at the WAL index, some 50 times cheaper than reading the log)
+        changes at every such commit. It is taken in the read's own transaction, where it is
+        the snapshot's: a commit after the snapshot always changes it (one read transaction
+        per store and tick, not two)."""
         try:
             conn = self._conn(target)
-            version = _data_version(conn)
-            if version == target.idle_version:
-                target.read_tick = self.stats.ticks  # known empty: as good as a read
-                return None
-            target.idle_version = None
-            prefix = changelog.read_prefix(conn)
-            pending = changelog.pending(conn) if prefix else changelog.Pending(0, None)
+            with transaction(conn):
+                version = _data_version(conn)
+                if version == target.idle_version:
+                    target.read_tick = self.stats.ticks  # known empty: as good as a read
+                    target.pending_rows, target.oldest_pending_at = 0, None
+                    return None
+                target.idle_version = None
+                prefix = changelog.read_prefix(
+                    conn, after_seq=target.applied_seq, own_transaction=False
+                )
+            # What was pending when read (counted in the read's own snapshot: no second look).
+            pending = (
+                changelog.Pending(prefix.entries, prefix.oldest_at)
+                if prefix
+                else changelog.Pending(0, None)
+            )
+            target.read_version = version
             if prefix is None:
                 target.idle_version = version
         except (sqlite3.Error, OSError, StoreFault) as exc:
@@ -358,7 +407,7 @@ class Mirror:
             return
         target.counted_at = now
         with contextlib.suppress(sqlite3.Error, OSError, StoreFault):
-            pending = changelog.pending(self._conn(target))
+            pending = changelog.pending(self._conn(target), target.applied_seq)
             target.pending_rows, target.oldest_pending_at = pending.rows, pending.oldest_at
 
     def _settle(self, batches: list[pg_copy.Batch], outcome: pg_copy.Outcome) -> None:
@@ -385,7 +434,7 @@ class Mirror:
                     alerts.postgres_recovered(target.company_id, duration, batch.prefix.entries)
                 target.quiet = False
             try:
-                self._trim(target, batch.prefix)
+                self._applied(target, batch.prefix, eager=len(batches) <= EAGER_TRIM_COMPANIES)
             except (sqlite3.Error, OSError, StoreFault) as exc:
                 # In PostgreSQL already: the next tick applies the prefix again (idempotent)
                 # and tries the trim again; other companies are not held up.
@@ -395,17 +444,38 @@ class Mirror:
                 )
                 self._drop_conn(target)
 
-    def _trim(self, target: _Target, prefix: changelog.Prefix) -> None:
+    def _applied(self, target: _Target, prefix: changelog.Prefix, *, eager: bool) -> None:
+        """``prefix`` is committed in PostgreSQL: read after it from now on, and trim it now
+        or later (a crash in between replays it: harmless, see ``pg_copy``)."""
+        target.applied_seq, target.store_uuid = prefix.high_seq, prefix.store_uuid
+        target.untrimmed += prefix.entries
+        if len(prefix.purges) < changelog.MAX_PURGES:  # not cut short: all it saw is applied
+            # Unchanged since the read's snapshot: nothing beyond what was applied (the next
+            # tick's look says so, and sets ``pending_rows`` to 0, without reading the log).
+            target.idle_version = target.read_version
+        due = self._clock.monotonic() - target.trimmed_at >= TRIM_EVERY
+        if eager or due or target.untrimmed >= changelog.TRIM_BATCH:
+            self._trim(target)
+
+    def _trim(self, target: _Target) -> None:
         conn = self._conn(target)
         self.fault("trimming")
-        changelog.trim(conn, prefix.high_seq)
-        version = _data_version(conn)  # before looking: see ``_read``
-        remaining = changelog.pending(conn)
-        if remaining.rows == 0:
-            target.idle_version = version
-        target.pending_rows, target.oldest_pending_at = remaining.rows, remaining.oldest_at
-        if remaining.rows == 0 and self._snapshots is not None:
-            self._snapshots.after_drain(target.company_id, conn, prefix.store_uuid, prefix.high_seq)
+        changelog.trim(conn, target.applied_seq, target.untrimmed)
+        target.untrimmed, target.trimmed_at = 0, self._clock.monotonic()
+        if self._snapshots is not None:  # it looks again itself, and at most once a minute
+            self._snapshots.after_drain(
+                target.company_id, conn, target.store_uuid, target.applied_seq
+            )
+
+    def _trim_safely(self, target: _Target) -> None:
+        try:
+            self._trim(target)
+        except (sqlite3.Error, OSError, StoreFault) as exc:
+            log.error(
+                "mirror_trim_failed",
+                extra={"company": target.company_id, "error": describe_error(exc)},
+            )
+            self._drop_conn(target)
 
     def _on_outage(self, batches: list[pg_copy.Batch], error: str) -> None:
         for batch in batches:
@@ -438,6 +508,9 @@ class Mirror:
         target.conn = None
         target.schema = None
         target.idle_version = None  # data_version is counted per connection
+        target.read_version = None
+        # Read the log from its start again: what was applied and not trimmed is replayed.
+        target.applied_seq = target.untrimmed = 0
 
     def _schema(self, target: _Target) -> StoreSchema:
         if target.schema is None:

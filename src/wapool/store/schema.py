@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from dataclasses import dataclass
+from functools import cached_property
 
 TABLE_PREFIX = "whatsmeow_"
 
@@ -34,9 +35,10 @@ class StoreSchema:
     ddl: tuple[str, ...]
     version: int
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
-        """Changes when whatsmeow's DDL or its schema version changes (an upgrade)."""
+        """Changes when whatsmeow's DDL or its schema version changes (an upgrade). Computed
+        once: the mirror compares it with every prefix it reads."""
         text = "\n".join([f"version {self.version}", *sorted(self.ddl)])
         return hashlib.sha256(text.encode()).hexdigest()
 
