@@ -180,7 +180,9 @@ async def webhook(
             profile = os.environ.get("BENCH_PROFILE")  # cProfile output of the daemon
             lag = os.environ.get("BENCH_LOOP_LAG")  # the event loop's stalls (loopprobe.py)
             prefix = ["-m", "cProfile", "-o", profile] if profile else []
-            entry = [str(Path(__file__).with_name("loopprobe.py")), lag] if lag else ["-m", "wapool"]
+            entry = (
+                [str(Path(__file__).with_name("loopprobe.py")), lag] if lag else ["-m", "wapool"]
+            )
             daemon = subprocess.Popen([sys.executable, *prefix, *entry, "run"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
@@ -195,6 +197,8 @@ async def webhook(
             end, after = time.time(), _cpu_groups(daemon.pid, receiver.pid, postmaster)
             await asyncio.sleep(1.0)
             arrivals.read()
+            if lag:
+                Path(lag + ".window").write_text(f"{start!r} {end!r}")
         finally:
             daemon.terminate()
             daemon.wait(60)

@@ -15,6 +15,7 @@ request received since: its arrival time (Unix seconds), a space, the body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 import time
@@ -58,10 +59,8 @@ async def main(port: int, out: str) -> None:
     server = await loop.create_server(Receiver, "127.0.0.1", port, backlog=1024)
     print("ready", flush=True)
     while not stop.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
-        except TimeoutError:
-            pass
         flush(out)
     server.close()
 
