@@ -130,16 +130,9 @@ class Api:
         return company, web.json_response(body, status=503, headers=headers)
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
-        company, refused = await self._company(request)
-        if refused is not None:
-            return refused
-        raw = await self._body(request)
-        if isinstance(raw, web.Response):
-            return raw
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "bad_json", "the body is not JSON", field="body")
+        company, data = await self._json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
             message = parse_send(company, data, time.time())
         except FieldError as exc:
@@ -147,6 +140,19 @@ class Api:
         record, new = await self._service.accept(message)
         headers = {} if new else {"Idempotent-Replayed": "true"}
         return web.json_response(record.public(), status=202, headers=headers)
+
+    async def _json(self, request: web.Request) -> tuple[str, Any]:
+        """The company a request names and its parsed JSON body, or the response refusing it."""
+        company, refused = await self._company(request)
+        if refused is not None:
+            return company, refused
+        raw = await self._body(request)
+        if isinstance(raw, web.Response):
+            return company, raw
+        try:
+            return company, json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return company, error(400, "bad_json", "the body is not JSON", field="body")
 
     async def _body(self, request: web.Request) -> bytes | web.Response:
         if request.content_length is not None and request.content_length > self._max_body:
@@ -189,16 +195,11 @@ class Api:
         return web.json_response(record.public(), status=202)
 
     async def _read(self, request: web.Request) -> web.StreamResponse:
-        company, refused = await self._company(request)
-        if refused is not None:
-            return refused
-        raw = await self._body(request)
-        if isinstance(raw, web.Response):
-            return raw
+        company, data = await self._json(request)
+        if isinstance(data, web.Response):
+            return data
         try:
-            chat, sender, ids = parse_read(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return error(400, "bad_json", "the body is not JSON", field="body")
+            chat, sender, ids = parse_read(data)
         except FieldError as exc:
             return error(400, "bad_field", exc.message, field=exc.field)
         if not await self._service.mark_read(company, chat, sender, ids):

@@ -19,10 +19,11 @@ from psycopg.conninfo import conninfo_to_dict
 from wapool.observability.redact import redact
 from wapool.store.adopt.source import (
     DEVICE_TABLE,
+    VERSION_QUERY,
     BadSource,
     Row,
     Taken,
-    check_version,
+    checked_version,
     device_column,
 )
 from wapool.store.codec import SQLiteValue
@@ -71,11 +72,9 @@ def _take(conn: psycopg.Connection[Any], jid: str, where: str) -> Taken:
             "AND c.relname LIKE 'whatsmeow\\_%' ORDER BY c.relname"
         )
     ]
-    if DEVICE_TABLE not in tables or "whatsmeow_version" not in tables:
-        raise BadSource(f"{where}: not a whatsmeow database (no {DEVICE_TABLE} table)")
-    version_row = conn.execute("SELECT version FROM whatsmeow_version").fetchone()
-    version = int(version_row[0]) if version_row else 0
-    check_version(version, where)
+    version = checked_version(
+        tables, lambda: conn.execute(VERSION_QUERY).fetchone(), where, "database"
+    )
     taken: dict[str, list[Row]] = {}
     for table in tables:
         if table != "whatsmeow_version":

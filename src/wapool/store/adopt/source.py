@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from wapool.errors import WapoolError
@@ -55,9 +55,25 @@ def device_column(columns: list[str] | tuple[str, ...]) -> str | None:
     return next((c for c in DEVICE_COLUMNS if c in columns), None)
 
 
-def check_version(version: int, where: str) -> None:
+#: The query every whatsmeow source answers with its schema version.
+VERSION_QUERY = "SELECT version FROM whatsmeow_version"
+
+
+def checked_version(
+    tables: Collection[str], read: Callable[[], Sequence[object] | None], where: str, kind: str
+) -> int:
+    """The source's whatsmeow schema version, once it is known to be a whatsmeow ``kind``.
+
+    ``read`` runs :data:`VERSION_QUERY` and returns its row; it is only called once the tables
+    are there, so a foreign database is named as such, not as a failed query.
+    """
+    if DEVICE_TABLE not in tables or "whatsmeow_version" not in tables:
+        raise BadSource(f"{where}: not a whatsmeow {kind} (no {DEVICE_TABLE} table)")
+    row = read()
+    version = int(str(row[0])) if row else 0
     if version > CURRENT_VERSION:
         raise BadSource(
             f"{where}: whatsmeow schema version {version} is newer than this wapool's "
             f"({CURRENT_VERSION}); upgrade wapool first"
         )
+    return version

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from wapool.store.adopt.source import (
     DEVICE_TABLE,
+    VERSION_QUERY,
     BadSource,
     Row,
     Taken,
-    check_version,
+    checked_version,
     device_column,
 )
 from wapool.store.schema import TABLE_PREFIX, quote
@@ -67,11 +68,9 @@ def _take(conn: sqlite3.Connection, jid: str | None, where: str) -> Taken:
             "ESCAPE '\\' ORDER BY rowid"
         )
     }
-    if DEVICE_TABLE not in tables or "whatsmeow_version" not in tables:
-        raise BadSource(f"{where}: not a whatsmeow store (no {DEVICE_TABLE} table)")
-    version_row = conn.execute("SELECT version FROM whatsmeow_version").fetchone()
-    version = int(version_row[0]) if version_row else 0
-    check_version(version, where)
+    version = checked_version(
+        tables, lambda: conn.execute(VERSION_QUERY).fetchone(), where, "store"
+    )
     chosen = _choose(conn, jid, where)
     taken: dict[str, list[Row]] = {}
     for name in tables:
