@@ -5,9 +5,12 @@ neonize ``MessageEv`` protobuf, write it to the company's inbox (WAL, synchronou
 queue the worker's inbox notice. Percentiles over ``--messages`` messages.
 
 ``webhook``: a throwaway cluster, a real daemon (simulated backend) with ``--companies``
-companies each receiving ``--rate`` messages per second, and a local aiohttp webhook receiver
-in this process. Latency is the receiver's arrival time minus the message's timestamp (taken
-just before the simulated handler writes it to the inbox). Reported after ``--warmup`` seconds.
+companies each receiving ``--rate`` messages per second, and a local webhook receiver in a
+process of its own (``webhook_receiver.py``). Latency is the receiver's arrival time minus the
+message's timestamp (taken just before the simulated handler writes it to the inbox), split at
+the inbox row's ``received_at``; the CPU each process used is printed beside it. Reported after
+``--warmup`` seconds. ``BENCH_PROFILE=FILE`` runs the daemon under cProfile,
+``BENCH_LOOP_LAG=FILE`` under ``loopprobe.py`` (the event loop's stalls and where they are).
 
     python bench/inbound.py handler [--messages 5000]
     python bench/inbound.py webhook [--companies 100] [--rate 10] [--seconds 30]
@@ -68,23 +71,56 @@ def handler(root: Path, messages: int) -> None:
     )
 
 
-async def _receive(arrivals: list[tuple[float, float]], senders: set[str]) -> tuple[object, str]:
-    from aiohttp import web
+class _Arrivals:
+    """What the receiver process (``webhook_receiver.py``) wrote: one line per request."""
 
-    async def handle(request: web.Request) -> web.Response:
-        body = json.loads(await request.read())
-        if body["type"] == "message":
-            arrivals.append((time.time(), time.time() - body["timestamp"]))
-            senders.add(body["company"])
-        return web.Response(status=204)
+    def __init__(self, path: Path) -> None:
+        self.path, self._offset = path, 0
+        self.rows: list[tuple[float, float, float]] = []  # arrival, timestamp, received_at
+        self.senders: set[str] = set()
 
-    app = web.Application()
-    app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    return runner, f"http://127.0.0.1:{port}/hook"
+    def read(self) -> None:
+        with open(self.path, "rb") as file:
+            file.seek(self._offset)
+            data = file.read()
+        end = data.rfind(b"\n") + 1
+        self._offset += end
+        for line in data[:end].splitlines():
+            arrival, _, body = line.partition(b" ")
+            event = json.loads(body)
+            if event["type"] == "message":
+                self.rows.append((float(arrival), event["timestamp"], event["received_at"]))
+                self.senders.add(event["company"])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _cpu_groups(daemon: int, receiver: int, postmaster: int) -> dict[str, float]:
+    return {
+        "daemon": _cpu_seconds(daemon),
+        "workers": sum(_cpu_seconds(p) for p in _children(daemon)),
+        "postgres": _cpu_seconds(postmaster) + sum(_cpu_seconds(p) for p in _children(postmaster)),
+        "receiver": _cpu_seconds(receiver),
+        "bench": _cpu_seconds(os.getpid()),
+    }
+
+
+def _spread(values: list[float]) -> str:
+    return f"p50 {statistics.median(values):.1f} ms, p99 {percentile(values, 0.99):.1f} ms"
 
 
 def _provision(state: Path, companies: int) -> None:
@@ -120,9 +156,17 @@ async def webhook(
             for n in range(companies):
                 conn.execute("INSERT INTO companies (id) VALUES (%s)", (f"c{n:04d}",))
         _provision(root / "state", companies)
-        arrivals: list[tuple[float, float]] = []
-        senders: set[str] = set()
-        runner, hook = await _receive(arrivals, senders)
+        out = root / "arrivals.txt"
+        out.touch()
+        port = free_port()
+        receiver = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("webhook_receiver.py")), str(port),
+             str(out)], stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert receiver.stdout is not None
+        receiver.stdout.readline()  # "ready"
+        hook = f"http://127.0.0.1:{port}/hook"
+        arrivals = _Arrivals(out)
         env = {k: v for k, v in os.environ.items() if not k.startswith("WAPOOL_")} | {
             "WAPOOL_DATABASE_URL": url, "WAPOOL_STATE_DIR": str(root / "state"),
             "WAPOOL_WHATSAPP_BACKEND": "simulated", "WAPOOL_HTTP_ADDR": "127.0.0.1:0",
@@ -134,26 +178,43 @@ async def webhook(
         }  # fmt: skip
         with open(Path(tempfile.gettempdir()) / "wapool-bench-inbound.log", "wb") as log:
             profile = os.environ.get("BENCH_PROFILE")  # cProfile output of the daemon
+            lag = os.environ.get("BENCH_LOOP_LAG")  # the event loop's stalls (loopprobe.py)
             prefix = ["-m", "cProfile", "-o", profile] if profile else []
-            daemon = subprocess.Popen([sys.executable, *prefix, "-m", "wapool", "run"], env=env,
+            entry = (
+                [str(Path(__file__).with_name("loopprobe.py")), lag] if lag else ["-m", "wapool"]
+            )
+            daemon = subprocess.Popen([sys.executable, *prefix, *entry, "run"], env=env,
                                       stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+        postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
         try:
             deadline = time.monotonic() + 600
-            while len(senders) < companies and time.monotonic() < deadline:
+            while len(arrivals.senders) < companies and time.monotonic() < deadline:
                 await asyncio.sleep(0.5)  # every company connected and sending
+                arrivals.read()
             await asyncio.sleep(warmup)
-            start = time.time()
+            start, before = time.time(), _cpu_groups(daemon.pid, receiver.pid, postmaster)
             await asyncio.sleep(seconds)
-            end = time.time()
-            window = [lat * 1000 for at, lat in arrivals if start <= at < end]
+            end, after = time.time(), _cpu_groups(daemon.pid, receiver.pid, postmaster)
+            await asyncio.sleep(1.0)
+            arrivals.read()
+            if lag:
+                Path(lag + ".window").write_text(f"{start!r} {end!r}")
         finally:
             daemon.terminate()
             daemon.wait(60)
-            await runner.cleanup()  # type: ignore[attr-defined]
+            receiver.terminate()
+            receiver.wait(10)
+        rows = [r for r in arrivals.rows if start <= r[0] < end]
+        window = [(at - sent) * 1000 for at, sent, _ in rows]
+        handler = [(got - sent) * 1000 for _, sent, got in rows]
+        daemon_side = [(at - got) * 1000 for at, _, got in rows]
+        cpu = ", ".join(f"{k} {(after[k] - before[k]) / seconds:.2f}" for k in after)
         print(
             f"inbound-to-webhook ({companies} companies x {rate:g} msg/s, {seconds:g} s window): "
             f"{len(window) / seconds:.0f} msg/s delivered, p50 {statistics.median(window):.1f} ms, "
-            f"p99 {percentile(window, 0.99):.1f} ms, max {max(window):.1f} ms  ({load_average()})"
+            f"p99 {percentile(window, 0.99):.1f} ms, max {max(window):.1f} ms  ({load_average()})\n"
+            f"  timestamp -> inbox row: {_spread(handler)}; inbox row -> receiver: "
+            f"{_spread(daemon_side)}\n  CPU cores used: {cpu}"
         )
     finally:
         cluster.stop("immediate")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import logging
 import os
 import signal
@@ -244,6 +245,11 @@ async def run_daemon(settings: Settings) -> int:
         notify.ready(
             f"running {len(runtime.keeper.ready)} of {len(companies)} companies"
         )  # migrations checked, registry loaded, first reconcile done
+        # What start-up built (modules, settings, pools, stores) lives as long as the process:
+        # out of the collector's sight, a full collection scans only what came after. Measured
+        # at 1,000 inbound messages a second: full collections held the event loop up to 90 ms
+        # each (docs/messaging.md, figures).
+        gc.freeze()
         tasks += [
             asyncio.create_task(runtime.mirror.run(signals.stop), name="mirror"),
             asyncio.create_task(runtime.supervisor.run(signals.stop), name="supervisor"),

@@ -72,7 +72,7 @@ def build_runtime(settings: Settings, db: Database) -> Runtime:
     messaging.consumers.append(outbound_receipts.CONSUMER)  # receipts -> outbound statuses
     supervisor = build_supervisor(settings, actions, bringup)
     nodes = Nodes(db, leases.holder, settings.lease_seconds, _address(settings))
-    outbound = OutboundService(settings, db, leases, supervisor, messaging.cursors)
+    outbound = OutboundService(settings, db, leases, supervisor, messaging.cursors, messaging.feed)
     # A handed-over company's queued messages go back to PostgreSQL for the next holder.
     handoffs = Handoffs(leases, supervisor, mirror, settings.state_dir, fleet,
                         before_release=outbound.sync.release)  # fmt: skip

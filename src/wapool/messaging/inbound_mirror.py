@@ -26,7 +26,6 @@ moves only past rows that are in PostgreSQL or skipped for good), checkable only
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
@@ -39,7 +38,7 @@ from wapool.crypto.messages import seal_event
 from wapool.db.pool import Conn, Database
 from wapool.leases import Fence
 from wapool.messaging.cursors import Cursors, Progress
-from wapool.messaging.inbox import InboxReader
+from wapool.messaging.feed import InboxFeed
 from wapool.messaging.model import Envelope
 from wapool.observability.redact import describe_error
 
@@ -69,7 +68,6 @@ _INSERT = (
 class _Source:
     company: str
     path: Path
-    reader: InboxReader | None = None
     identity: str = ""
     cursor: int | None = None
     high: int = 0
@@ -86,9 +84,13 @@ class _Batch:
 
 
 class InboundMirror:
-    def __init__(self, db: Database, cursors: Cursors, fence: Fence | None = None) -> None:
+    def __init__(
+        self, db: Database, cursors: Cursors, fence: Fence | None = None,
+        feed: InboxFeed | None = None,
+    ) -> None:  # fmt: skip
         self._db = db
         self._cursors = cursors
+        self._feed = feed or InboxFeed()
         self.fence = fence
         self._sources: dict[str, _Source] = {}
         #: Companies whose inbox may hold rows after the cursor (notified, or not yet read).
@@ -108,12 +110,11 @@ class InboundMirror:
 
     def touch(self, company: str) -> None:
         """The company's inbox advanced: read it at the next tick (others are not read)."""
+        self._feed.touch(company)
         self._dirty.add(company)
 
     def remove(self, company: str) -> None:
-        source = self._sources.pop(company, None)
-        if source is not None and source.reader is not None:
-            source.reader.close()
+        self._sources.pop(company, None)
 
     @property
     def pending(self) -> int:
@@ -199,10 +200,7 @@ class InboundMirror:
                     "inbound_read_failed",
                     extra={"company": source.company, "error": describe_error(exc)},
                 )
-                if source.reader is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        source.reader.close()
-                source.reader, source.cursor = None, None
+                source.identity, source.cursor = "", None
                 self._dirty.add(source.company)  # try again next tick
                 continue
             if batch is not None:
@@ -211,20 +209,17 @@ class InboundMirror:
         return batches
 
     def _read(self, source: _Source, keys: dict[str, DataKey] | None) -> _Batch | None:
-        if source.reader is None:
-            source.reader = InboxReader(source.path)
-            source.identity = source.reader.identity()
+        if not source.identity:
+            source.identity = self._feed.identity(source.company, source.path)
         if source.cursor is None:
             source.cursor = self._cursors.get(source.company, CONSUMER, source.identity)
-        source.high = source.reader.high_seq()
+        rows, source.high = self._feed.read(
+            source.company, source.path, source.cursor, BATCH, "message"
+        )
         if source.high <= source.cursor:
             return None
-        rows = [
-            e for e in source.reader.messages_after(source.cursor, BATCH) if e.seq <= source.high
-        ]
         upto = source.high
         if len(rows) >= BATCH:
-            upto = rows[-1].seq
             self._dirty.add(source.company)  # more to read: the next tick, notice or not
         holder = self.fence.holder if self.fence is not None else ""
         epoch = self.fence.epochs.get(source.company, 0) if self.fence is not None else 0

@@ -16,11 +16,13 @@ Reader API (for the main process):
 * ``events_after(seq, limit)`` — messages and receipts in ``seq`` order;
 * ``messages_after(seq, limit)`` — messages only (the PostgreSQL mirror);
 * ``receipts_after(seq, limit)`` — receipts only (outbound statuses);
+* ``events_between(after, upto, limit, kind)`` — what ``feed`` reads when a consumer is behind;
 * ``high_seq()`` — the last ``seq`` written; ``identity()`` — the inbox's own id (cursors are
   kept per identity, so a replaced inbox is read from its start); ``trim(upto)``.
 
 Each returns ``model.Envelope`` objects (``seq``, ``received_at``, the JSON ``body`` as
-written; ``data`` and ``event`` parse it on first use).
+written, ``type``; ``data`` and ``event`` parse it on first use). The daemon's consumers read
+through ``feed`` (one read per notice for all of them).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ INSERT OR IGNORE INTO inbox_meta (key, value) VALUES ('identity', lower(hex(rand
 _INSERT = (
     "INSERT OR IGNORE INTO inbox (type, event_id, chat, received_at, body) VALUES (?, ?, ?, ?, ?)"
 )
-_COLUMNS = "seq, received_at, body"
+_COLUMNS = "seq, received_at, body, type"
 
 
 def inbox_path(store: Path) -> Path:
@@ -110,6 +112,14 @@ class InboxReader:
     def receipts_after(self, seq: int, limit: int = 1000) -> list[Envelope]:
         return self._select("seq > ? AND type = 'receipt'", (seq,), limit)
 
+    def events_between(
+        self, after: int, upto: int, limit: int = 1000, kind: str | None = None
+    ) -> list[Envelope]:
+        """Events with ``after < seq <= upto`` (of type ``kind``, if given)."""
+        if kind is None:
+            return self._select("seq > ? AND seq <= ?", (after, upto), limit)
+        return self._select("seq > ? AND seq <= ? AND type = ?", (after, upto, kind), limit)
+
     def identity(self) -> str:
         """A random id the inbox got when it was created: a cursor kept for another inbox
         (the file was replaced) starts again from 0 instead of skipping events."""
@@ -140,9 +150,9 @@ class InboxReader:
     def close(self) -> None:
         self._conn.close()
 
-    def _select(self, where: str, params: tuple[int], limit: int) -> list[Envelope]:
+    def _select(self, where: str, params: tuple[int | str, ...], limit: int) -> list[Envelope]:
         rows = self._conn.execute(
             f"SELECT {_COLUMNS} FROM inbox WHERE {where} ORDER BY seq LIMIT ?",
             (*params, limit),
         ).fetchall()
-        return [Envelope(int(s), float(r), str(b)) for s, r, b in rows]
+        return [Envelope(int(s), float(r), str(b), str(t)) for s, r, b, t in rows]

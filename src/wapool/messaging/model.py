@@ -122,6 +122,8 @@ class Envelope:
     seq: int
     received_at: float
     body: str
+    #: ``message`` or ``receipt`` (the inbox's column).
+    type: str = ""
 
     @cached_property
     def data(self) -> dict[str, Any]:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from wapool.messaging.cursors import Cursors, Progress
-from wapool.messaging.inbox import INBOX_FILE, InboxReader
+from wapool.messaging.feed import InboxFeed
+from wapool.messaging.inbox import INBOX_FILE
 from wapool.messaging.model import Envelope, Receipt
 from wapool.messaging.outbound import Status
 from wapool.messaging.outbox import Outbox
@@ -33,21 +34,22 @@ STATUSES = {"delivered": Status.DELIVERED, "read": Status.READ, "played": Status
 
 
 class ReceiptReader:
-    def __init__(self, state_dir: Path, cursors: Cursors, outbox: Outbox) -> None:
+    def __init__(
+        self, state_dir: Path, cursors: Cursors, outbox: Outbox, feed: InboxFeed | None = None
+    ) -> None:
         self._state_dir = state_dir
         self._cursors = cursors
         self._outbox = outbox
+        self._feed = feed or InboxFeed()
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self.applied = 0
-        #: Inboxes kept open between wake-ups (one notice per inbound message: opening and
-        #: closing a connection each time cost more than the messages), and when each
-        #: company's cursor was last saved.
-        self._readers: dict[str, InboxReader] = {}
+        #: When each company's cursor was last saved, and how far it got.
         self._saved_at: dict[str, float] = {}
         self._positions: dict[str, tuple[str, int]] = {}
 
     def wake(self, company: str, _seq: int = 0) -> None:
+        self._feed.touch(company)
         self._due.add(company)
         self._wake.set()
 
@@ -115,23 +117,13 @@ class ReceiptReader:
 
     def _read(self, company: str) -> tuple[str, int, list[Envelope], int] | None:
         path = self._state_dir / company / INBOX_FILE
-        reader = self._readers.get(company)
-        if reader is None:
-            if not path.exists():
-                return None
-            reader = self._readers[company] = InboxReader(path)
-        try:
-            identity = reader.identity()
-            known = self._positions.get(company)
-            start = (
-                known[1] if known and known[0] == identity
-                else self._cursors.get(company, CONSUMER, identity)
-            )  # fmt: skip
-            high = reader.high_seq()
-            envelopes = [e for e in reader.receipts_after(start, BATCH) if e.seq <= high]
-        except BaseException:
-            self._readers.pop(company, None)
-            reader.close()
-            raise
-        done = envelopes[-1].seq if len(envelopes) >= BATCH else high
+        if company not in self._feed and not path.exists():
+            return None
+        identity = self._feed.identity(company, path)
+        known = self._positions.get(company)
+        start = (
+            known[1] if known and known[0] == identity
+            else self._cursors.get(company, CONSUMER, identity)
+        )  # fmt: skip
+        envelopes, done = self._feed.read(company, path, start, BATCH, "receipt")
         return identity, start, envelopes, done

@@ -19,6 +19,7 @@ from wapool.errors import DatabaseUnavailable
 from wapool.leases import Leases
 from wapool.messaging.api import Elsewhere
 from wapool.messaging.cursors import Cursors
+from wapool.messaging.feed import InboxFeed
 from wapool.messaging.outbound import Outbound, Record, Status
 from wapool.messaging.outbound_pg import OutboundSync
 from wapool.messaging.outbound_receipts import ReceiptReader
@@ -49,6 +50,7 @@ class OutboundService:
         leases: Leases,
         supervisor: Supervisor,
         cursors: Cursors,
+        feed: InboxFeed | None = None,
     ) -> None:
         self._db = db
         self._leases = leases
@@ -67,7 +69,7 @@ class OutboundService:
         supervisor.pool.on_send_result = self.sender.on_result
         supervisor.pool.crash_listeners.append(self.sender.on_worker_lost)
         supervisor.state_listeners.append(self._state_changed)
-        self.receipts = ReceiptReader(settings.state_dir, cursors, self.outbox)
+        self.receipts = ReceiptReader(settings.state_dir, cursors, self.outbox, feed)
         supervisor.inbox_listeners.append(self.receipts.wake)
 
     # -- api.Service -----------------------------------------------------------------------------

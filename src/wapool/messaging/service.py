@@ -23,6 +23,7 @@ from wapool.db.pool import Database
 from wapool.leases import Fence
 from wapool.messaging import inbound_mirror, webhook
 from wapool.messaging.cursors import CURSORS_FILE, Cursors
+from wapool.messaging.feed import InboxFeed
 from wapool.messaging.inbound_mirror import InboundMirror
 from wapool.messaging.inbox import INBOX_FILE, InboxReader
 from wapool.messaging.webhook import Webhook, WebhookConfig
@@ -40,7 +41,9 @@ class InboundMessaging:
         self._state_dir = settings.state_dir
         self._keep = settings.inbox_keep_hours * 3600
         self.cursors = Cursors(settings.state_dir / CURSORS_FILE)
-        self.postgres = InboundMirror(db, self.cursors, fence)
+        #: One read of each inbox per notice for all consumers (the outbound receipts too).
+        self.feed = InboxFeed()
+        self.postgres = InboundMirror(db, self.cursors, fence, self.feed)
         mirror.parts.append(self.postgres)
         self.webhook: Webhook | None = None
         self.consumers = [inbound_mirror.CONSUMER]
@@ -52,7 +55,7 @@ class InboundMessaging:
                 retry_base=settings.webhook_retry_base_seconds,
                 retry_cap=settings.webhook_retry_cap_seconds,
             )  # fmt: skip
-            self.webhook = Webhook(config, self.cursors)
+            self.webhook = Webhook(config, self.cursors, feed=self.feed)
             self.consumers.append(webhook.CONSUMER)
         self._served: set[str] = set()
 
@@ -113,4 +116,5 @@ class InboundMessaging:
         return deleted
 
     def close(self) -> None:
+        self.feed.close()
         self.cursors.close()

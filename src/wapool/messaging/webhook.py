@@ -42,7 +42,7 @@ from wapool.backoff import Backoff
 from wapool.clock import Clock, SystemClock
 from wapool.messaging import signing
 from wapool.messaging.cursors import Cursors, DeadLetter, Progress
-from wapool.messaging.inbox import InboxReader
+from wapool.messaging.feed import InboxFeed
 from wapool.messaging.model import Envelope
 from wapool.observability.redact import describe_error
 
@@ -108,7 +108,6 @@ class WebhookStats:
 class _Company:
     company: str
     path: Path
-    reader: InboxReader | None = None
     identity: str = ""
     read_seq: int = -1
     watermark: int = 0
@@ -118,6 +117,8 @@ class _Company:
     #: Delivered before a restart (above the watermark): not sent again.
     skip: set[int] = field(default_factory=set)
     full: bool = False
+    #: Its identity read (again after a read failed: the inbox may have been replaced).
+    opened: bool = False
 
 
 @dataclass
@@ -139,9 +140,11 @@ class Webhook:
         rand: Callable[[], float] = random.random,
         max_outstanding: int = 10_000,
         flush_every: float = 0.05,
+        feed: InboxFeed | None = None,
     ) -> None:
         self.config = config
         self._cursors = cursors
+        self._feed = feed or InboxFeed()
         self._http = None if post is not None else HttpPost(
             config.url, config.timeout, config.max_in_flight
         )  # fmt: skip
@@ -168,16 +171,15 @@ class Webhook:
 
     def remove(self, company: str) -> None:
         """Stop delivering a company's events (what is not finished is delivered later)."""
-        state = self._companies.pop(company, None)
+        self._companies.pop(company, None)
         for key in [k for k in self._lanes if k[0] == company]:
             lane = self._lanes.pop(key)
             if lane.task is not None:
                 lane.task.cancel()
-        if state is not None and state.reader is not None:
-            state.reader.close()
 
     def wake(self, company: str) -> None:
         """The company's inbox advanced (an inbox notice from its worker)."""
+        self._feed.touch(company)
         self._dirty.add(company)
         self._wake.set()
 
@@ -230,11 +232,11 @@ class Webhook:
         out = []
         for state in states:
             try:
-                if state.reader is None:
-                    self._open(state)
-                assert state.reader is not None
+                self._open(state)
                 room = self._max_outstanding - len(state.outstanding)
-                envelopes = state.reader.events_after(state.read_seq, min(BATCH, room))
+                envelopes, _ = self._feed.read(
+                    state.company, state.path, state.read_seq, min(BATCH, room)
+                )
                 for envelope in envelopes:
                     _ = envelope.data  # parsed here, in the worker thread, not on the loop
                 out.append((state, envelopes))
@@ -243,15 +245,14 @@ class Webhook:
                     "webhook_read_failed",
                     extra={"company": state.company, "error": describe_error(exc)},
                 )
-                if state.reader is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        state.reader.close()
-                state.reader = None
+                state.opened = False
         return out
 
     def _open(self, state: _Company) -> None:
-        state.reader = InboxReader(state.path)
-        identity = state.reader.identity()
+        if state.opened:
+            return
+        identity = self._feed.identity(state.company, state.path)
+        state.opened = True
         if identity != state.identity:
             state.identity = identity
             state.watermark = self._cursors.get(state.company, CONSUMER, identity)
