@@ -207,11 +207,7 @@ async def test_an_expired_lease_is_taken_over_only_once_seen_expired_for_the_gra
     db: Database, database_url: str
 ) -> None:
     """The holder, back from an outage, renews within a third of a lease: it goes first."""
-    add_companies(database_url, "a")
-    holder = Leases(db, "holder", seconds=30)
-    await holder.acquire(["a"])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 hour'")
+    holder = await _held_then_expired(db, database_url, "1 hour")
     clock = ManualClock()
     taker = Leases(db, "taker", seconds=30, clock=clock, takeover_grace=15)
     assert await taker.acquire(["a"]) == {}  # first seen expired now
@@ -237,11 +233,7 @@ async def test_a_dead_holders_lease_is_taken_over_at_once_when_postgres_was_up_a
     db: Database, database_url: str
 ) -> None:
     """The holder had every renewal's chance with PostgreSQL up (for us): no grace to wait."""
-    add_companies(database_url, "a")
-    holder = Leases(db, "holder", seconds=30)
-    await holder.acquire(["a"])
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("UPDATE company_leases SET expires_at = now() - interval '1 second'")
+    await _held_then_expired(db, database_url, "1 second")
     clock = ManualClock()
     db.health = DatabaseHealth(clock)  # up since this clock's start
     taker = Leases(db, "taker", seconds=30, clock=clock, takeover_grace=15)
@@ -249,3 +241,13 @@ async def test_a_dead_holders_lease_is_taken_over_at_once_when_postgres_was_up_a
     assert await taker.acquire(["a"]) == {}
     clock.advance(2)
     assert await taker.acquire(["a"]) == {"a": 2}
+
+
+async def _held_then_expired(db: Database, database_url: str, ago: str) -> Leases:
+    """Company ``a``, leased by ``holder``, whose lease expired ``ago`` by PostgreSQL's clock."""
+    add_companies(database_url, "a")
+    holder = Leases(db, "holder", seconds=30)
+    await holder.acquire(["a"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("UPDATE company_leases SET expires_at = now() - %s::interval", (ago,))
+    return holder
