@@ -36,10 +36,22 @@ from wapool.store.working_store import get_meta, read_only, store_path
 log = logging.getLogger(__name__)
 
 
+#: Said of a store whose copy another daemon restored (``store.fork``): both lines continue from
+#: the sequence the copy had then, which is not recorded, so entries the mirror had applied but
+#: not yet trimmed (it trims busy stores once a second) cannot be told from those it had not.
+FORKED = (
+    "; PostgreSQL's copy was restored elsewhere since: entries applied before this daemon died "
+    "but not yet trimmed may be among these"
+)
+
+
 @dataclass(frozen=True)
 class LeftBehind:
     company_id: str
     reason: str
+    #: What the copy is known to hold of this store's change log (its applied sequence when it
+    #: is still this store's copy; 0 when it is another's).
+    applied_seq: int = 0
 
 
 async def find(
@@ -51,33 +63,38 @@ async def find(
     if not present:
         return []
     holders = await current_holders(db)
-    copies = await _copy_identities(db, present)
+    copies = await _copies(db, present)
     found = []
     for company in present:
         now = holders.get(company, "")
         if now == holder:
             continue  # still ours: resumed as it is
-        if now:
-            reason = f"lease taken over by {now} while this daemon was down"
-            found.append(LeftBehind(company, reason))
-            continue
         local = await asyncio.to_thread(_identity, store_path(state_dir, company))
         copy = copies.get(company)
-        if local is not None and copy is not None and local != copy:
+        same = copy is not None and local == copy[0]
+        if now:
+            reason = f"lease taken over by {now} while this daemon was down"
+        elif copy is not None and local is not None and not same:
             reason = "another daemon drove the company while this daemon was down"
-            found.append(LeftBehind(company, reason))
+        else:
+            continue  # nobody took it over: provisioning resumes it, its backlog mirrored
+        if same and copy is not None:
+            found.append(LeftBehind(company, reason, copy[1]))
+        else:
+            found.append(LeftBehind(company, reason + FORKED))
     return found
 
 
-def leave(state_dir: Path, company_id: str, reason: str) -> Report | None:
+def leave(state_dir: Path, left: LeftBehind) -> Report | None:
     """Keep the store aside if it owed changes (the report), else remove it (None)."""
-    path = store_path(state_dir, company_id)
+    path = store_path(state_dir, left.company_id)
     with closing(read_only(path)) as conn:
-        owed = changelog.first_seq_after(conn, 0) is not None
+        owed = changelog.first_seq_after(conn, left.applied_seq) is not None
     if owed:
-        return set_aside(state_dir, company_id, reason)
+        return set_aside(state_dir, left.company_id, left.reason, left.applied_seq)
     remove_file_set(path)
-    log.info("store_discarded", extra={"company": company_id, "reason": reason, "owed": 0})
+    log.info("store_discarded",
+             extra={"company": left.company_id, "reason": left.reason, "owed": 0})  # fmt: skip
     return None
 
 
@@ -87,7 +104,7 @@ async def leave_all(db: Database, state_dir: Path, holder: str, held_before: Ite
     count = 0
     for left in await find(db, state_dir, holder, held_before):
         try:
-            await asyncio.to_thread(leave, state_dir, left.company_id, left.reason)
+            await asyncio.to_thread(leave, state_dir, left)
             count += 1
         except (StoreFault, *SQLITE_ERRORS, OSError) as exc:
             log.warning("store_left_behind_unreadable",
@@ -95,13 +112,16 @@ async def leave_all(db: Database, state_dir: Path, holder: str, held_before: Ite
     return count
 
 
-async def _copy_identities(db: Database, companies: list[str]) -> dict[str, str]:
-    async def work(conn: Conn) -> dict[str, str]:
+async def _copies(db: Database, companies: list[str]) -> dict[str, tuple[str, int]]:
+    """Company -> (identity, applied sequence) of its PostgreSQL copy."""
+
+    async def work(conn: Conn) -> dict[str, tuple[str, int]]:
         cur = await conn.execute(
-            "SELECT company_id, store_uuid::text FROM store_copies WHERE company_id = ANY(%s)",
+            "SELECT company_id, store_uuid::text, applied_seq FROM store_copies "
+            "WHERE company_id = ANY(%s)",
             (companies,),
         )
-        return {str(c): str(u) for c, u in await cur.fetchall()}
+        return {str(c): (str(u), int(s)) for c, u, s in await cur.fetchall()}
 
     return await db.run(work)
 
