@@ -133,7 +133,7 @@ class Runtime:
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
-        remember_leases(self.last_seen, self.leases.held)
+        await remember_leases(self.last_seen, self.leases.held)
 
     async def leave_behind(self) -> None:
         """Before the first lease is taken: the stores the last run (killed) left of companies
@@ -208,4 +208,4 @@ class Runtime:
         for company in companies:
             await self.supervisor.stop(company)
             await self.keeper.set_aside(company, "lease taken over by another daemon")
-        remember_leases(self.last_seen, self.leases.held)
+        await remember_leases(self.last_seen, self.leases.held)
