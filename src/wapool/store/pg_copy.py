@@ -96,7 +96,7 @@ async def read_rows(conn: Conn, db: Database, company_id: str) -> list[tuple[str
     cur = await conn.execute(
         "SELECT tbl, pk, seq, image FROM store_rows WHERE company_id = %s", (company_id,)
     )
-    rows = [(str(t), str(k), int(q), str(i)) for t, k, q, i in await cur.fetchall()]
+    rows: list[tuple[str, str, int, str]] = await cur.fetchall()  # text, text, bigint, text
     return await db.cipher.open_rows(conn, company_id, rows)
 
 
