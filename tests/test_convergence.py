@@ -16,21 +16,27 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import shutil
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import make_settings, new_store, proxied
+from tests.conftest import dump_store, make_settings, new_store, proxied
+from wapool.crypto import keyring
+from wapool.crypto.envelope import RowCipher
 from wapool.db.pool import Database
 from wapool.devdb import Cluster
 from wapool.errors import DatabaseUnavailable
 from wapool.store.mirror import Mirror
+from wapool.store.provision import provision
 from wapool.store.verify import verify
-from wapool.store.working_store import connect
+from wapool.store.working_store import connect, store_path
 from wapool.testing.fault_proxy import FaultProxy
 from wapool.testing.whatsmeow_writes import WhatsmeowWriter
+from wapool.whatsapp.neonize_store import create_schema
 
 CASES = int(os.environ.get("WAPOOL_CONVERGENCE_CASES", "200"))
 CHUNKS = 10
@@ -134,3 +140,76 @@ async def test_generated_histories_converge(
     for seed in seeds:
         await _run_case(seed, db, proxy, running_cluster, whatsmeow_template, tmp_path / "state")
     assert len(seeds) == len(range(chunk, CASES, CHUNKS)) > 0
+
+
+#: Issue 14's histories: 4000 is a multiple of PG_KILL_EVERY (one stops the real server), and
+#: some of them log out (a tombstone) and pair again.
+SEALED_SEEDS = range(4000, 4012)
+
+
+@pytest.mark.timeout(600)
+async def test_histories_converge_sealed_and_a_new_host_restores_the_same_devices(
+    rig: tuple[Database, FaultProxy, str],
+    running_cluster: Cluster,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+) -> None:
+    """With encryption on, after generated histories (crashes, outages, logouts) verify is
+    equal (in each case), every row image and tombstone in PostgreSQL is sealed, a full
+    pg_dump holds none of the stores' private key bytes, and a new host with the same master
+    key restores every store so that neonize loads the same device."""
+    from tests.test_encryption import SECRET_COLUMNS, _leaks, _pg_dump
+
+    db, proxy, database_url = rig
+    keyring.write(tmp_path / "master.key", [keyring.new_key()])
+    db.cipher = RowCipher(keyring.load(tmp_path / "master.key"))
+    companies = [f"case-{seed}" for seed in SEALED_SEEDS]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for company in companies:
+            conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
+    state = tmp_path / "state"
+    for seed in SEALED_SEEDS:
+        await _run_case(seed, db, proxy, running_cluster, whatsmeow_template, state)
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        counts = conn.execute(
+            "SELECT t, count(*), count(*) FILTER (WHERE image NOT LIKE 'e1:%%') FROM ("
+            "SELECT 'rows' AS t, image FROM store_rows WHERE company_id = ANY(%s) UNION ALL "
+            "SELECT 'tombstones', image FROM store_tombstones WHERE company_id = ANY(%s)) x "
+            "GROUP BY t ORDER BY t",
+            (companies, companies),
+        ).fetchall()
+    assert [(t, plain) for t, _, plain in counts] == [("rows", 0), ("tombstones", 0)]
+    assert all(total > 0 for _, total, _ in counts)  # a logout happened: tombstones to check
+
+    secrets: set[bytes] = set()
+    for company in companies:
+        store = sqlite3.connect(store_path(state, company))
+        secrets |= {v for row in store.execute(SECRET_COLUMNS) for v in row if v}
+        store.close()
+    assert len(secrets) >= 3 * len(companies)  # every store holds a device's keys
+    assert _leaks(_pg_dump(database_url, tmp_path / "all.sql"), secrets) == []
+
+    # A new host: a fresh state directory, its own copy of the same master key.
+    shutil.copy(tmp_path / "master.key", tmp_path / "other.key")
+    os.chmod(tmp_path / "other.key", 0o600)
+    settings = make_settings(
+        database_url, tmp_path / "new-host", master_key_file=tmp_path / "other.key"
+    )
+    other = Database.from_settings(settings)
+    await other.open(wait=True)
+    try:
+        for company in companies:
+            result = await provision(other, settings.state_dir, company)
+            assert result.action == "restored-postgres", company
+            assert dump_store(store_path(settings.state_dir, company)) == dump_store(
+                store_path(state, company)
+            )
+    finally:
+        await other.close()
+    originals = [store_path(state, c) for c in companies]
+    restored = [store_path(settings.state_dir, c) for c in companies]
+    devices = create_schema([*originals, *restored])
+    for before, after in zip(originals, restored, strict=True):
+        assert devices[before], f"neonize finds no device in {before}"
+        assert devices[after] == devices[before]

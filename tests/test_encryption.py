@@ -138,7 +138,9 @@ async def test_dump_holds_no_private_key_and_a_new_host_restores_the_same_device
         restored = settings.state_dir / path.relative_to(tmp_path / "a")
         assert result.action == "restored-postgres"
         assert dump_store(restored) == dump_store(path)
-        assert create_schema([restored])[restored] == create_schema([path])[path]
+        devices = create_schema([path, restored])
+        assert devices[path], "neonize finds no device in the original store"
+        assert devices[restored] == devices[path]
         assert (await verify(other, restored, "sealed")).equal
     finally:
         await other.close()

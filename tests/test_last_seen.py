@@ -118,3 +118,32 @@ def test_lease_file_is_rewritten_only_when_the_leases_change(tmp_path: Path) -> 
     assert seen is not None
     assert seen.leases == {"a": 4}
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary left behind
+
+
+async def test_saves_run_off_the_event_loop_the_last_one_asked_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A save writes and fsyncs a file and its folder: never on the event loop's thread."""
+    import asyncio
+    import threading
+
+    from wapool.outage import last_seen
+    from wapool.outage.resume import remember_leases
+
+    threads: list[int] = []
+    write = last_seen.write_state
+
+    def recorded(path: Path, kind: str, body: dict[str, object]) -> None:
+        threads.append(threading.get_ident())
+        write(path, kind, body)
+
+    monkeypatch.setattr(last_seen, "write_state", recorded)
+    store = LastSeenStore(tmp_path, "me", ManualClock())
+    saves = [remember_leases(store, {"a": epoch}) for epoch in range(1, 6)]
+    await asyncio.wait_for(asyncio.gather(*saves), 10)
+    assert len(threads) == 5
+    assert threading.get_ident() not in threads
+    seen = LastSeenStore(tmp_path, "me").load()
+    assert seen is None  # no registry written: nothing to resume, but the leases are
+    body = json.loads((tmp_path / "leases.json").read_text())["body"]
+    assert body["leases"] == {"a": 5}

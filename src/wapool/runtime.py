@@ -132,7 +132,7 @@ class Runtime:
             await self.supervisor.stop(company)
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
-        remember_leases(self.last_seen, self.leases.held)
+        await remember_leases(self.last_seen, self.leases.held)
 
     async def active_companies(self) -> list[Company]:
         """The registry (PostgreSQL, else the outage cache); what PostgreSQL confirmed is
@@ -196,4 +196,4 @@ class Runtime:
         for company in companies:
             await self.supervisor.stop(company)
             await self.keeper.set_aside(company, "lease taken over by another daemon")
-        remember_leases(self.last_seen, self.leases.held)
+        await remember_leases(self.last_seen, self.leases.held)

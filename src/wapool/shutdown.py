@@ -34,6 +34,6 @@ async def shut_down(rt: Runtime, drain_seconds: float) -> None:
     if drained:  # hand the companies over at once; otherwise let the leases expire
         with contextlib.suppress(DatabaseUnavailable):
             await rt.leases.hand_over(dict.fromkeys(rt.leases.held))
-    remember_leases(rt.last_seen, rt.leases.held)
+    await remember_leases(rt.last_seen, rt.leases.held)
     with contextlib.suppress(DatabaseUnavailable):
         await rt.nodes.deregister()

@@ -12,7 +12,9 @@ after the store rows (``message_rotation``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from wapool.crypto.envelope import DataKey, is_sealed, open_image, seal, unwrap, wrap
 from wapool.crypto.keyring import Keyring
@@ -22,6 +24,10 @@ from wapool.db.pool import Conn, Database
 TABLES = ("store_rows", "store_tombstones")
 #: Data keys re-wrapped per transaction.
 REWRAP_BATCH = 500
+#: Where a batch starts: after this key (store rows) or this id (messages).
+P = TypeVar("P")
+#: A store row's place: (tombstoned_at as text or '', table, row key).
+Key = tuple[str, str, str]
 
 
 async def rewrap(db: Database, keyring: Keyring, *, batch: int = REWRAP_BATCH) -> int:
@@ -88,38 +94,45 @@ async def reencrypt(
     if current is None:
         return progress  # no such company, or no master key
     for table in TABLES:
-        after: tuple[str, str, str] = ("", "", "")
-        while True:
 
-            async def work(
-                conn: Conn, table: str = table, after: tuple[str, str, str] = after
-            ) -> tuple[int, int, tuple[str, str, str] | None]:
-                return await _batch(conn, db, table, company_id, current, after, batch)
+        async def rows(conn: Conn, after: Key, table: str = table) -> tuple[int, int, Key | None]:
+            return await _batch(conn, db, table, company_id, current, after, batch)
 
-            rewritten, skipped, last = await db.run(work)
-            progress.rewritten += rewritten
-            progress.skipped += skipped
-            if last is None:
-                break
-            after = last
-            await asyncio.sleep(pause)
+        await _pages(db, progress, pause, ("", "", ""), rows)
     for step in MESSAGE_TABLES:
-        position: str | None = None
-        while True:
 
-            async def message_work(
-                conn: Conn, step: Step = step, position: str | None = position
-            ) -> tuple[int, int, str | None]:
-                return await step(conn, db, company_id, current, position, batch)
+        async def messages(
+            conn: Conn, after: str | None, step: Step = step
+        ) -> tuple[int, int, str | None]:
+            return await step(conn, db, company_id, current, after, batch)
 
-            rewritten, skipped, next_position = await db.run(message_work)
-            progress.rewritten += rewritten
-            progress.skipped += skipped
-            if next_position is None:
-                break
-            position = next_position
-            await asyncio.sleep(pause)
+        await _pages(db, progress, pause, None, messages)
     return progress
+
+
+async def _pages(
+    db: Database,
+    progress: Progress,
+    pause: float,
+    start: P,
+    batch: Callable[[Conn, P], Awaitable[tuple[int, int, P | None]]],
+) -> None:
+    """Run ``batch`` from ``start`` in short transactions, ``pause`` seconds apart, each from
+    where the previous one said to continue, until one says there is nothing more (None); its
+    counts are added to ``progress``."""
+    position = start
+    while True:
+
+        async def page(conn: Conn, at: P = position) -> tuple[int, int, P | None]:
+            return await batch(conn, at)
+
+        rewritten, skipped, following = await db.run(page)
+        progress.rewritten += rewritten
+        progress.skipped += skipped
+        if following is None:
+            return
+        position = following
+        await asyncio.sleep(pause)
 
 
 async def _batch(
@@ -128,9 +141,9 @@ async def _batch(
     table: str,
     company_id: str,
     current: DataKey,
-    after: tuple[str, str, str],
+    after: Key,
     limit: int,
-) -> tuple[int, int, tuple[str, str, str] | None]:
+) -> tuple[int, int, Key | None]:
     """One batch: (rewritten, skipped, where to continue or None when done)."""
     if table == "store_tombstones":
         cur = await conn.execute(

@@ -9,7 +9,9 @@ reading and ignored, which leaves the daemon waiting for PostgreSQL as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,6 +79,11 @@ class LastSeenStore:
         self._leases_written: dict[str, int] | None = None
         #: When PostgreSQL last confirmed the registry written here (wall clock; None: never).
         self.confirmed_at: float | None = None
+        #: Saves run in worker threads (``outage.resume``): one at a time (a save ends with two
+        #: fsyncs) ...
+        self._saving = threading.Lock()
+        #: ... and, on the event loop, taken in the order they were asked for.
+        self.turn = asyncio.Lock()
 
     def age_seconds(self) -> float | None:
         """Age of the on-disk registry (what a restart during an outage would use)."""
@@ -92,17 +99,19 @@ class LastSeenStore:
             "other_holders": sorted(set(other_holders) - {self.holder}),
             "companies": [_company_to_json(c) for c in companies],
         }
-        write_state(self.registry_path, "registry", body)
-        self.confirmed_at = confirmed
+        with self._saving:
+            write_state(self.registry_path, "registry", body)
+            self.confirmed_at = confirmed
 
     def save_leases(self, held: Mapping[str, int]) -> None:
         """Record the leases held now (nothing is written when they did not change)."""
         current = dict(held)
-        if current == self._leases_written:
-            return
-        body = {"holder": self.holder, "saved_at": self._clock.time(), "leases": current}
-        write_state(self.leases_path, "leases", body)
-        self._leases_written = current
+        with self._saving:
+            if current == self._leases_written:
+                return
+            body = {"holder": self.holder, "saved_at": self._clock.time(), "leases": current}
+            write_state(self.leases_path, "leases", body)
+            self._leases_written = current
 
     def load(self) -> LastSeen | None:
         """Both files, checked; None (and a log line saying why) when either is missing,

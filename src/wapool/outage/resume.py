@@ -8,6 +8,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -50,19 +52,22 @@ async def remember_registry(db: Database, store: LastSeenStore, companies: list[
     except DatabaseUnavailable:
         return  # confirmed only with both answers
     others = {str(r[0]) for r in rows}
-    try:
-        store.save_registry(companies, others)
-    except OSError as exc:
-        log.error("last_seen_write_failed", extra={"path": str(store.registry_path),
-                                                   "error": str(exc)})  # fmt: skip
+    await _save(store, store.registry_path, partial(store.save_registry, list(companies), others))
 
 
-def remember_leases(store: LastSeenStore, held: Mapping[str, int]) -> None:
-    try:
-        store.save_leases(held)
-    except OSError as exc:
-        log.error("last_seen_write_failed", extra={"path": str(store.leases_path),
-                                                   "error": str(exc)})  # fmt: skip
+async def remember_leases(store: LastSeenStore, held: Mapping[str, int]) -> None:
+    """Write the leases held now to the state dir (nothing when they did not change)."""
+    await _save(store, store.leases_path, partial(store.save_leases, dict(held)))
+
+
+async def _save(store: LastSeenStore, path: Path, save: Callable[[], None]) -> None:
+    """Run ``save`` off the event loop (it writes and fsyncs a file and its folder), after the
+    saves asked for before it (a later state is never overwritten by an earlier one)."""
+    async with store.turn:
+        try:
+            await asyncio.to_thread(save)
+        except OSError as exc:
+            log.error("last_seen_write_failed", extra={"path": str(path), "error": str(exc)})
 
 
 def start_offline(runtime: Runtime, plan: OfflineStart, error: str) -> None:
