@@ -192,9 +192,9 @@ class RowCipher:
     ) -> list[tuple[str, str, str]]:
         """(table, key, plaintext image) of (table, key, seq, image) rows; RowUnreadable naming
         the company and each table with rows that do not decrypt."""
-        keys: dict[str, DataKey] = {}
-        if any(is_sealed(r[3]) for r in rows):
-            keys = await self.keys_of(conn, company_id)
+        if not any(is_sealed(r[3]) for r in rows):
+            return [(table, key, image) for table, key, _, image in rows]
+        keys = await self.keys_of(conn, company_id)
         out: list[tuple[str, str, str]] = []
         failed: Counter[str] = Counter()
         reason = ""

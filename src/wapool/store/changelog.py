@@ -11,11 +11,11 @@ moves across a purge.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from wapool.store.codec import decode_value
 from wapool.store.purge import PURGE_TABLE, Purge
@@ -23,12 +23,13 @@ from wapool.store.schema import StoreSchema, quote, read_schema
 from wapool.store.working_store import json_array_sql, transaction
 
 TRIM_BATCH = 5_000
+#: Entries fetched at a time while reading the log (a prefix is cut at ``MAX_PURGES``).
+SCAN_BLOCK = 4_096
 #: Purges per prefix: each one costs the mirror a few statements in its transaction.
 MAX_PURGES = 32
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):  # a tuple: a backlog's read builds one per key (100,000s)
     table: str
     key: str
     #: The row's image, or None when the key no longer exists.
@@ -71,32 +72,22 @@ def read_prefix(
     conn: sqlite3.Connection, after_seq: int = 0, *, own_transaction: bool = True
 ) -> Prefix | None:
     """Everything logged after ``after_seq``, coalesced; None when there is nothing.
-    ``own_transaction=False``: the caller holds the read transaction."""
+    ``own_transaction=False``: the caller holds the read transaction.
+
+    One scan of the log, cut and coalesced here: a busy host's mirror reads hundreds of stores
+    a tick, a few entries each, where each statement counted (a query for the purges, one for
+    the bounds and a GROUP BY per step, which sorted a large backlog in a temporary B-tree)."""
     with transaction(conn) if own_transaction else contextlib.nullcontext():
-        purges = conn.execute(
-            "SELECT seq, img FROM wapool_changelog WHERE tbl = ? AND seq > ? ORDER BY seq LIMIT ?",
-            (PURGE_TABLE, after_seq, MAX_PURGES),
-        ).fetchall()
-        limit = purges[-1][0] if len(purges) == MAX_PURGES else None
-        high, count, oldest = conn.execute(
-            "SELECT max(seq), count(*), min(at) FROM wapool_changelog "
-            "WHERE seq > ? AND (? IS NULL OR seq <= ?)",
-            (after_seq, limit, limit),
-        ).fetchone()
-        if high is None:
+        rows, cuts = _scan(conn, after_seq)
+        if not rows:
             return None
-        bounds = [after_seq, *(int(seq) for seq, _ in purges)]
-        if bounds[-1] < high:
-            bounds.append(int(high))
         schema: StoreSchema | None = None
         changes: list[Change] = []
-        for step, (low, upper) in enumerate(itertools.pairwise(bounds)):
-            rows = conn.execute(
-                "SELECT tbl, pk, op, img, at, max(seq) FROM wapool_changelog "
-                "WHERE seq > ? AND seq <= ? AND tbl <> ? GROUP BY tbl, pk",
-                (low, upper, PURGE_TABLE),
-            ).fetchall()
-            for table, key, op, image, at, _ in rows:
+        starts, ends = [0, *(c + 1 for c in cuts)], [*cuts, len(rows)]
+        for step, (first, end) in enumerate(zip(starts, ends, strict=True)):
+            # The last entry of each key in the step (SQLite's GROUP BY sorted them first).
+            latest = {(row[1], row[2]): row for row in rows[first:end]}
+            for _, table, key, op, image, at in latest.values():
                 if op == "R":
                     schema = schema or read_schema(conn)
                     image = current_image(conn, schema, table, key)
@@ -110,12 +101,31 @@ def read_prefix(
         return Prefix(
             store_uuid=meta.get("store_uuid") or "",
             fingerprint=meta.get("capture_fingerprint") or "",
-            high_seq=int(high),
-            entries=int(count),
+            high_seq=int(rows[-1][0]),
+            entries=len(rows),
             changes=changes,
-            oldest_at=oldest,
-            purges=tuple(Purge.decode(text) for _, text in purges),
+            oldest_at=min(row[5] for row in rows),
+            purges=tuple(Purge.decode(rows[c][4]) for c in cuts),
         )
+
+
+def _scan(conn: sqlite3.Connection, after_seq: int) -> tuple[list[tuple[Any, ...]], list[int]]:
+    """The entries after ``after_seq`` in order, up to the ``MAX_PURGES``-th purge; and where
+    the purges are among them."""
+    cursor = conn.execute(
+        "SELECT seq, tbl, pk, op, img, at FROM wapool_changelog WHERE seq > ? ORDER BY seq",
+        (after_seq,),
+    )
+    rows: list[tuple[Any, ...]] = []
+    cuts: list[int] = []
+    while len(cuts) < MAX_PURGES and (block := cursor.fetchmany(SCAN_BLOCK)):
+        cuts += [len(rows) + i for i, row in enumerate(block) if row[1] == PURGE_TABLE]
+        rows += block
+    cursor.close()
+    if len(cuts) >= MAX_PURGES:
+        del cuts[MAX_PURGES:]
+        del rows[cuts[-1] + 1 :]
+    return rows, cuts
 
 
 def current_image(

@@ -9,7 +9,9 @@ Python turns them back into values for a restore (``decode_row``).
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterable, Iterator
+from json.scanner import make_scanner
+from typing import Any, cast
 
 SQLiteValue = bytes | str | int | float | None
 
@@ -41,3 +43,22 @@ def decode_value(tagged: str | None) -> SQLiteValue:
 def decode_row(image: str) -> list[SQLiteValue]:
     values: list[Any] = json.loads(image)
     return [decode_value(v) for v in values]
+
+
+_DECODERS: dict[str, Any] = {"x": bytes.fromhex, "t": str, "i": int, "r": float}
+_scan = make_scanner(cast(Any, json.JSONDecoder()))  # json.loads without its wrapping
+
+
+def decode_rows(images: Iterable[str]) -> Iterator[list[SQLiteValue]]:
+    """``decode_row`` of each image, faster (a restore decodes every row of a store): the JSON
+    scanner without ``json.loads``'s wrapping, and one dictionary look-up per value."""
+    decoders = _DECODERS
+    for image in images:
+        try:
+            values, end = _scan(image, 0)
+            if end == len(image) and isinstance(values, list):
+                yield [None if v is None else decoders[v[0]](v[1:]) for v in values]
+                continue
+        except (KeyError, IndexError, TypeError, StopIteration):
+            pass
+        yield decode_row(image)  # what json.loads accepts, or the precise error

@@ -13,7 +13,6 @@ names them); it is given the replaced copy's name in advance (``replaced_name``)
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from wapool.store import changelog
 from wapool.store.capture import install_capture
-from wapool.store.codec import decode_row, decode_value
+from wapool.store.codec import decode_rows
 from wapool.store.leftovers import remove_file_set
 from wapool.store.monotonic import drop_own_sender_keys, fence_prekeys
 from wapool.store.pg_copy import DDL_SEPARATOR, CopyMeta
@@ -87,12 +86,19 @@ def _insert_rows(conn: sqlite3.Connection, rows: list[tuple[str, str, str]]) -> 
         if table.primary_key:
             conn.executemany(
                 f"INSERT INTO {quote(table.name)} ({columns}) VALUES ({marks})",
-                (decode_row(image) for _, image in entries),
+                decode_rows(image for _, image in entries),
             )
         else:
             conn.executemany(
                 f"INSERT INTO {quote(table.name)} (rowid, {columns}) VALUES (?, {marks})",
-                ([decode_value(json.loads(key)[0]), *decode_row(image)] for key, image in entries),
+                (
+                    [*rowid, *values]
+                    for rowid, values in zip(
+                        decode_rows(key for key, _ in entries),
+                        decode_rows(image for _, image in entries),
+                        strict=True,
+                    )
+                ),
             )
 
 
