@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import random
-import shutil
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import psycopg
 import pytest
 
 from tests.conftest import dump_store, make_settings, new_store, proxied
+from tests.sealing import leaks, new_host, pg_dump, secrets_of
 from wapool.crypto import keyring
 from wapool.crypto.envelope import RowCipher
 from wapool.db.pool import Database
@@ -158,8 +157,6 @@ async def test_histories_converge_sealed_and_a_new_host_restores_the_same_device
     equal (in each case), every row image and tombstone in PostgreSQL is sealed, a full
     pg_dump holds none of the stores' private key bytes, and a new host with the same master
     key restores every store so that neonize loads the same device."""
-    from tests.test_encryption import SECRET_COLUMNS, _leaks, _pg_dump
-
     db, proxy, database_url = rig
     keyring.write(tmp_path / "master.key", [keyring.new_key()])
     db.cipher = RowCipher(keyring.load(tmp_path / "master.key"))
@@ -184,29 +181,17 @@ async def test_histories_converge_sealed_and_a_new_host_restores_the_same_device
 
     secrets: set[bytes] = set()
     for company in companies:
-        store = sqlite3.connect(store_path(state, company))
-        secrets |= {v for row in store.execute(SECRET_COLUMNS) for v in row if v}
-        store.close()
+        secrets |= secrets_of(store_path(state, company))
     assert len(secrets) >= 3 * len(companies)  # every store holds a device's keys
-    assert _leaks(_pg_dump(database_url, tmp_path / "all.sql"), secrets) == []
+    assert leaks(pg_dump(database_url, tmp_path / "all.sql"), secrets) == []
 
-    # A new host: a fresh state directory, its own copy of the same master key.
-    shutil.copy(tmp_path / "master.key", tmp_path / "other.key")
-    os.chmod(tmp_path / "other.key", 0o600)
-    settings = make_settings(
-        database_url, tmp_path / "new-host", master_key_file=tmp_path / "other.key"
-    )
-    other = Database.from_settings(settings)
-    await other.open(wait=True)
-    try:
+    async with new_host(database_url, tmp_path, tmp_path / "master.key") as (settings, other):
         for company in companies:
             result = await provision(other, settings.state_dir, company)
             assert result.action == "restored-postgres", company
             assert dump_store(store_path(settings.state_dir, company)) == dump_store(
                 store_path(state, company)
             )
-    finally:
-        await other.close()
     originals = [store_path(state, c) for c in companies]
     restored = [store_path(settings.state_dir, c) for c in companies]
     devices = create_schema([*originals, *restored])

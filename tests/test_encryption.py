@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 
 from tests.conftest import dump_store, make_settings, mirror_once, new_store, run_cli
 from tests.daemon import Daemons
+from tests.sealing import leaks, new_host, pg_dump, secrets_of
 from tests.test_mirror import add_companies, writer_for
 from tests.test_sealed_messages import inbound, outbound
 from wapool.crypto import keyring, rotation
@@ -32,11 +30,6 @@ from wapool.whatsapp.neonize_store import create_schema
 
 pytestmark = pytest.mark.timeout(180)
 
-SECRET_COLUMNS = (
-    "SELECT noise_key, identity_key, signed_pre_key FROM whatsmeow_device "
-    "UNION ALL SELECT session, NULL, NULL FROM whatsmeow_sessions"
-)
-
 
 def _key_file(path: Path, *keys: keyring.MasterKey) -> keyring.Keyring:
     keyring.write(path, list(keys) or [keyring.new_key()])
@@ -46,19 +39,9 @@ def _key_file(path: Path, *keys: keyring.MasterKey) -> keyring.Keyring:
 
 
 def _secrets(store: Path) -> set[bytes]:
-    conn = sqlite3.connect(store)
-    try:
-        found = {v for row in conn.execute(SECRET_COLUMNS) for v in row if v}
-    finally:
-        conn.close()
+    found = secrets_of(store)
     assert len(found) >= 4, "the store holds no device keys or sessions to look for"
     return found
-
-
-def _pg_dump(database_url: str, target: Path) -> bytes:
-    pg_dump = shutil.which("pg_dump") or next(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))
-    subprocess.run([str(pg_dump), "-f", str(target), database_url], check=True, timeout=60)
-    return target.read_bytes()
 
 
 def _message_texts(secret: str) -> set[bytes]:
@@ -69,15 +52,6 @@ def _message_texts(secret: str) -> set[bytes]:
         f"{secret}.jpg".encode(), f"{secret} from sql".encode(), f"{secret} png".encode(),
         f"{secret}.png".encode(), f"{secret} from the api".encode(), f"{secret} jpeg".encode(),
     }  # fmt: skip
-
-
-def _leaks(dump: bytes, secrets: set[bytes]) -> list[str]:
-    leaked = []
-    for secret in secrets:
-        for form in (secret, secret.hex().encode(), secret.hex().upper().encode()):
-            if form in dump:
-                leaked.append(secret.hex()[:12])
-    return leaked
 
 
 async def _store(db: Database, url: str, template: Path, state: Path, company: str) -> Path:
@@ -106,9 +80,9 @@ async def test_dump_holds_no_private_key_and_a_new_host_restores_the_same_device
     (await outbound(db, database_url, tmp_path / "a", "sealed", "quokka")).close()
     texts = _message_texts("quokka")
 
-    dump = _pg_dump(database_url, tmp_path / "all.sql")
-    assert _leaks(dump, secrets) == []
-    assert _leaks(dump, texts) == []
+    dump = pg_dump(database_url, tmp_path / "all.sql")
+    assert leaks(dump, secrets) == []
+    assert leaks(dump, texts) == []
 
     # The check can fail: the same store and messages written without a key leak everything.
     plain_db = Database.from_settings(make_settings(database_url, tmp_path / "p"))
@@ -119,21 +93,13 @@ async def test_dump_holds_no_private_key_and_a_new_host_restores_the_same_device
         (await outbound(plain_db, database_url, tmp_path / "p", "plain", "wombat")).close()
     finally:
         await plain_db.close()
-    dump = _pg_dump(database_url, tmp_path / "all2.sql")
-    assert set(_leaks(dump, _secrets(plain)))
-    assert set(_leaks(dump, _message_texts("wombat"))) == {
+    dump = pg_dump(database_url, tmp_path / "all2.sql")
+    assert set(leaks(dump, _secrets(plain)))
+    assert set(leaks(dump, _message_texts("wombat"))) == {
         t.hex()[:12] for t in _message_texts("wombat")
     }
 
-    # A new host: fresh state directory, its own copy of the same master key.
-    shutil.copy(tmp_path / "master.key", tmp_path / "other.key")
-    os.chmod(tmp_path / "other.key", 0o600)
-    settings = make_settings(
-        database_url, tmp_path / "new-host", master_key_file=tmp_path / "other.key"
-    )
-    other = Database.from_settings(settings)
-    await other.open(wait=True)
-    try:
+    async with new_host(database_url, tmp_path, tmp_path / "master.key") as (settings, other):
         result = await provision(other, settings.state_dir, "sealed")
         restored = settings.state_dir / path.relative_to(tmp_path / "a")
         assert result.action == "restored-postgres"
@@ -142,8 +108,6 @@ async def test_dump_holds_no_private_key_and_a_new_host_restores_the_same_device
         assert devices[path], "neonize finds no device in the original store"
         assert devices[restored] == devices[path]
         assert (await verify(other, restored, "sealed")).equal
-    finally:
-        await other.close()
 
 
 async def test_moved_ciphertext_fails_loudly_and_other_companies_still_restore(
@@ -329,7 +293,7 @@ async def test_export_is_encrypted_by_default_and_a_tampered_file_is_refused(
     assert "(encrypted)" in done.stdout
     data = backup.read_bytes()
     assert data.startswith(b"wapool-sealed-export 1\n")
-    assert _leaks(data, secrets) == []
+    assert leaks(data, secrets) == []
     assert oct(backup.stat().st_mode & 0o777) == "0o600"
 
     tampered = tmp_path / "tampered.wapool"
@@ -356,7 +320,7 @@ async def test_export_is_encrypted_by_default_and_a_tampered_file_is_refused(
     plain = run_cli("export", "exp", str(tmp_path / "plain.db"), "--plaintext", env=env,
                     cwd=tmp_path)  # fmt: skip
     assert plain.returncode == 0, plain.stderr
-    assert set(_leaks((tmp_path / "plain.db").read_bytes(), secrets))
+    assert set(leaks((tmp_path / "plain.db").read_bytes(), secrets))
 
 
 async def test_a_company_whose_data_key_is_unusable_waits_and_the_others_go_on(
