@@ -56,7 +56,7 @@ bench: venv
 	$(BIN)/python bench/pool_recovery.py
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 100
 	$(BIN)/python bench/cleanup.py --rows 10000000 --companies 1
-	$(BIN)/python bench/takeover.py
+	$(BIN)/python bench/takeover.py --companies 200
 	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/handoff.py --companies 100
 	$(BIN)/python bench/coldstart.py --companies 500 2000

@@ -9,7 +9,9 @@ Reduced sizes in ``make test``; ``WAPOOL_SLOW=1`` runs the issue's 300 companies
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -20,6 +22,8 @@ from tests.daemon import Daemons
 from tests.fleet import Fleet, downtimes, p99, seed, wait
 from tests.simserver import running_sim_server
 from wapool.devdb import Cluster
+from wapool.store.working_store import connect
+from wapool.testing.whatsmeow_writes import WhatsmeowWriter
 
 SLOW = os.environ.get("WAPOOL_SLOW") == "1"
 
@@ -126,4 +130,42 @@ def test_a_postgres_outage_during_a_join_never_doubles_a_company(
         stats = server.stats()
         fleet.stop_all()
     assert stats["overlaps"] == []
+    fleet.verify_all(["one", "two"], companies)
+
+
+@pytest.mark.timeout(300)
+def test_a_killed_daemons_stores_of_companies_taken_since_are_left_behind(
+    database_url: str, whatsmeow_template: Path, tmp_path: Path, daemons: Daemons
+) -> None:
+    """A SIGKILLed daemon's stores stay on its disk, some owing changes the mirror had not
+    carried yet. Once another daemon took those companies over (restoring them from
+    PostgreSQL), the killed one, started again, keeps a store that owed changes aside with a
+    report, and removes one that owed nothing, before it takes any lease: nothing is left to
+    look DIFFERENT to ``verify`` or to be applied over the new holder's copy."""
+    companies = seed(database_url, whatsmeow_template, tmp_path / "seed", 6)
+    with running_sim_server(tmp_path) as server:
+        fleet = Fleet(database_url, tmp_path, daemons, server, lease=4)
+        fleet.start("one")
+        wait(lambda: fleet.balanced(len(companies), ["one"]), 120, "all up on one")
+        fleet.running["one"].stop(signal.SIGKILL, timeout=10)
+        owed = companies[0]  # a change committed just before the kill, never mirrored
+        conn = connect(tmp_path / "one" / owed / "store.db")
+        writer = WhatsmeowWriter(conn, random.Random(owed))
+        writer.jid = conn.execute("SELECT jid FROM whatsmeow_device").fetchone()[0]
+        writer.session()
+        conn.close()
+        fleet.start("two")
+        wait(lambda: fleet.balanced(len(companies), ["two"]), 120, "all taken over by two")
+        one = fleet.start("one")
+        wait(lambda: fleet.balanced(len(companies), ["one", "two"]), 120, "shared by two")
+        text = one.text()
+        fleet.stop_all()
+    assert f"event=store_set_aside company={owed} " in text
+    assert "lease taken over by two while this daemon was down" in text
+    reports = list((tmp_path / "one" / owed).glob("store.db.replaced-*.salvage.json"))
+    assert [json.loads(r.read_text())["aside"] for r in reports] == [True]
+    # The others are removed (or kept aside too, if the kill came between an apply and its trim).
+    assert text.count("event=store_discarded") + text.count("event=store_set_aside") == len(
+        companies
+    )
     fleet.verify_all(["one", "two"], companies)

@@ -219,6 +219,7 @@ async def run_daemon(settings: Settings) -> int:
         if plan is None:  # (without PostgreSQL, the first heartbeat that reaches it registers)
             with contextlib.suppress(DatabaseUnavailable):
                 await runtime.nodes.register()  # the others count this node before it takes a lease
+                await runtime.leave_behind()  # a killed run's stores of companies taken since
         heartbeat = asyncio.create_task(
             heartbeat_loop(runtime, signals.stop, changed), name="heartbeat"
         )

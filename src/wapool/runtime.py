@@ -48,6 +48,7 @@ from wapool.registry.fallback import Registry
 from wapool.registry.pairing import PairingRepository
 from wapool.session_actions import pair_by_phone
 from wapool.settings import Settings
+from wapool.store import left_behind
 from wapool.store.keeper import StoreKeeper
 from wapool.store.mirror import Mirror
 from wapool.store.snapshot import Snapshot
@@ -133,6 +134,17 @@ class Runtime:
         with contextlib.suppress(DatabaseUnavailable):
             await self.leases.release(self.leases.held.keys() - active)
         await remember_leases(self.last_seen, self.leases.held)
+
+    async def leave_behind(self) -> None:
+        """Before the first lease is taken: the stores the last run (killed) left of companies
+        another daemon took over since are kept aside or removed (``store.left_behind``).
+        Raises ``DatabaseUnavailable``."""
+        held_before = self.last_seen.held_before()
+        count = await left_behind.leave_all(
+            self.db, self.settings.state_dir, self.leases.holder, held_before
+        )
+        if count:
+            log.info("stores_left_behind", extra={"count": count, "held_before": len(held_before)})
 
     async def active_companies(self) -> list[Company]:
         """The registry (PostgreSQL, else the outage cache); what PostgreSQL confirmed is

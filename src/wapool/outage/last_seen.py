@@ -128,6 +128,30 @@ class LastSeenStore:
             log.error("last_seen_corrupt", extra={"error": str(exc), "action": "ignored"})
             return None
 
+    def held_before(self) -> list[str]:
+        """The companies whose lease this daemon held when it last ran (``leases.json``; empty
+        when the file is missing, damaged or another daemon's: logged as by ``load``)."""
+        try:
+            body = read_state(self.leases_path, "leases")
+            if body is None:
+                return []
+            if body.get("holder") != self.holder:
+                log.warning("last_seen_other_holder", extra={
+                    "path": str(self.leases_path), "holder": str(body.get("holder")),
+                    "node": self.holder,
+                })  # fmt: skip
+                return []
+            held = body["leases"]
+            if not isinstance(held, dict):
+                raise TypeError("leases of the wrong type")
+            return [validate_company_id(str(c)) for c in held]
+        except (KeyError, TypeError, ValueError, InvalidCompanyId) as exc:
+            log.error("last_seen_corrupt", extra={"error": f"state files are malformed ({exc})",
+                                                  "action": "ignored"})  # fmt: skip
+        except CorruptStateFile as exc:
+            log.error("last_seen_corrupt", extra={"error": str(exc), "action": "ignored"})
+        return []
+
     def _parse(self, registry: dict[str, Any], leases: dict[str, Any]) -> LastSeen | None:
         for body, path in ((registry, self.registry_path), (leases, self.leases_path)):
             if body.get("holder") != self.holder:

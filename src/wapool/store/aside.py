@@ -26,13 +26,14 @@ from wapool.store.working_store import read_only, store_path
 log = logging.getLogger(__name__)
 
 
-def set_aside(state_dir: Path, company_id: str, reason: str) -> Report | None:
-    """Move the company's store aside; the report of what it owed, or None (nothing)."""
+def set_aside(state_dir: Path, company_id: str, reason: str, after_seq: int = 0) -> Report | None:
+    """Move the company's store aside; the report of what it owed (its change log after
+    ``after_seq``, what PostgreSQL's copy is known to hold), or None (nothing)."""
     path = store_path(state_dir, company_id)
     if not path.exists():
         return None
     with closing(read_only(path)) as conn:
-        first = changelog.first_seq_after(conn, 0)
+        first = changelog.first_seq_after(conn, after_seq)
         last = changelog.last_seq(conn)
     keep_as = replaced_name(path)
     report = None
