@@ -13,6 +13,7 @@ that a rolled-back transaction took away.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import os
@@ -195,21 +196,8 @@ class RowCipher:
         if not any(is_sealed(r[3]) for r in rows):
             return [(table, key, image) for table, key, _, image in rows]
         keys = await self.keys_of(conn, company_id)
-        out: list[tuple[str, str, str]] = []
-        failed: Counter[str] = Counter()
-        reason = ""
-        for table, key, seq, image in rows:
-            try:
-                out.append((table, key, open_image(keys, company_id, table, key, seq, image)))
-            except ValueError as exc:
-                failed[table] += 1
-                reason = reason or str(exc)
-        if failed:
-            tables = ", ".join(f"{t} ({n} rows)" for t, n in sorted(failed.items()))
-            raise RowUnreadable(
-                f"company {company_id!r}: rows fail to decrypt in {tables}: {reason}"
-            )
-        return out
+        # Some 3-5 us a row: a 100,000-row restore would hold the event loop for 0.4 s.
+        return await asyncio.to_thread(_open_all, keys, company_id, rows)
 
     def forget(self, company_id: str | None = None) -> None:
         """Drop cached data keys (after a rotation, or a company's removal)."""
@@ -219,6 +207,24 @@ class RowCipher:
         else:
             self._current.pop(company_id, None)
             self._all.pop(company_id, None)
+
+
+def _open_all(
+    keys: dict[str, DataKey], company_id: str, rows: list[tuple[str, str, int, str]]
+) -> list[tuple[str, str, str]]:
+    out: list[tuple[str, str, str]] = []
+    failed: Counter[str] = Counter()
+    reason = ""
+    for table, key, seq, image in rows:
+        try:
+            out.append((table, key, open_image(keys, company_id, table, key, seq, image)))
+        except ValueError as exc:
+            failed[table] += 1
+            reason = reason or str(exc)
+    if failed:
+        tables = ", ".join(f"{t} ({n} rows)" for t, n in sorted(failed.items()))
+        raise RowUnreadable(f"company {company_id!r}: rows fail to decrypt in {tables}: {reason}")
+    return out
 
 
 def wrap(master_secret: bytes, company_id: str, key_id: str, secret: bytes) -> bytes:

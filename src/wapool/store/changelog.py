@@ -85,9 +85,10 @@ def read_prefix(
         changes: list[Change] = []
         starts, ends = [0, *(c + 1 for c in cuts)], [*cuts, len(rows)]
         for step, (first, end) in enumerate(zip(starts, ends, strict=True)):
-            # The last entry of each key in the step (SQLite's GROUP BY sorted them first).
+            # The last entry of each key in the step, in key order: PostgreSQL then updates
+            # its index in order, much cheaper for a large backlog than in the log's order.
             latest = {(row[1], row[2]): row for row in rows[first:end]}
-            for _, table, key, op, image, at in latest.values():
+            for _, table, key, op, image, at in (latest[k] for k in sorted(latest)):
                 if op == "R":
                     schema = schema or read_schema(conn)
                     image = current_image(conn, schema, table, key)
@@ -143,21 +144,18 @@ def current_image(
 
 
 def trim(conn: sqlite3.Connection, up_to_seq: int, entries: int | None = None) -> int:
-    """Delete entries up to ``up_to_seq`` in short batches; return how many went. With
-    ``entries`` (how many there are, from the prefix read) no more than a batch: one plain
-    range delete, without the batching subquery (the mirror's usual tick, once per store)."""
+    """Delete entries up to ``up_to_seq`` in short transactions of at most ``TRIM_BATCH``
+    entries; return how many went. With ``entries`` (how many there are, from the prefix
+    read) no more than a batch: one range delete, without looking for the first entry (the
+    mirror's usual tick, once per store)."""
     if entries is not None and entries <= TRIM_BATCH:
         return conn.execute("DELETE FROM wapool_changelog WHERE seq <= ?", (up_to_seq,)).rowcount
     removed = 0
-    while True:
-        cur = conn.execute(
-            "DELETE FROM wapool_changelog WHERE seq IN "
-            "(SELECT seq FROM wapool_changelog WHERE seq <= ? ORDER BY seq LIMIT ?)",
-            (up_to_seq, TRIM_BATCH),
-        )
-        removed += cur.rowcount
-        if cur.rowcount < TRIM_BATCH:
-            return removed
+    while (low := first_seq_after(conn, 0)) is not None and low <= up_to_seq:
+        # Sequence numbers are unique: this range holds at most a batch.
+        upper = min(up_to_seq, low + TRIM_BATCH - 1)
+        removed += conn.execute("DELETE FROM wapool_changelog WHERE seq <= ?", (upper,)).rowcount
+    return removed
 
 
 def last_seq(conn: sqlite3.Connection) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import sqlite3
 import threading
 from collections import deque
@@ -154,6 +155,7 @@ class Mirror:
         # One tick at a time; the thread lock also covers SQLite work left running in a
         # thread by a cancelled tick.
         self._tick_lock = asyncio.Lock()
+        self._spread = random.Random()  # noqa: S311 - trim timing
         self._sqlite_lock = threading.Lock()
         #: Further sources drained by this loop after the change logs (the inbound messages:
         #: ``messaging.inbound_mirror``), each with ``tick() -> rows`` and ``pending``.
@@ -461,7 +463,11 @@ class Mirror:
         conn = self._conn(target)
         self.fault("trimming")
         changelog.trim(conn, target.applied_seq, target.untrimmed)
-        target.untrimmed, target.trimmed_at = 0, self._clock.monotonic()
+        # The next trim falls due ``TRIM_EVERY`` / 2 to ``TRIM_EVERY`` from now: stores trimmed
+        # in the same tick (all of them, the first time) spread over the following ticks
+        # instead of all falling due again in one, which made a busy host's slowest ticks.
+        target.untrimmed = 0
+        target.trimmed_at = self._clock.monotonic() - self._spread.random() * TRIM_EVERY / 2
         if self._snapshots is not None:  # it looks again itself, and at most once a minute
             self._snapshots.after_drain(
                 target.company_id, conn, target.store_uuid, target.applied_seq
