@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wapool.clock import ManualClock
+from wapool.db.pool import Database
 from wapool.outage.last_seen import LastSeenStore
 from wapool.outage.offline_start import plan
 from wapool.registry.company import Company
@@ -147,3 +148,53 @@ async def test_saves_run_off_the_event_loop_the_last_one_asked_kept(
     assert seen is None  # no registry written: nothing to resume, but the leases are
     body = json.loads((tmp_path / "leases.json").read_text())["body"]
     assert body["leases"] == {"a": 5}
+
+
+class _HeldClock(ManualClock):
+    """Its first reading waits until ``release`` is set (a save's thread held before it writes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.entered, self.release = threading.Event(), threading.Event()
+        self._readings = 0
+
+    def time(self) -> float:
+        self._readings += 1
+        if self._readings == 1:
+            self.entered.set()
+            assert self.release.wait(10), "never released"
+        return super().time()
+
+
+async def test_a_save_left_running_by_a_cancelled_task_never_overwrites_a_later_one(
+    db: Database, tmp_path: Path
+) -> None:
+    """The task awaiting a save is cancelled (the daemon stopping) while its thread still runs:
+    the next save may go first, and the earlier one, finishing after it, must not put the older
+    state back over it (a restart during an outage would resume from that older state)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wapool.outage.resume import remember_registry
+
+    loop = asyncio.get_running_loop()
+    pool = ThreadPoolExecutor(max_workers=4)
+    loop.set_default_executor(pool)  # to know when the cancelled save's thread is done
+    try:
+        clock = _HeldClock()
+        store = LastSeenStore(tmp_path, "me", clock)
+        first = asyncio.create_task(remember_registry(db, store, [_company("old")]))
+        assert await asyncio.to_thread(clock.entered.wait, 10)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        await asyncio.wait_for(remember_registry(db, store, [_company("new")]), 10)
+        clock.release.set()
+        pool.shutdown(wait=True)  # the cancelled save's thread has finished
+    finally:
+        clock.release.set()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=4))
+    body = json.loads((tmp_path / "registry.json").read_text())["body"]
+    assert [c["id"] for c in body["companies"]] == ["new"]

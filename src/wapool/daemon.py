@@ -217,6 +217,7 @@ async def run_daemon(settings: Settings) -> int:
         _stop_if_it_dies(renewal, signals)
         changed = asyncio.Event()
         if plan is None:  # (without PostgreSQL, the first heartbeat that reaches it registers)
+            runtime.unclaimed = set(runtime.last_seen.held_before())
             with contextlib.suppress(DatabaseUnavailable):
                 await runtime.nodes.register()  # the others count this node before it takes a lease
                 await runtime.leave_behind()  # a killed run's stores of companies taken since

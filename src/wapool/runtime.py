@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from wapool import balance
 from wapool.bringup import BringUp
@@ -96,6 +96,9 @@ class Runtime:
     view: ClusterView | None = None
     #: Outbound messages (the /v1 API, the outbox, the sender); set by ``build``.
     outbound: OutboundService | None = None
+    #: Companies whose lease this daemon held before it was killed, their store still here,
+    #: and nobody else holding the lease when last looked (``leave_behind``).
+    unclaimed: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         # A client whose store failed restarts only once the keeper has repaired the store.
@@ -113,6 +116,8 @@ class Runtime:
         self.backlog = self.bringup.backlog
         for company in taken:
             self.handoffs.stats.lease_taken(company)
+        with contextlib.suppress(DatabaseUnavailable):
+            await self.leave_behind()  # old stores of leases taken since, by us or another
         handed: list[str] = []
         if (plan is not None and plan.hand_over) or self.handoffs.pending:
             handed = await self.handoffs.run(plan.hand_over if plan else {})
@@ -136,15 +141,18 @@ class Runtime:
         await remember_leases(self.last_seen, self.leases.held)
 
     async def leave_behind(self) -> None:
-        """Before the first lease is taken: the stores the last run (killed) left of companies
-        another daemon took over since are kept aside or removed (``store.left_behind``).
-        Raises ``DatabaseUnavailable``."""
-        held_before = self.last_seen.held_before()
-        count = await left_behind.leave_all(
-            self.db, self.settings.state_dir, self.leases.holder, held_before
+        """The stores the last run (killed) left of companies another daemon took over since
+        are kept aside or removed (``store.left_behind``); those whose lease nobody else holds
+        yet are looked at again at each ``follow`` until this daemon takes the lease back or
+        another does. Raises ``DatabaseUnavailable``."""
+        if not self.unclaimed:
+            return
+        watched = len(self.unclaimed)
+        count, self.unclaimed = await left_behind.look(
+            self.db, self.settings.state_dir, self.leases.holder, self.unclaimed, self.leases.held
         )
         if count:
-            log.info("stores_left_behind", extra={"count": count, "held_before": len(held_before)})
+            log.info("stores_left_behind", extra={"count": count, "watched": watched})
 
     async def active_companies(self) -> list[Company]:
         """The registry (PostgreSQL, else the outage cache); what PostgreSQL confirmed is

@@ -10,6 +10,7 @@ reading and ignored, which leaves the daemon waiting for PostgreSQL as before.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 from collections.abc import Iterable, Mapping
@@ -84,6 +85,23 @@ class LastSeenStore:
         self._saving = threading.Lock()
         #: ... and, on the event loop, taken in the order they were asked for.
         self.turn = asyncio.Lock()
+        #: That order (``ask``), and the latest written of each file: a save whose awaiting
+        #: task was cancelled gives up its turn while its thread runs on, and may then finish
+        #: after a later save of the same file; it must not put the older state back.
+        self._asked = itertools.count(1)
+        self._written: dict[Path, int] = {}
+
+    def ask(self) -> int:
+        """A save's place in line, taken when it is asked for (on the event loop)."""
+        return next(self._asked)
+
+    def _overtaken(self, path: Path, order: int) -> bool:
+        """(Under ``_saving``.) Has a save asked for after ``order`` written ``path``? If
+        not, ``order`` is now the latest to have had its say."""
+        if order < self._written.get(path, 0):
+            return True
+        self._written[path] = order
+        return False
 
     def age_seconds(self) -> float | None:
         """Age of the on-disk registry (what a restart during an outage would use)."""
@@ -91,7 +109,11 @@ class LastSeenStore:
             None if self.confirmed_at is None else max(0.0, self._clock.time() - self.confirmed_at)
         )
 
-    def save_registry(self, companies: Iterable[Company], other_holders: Iterable[str]) -> None:
+    def save_registry(
+        self, companies: Iterable[Company], other_holders: Iterable[str], order: int | None = None
+    ) -> None:
+        """Record the registry PostgreSQL just confirmed (``order``: see ``ask``)."""
+        order = self.ask() if order is None else order
         confirmed = self._clock.time()
         body = {
             "holder": self.holder,
@@ -100,14 +122,18 @@ class LastSeenStore:
             "companies": [_company_to_json(c) for c in companies],
         }
         with self._saving:
+            if self._overtaken(self.registry_path, order):
+                return
             write_state(self.registry_path, "registry", body)
             self.confirmed_at = confirmed
 
-    def save_leases(self, held: Mapping[str, int]) -> None:
-        """Record the leases held now (nothing is written when they did not change)."""
+    def save_leases(self, held: Mapping[str, int], order: int | None = None) -> None:
+        """Record the leases held now (nothing is written when they did not change;
+        ``order``: see ``ask``)."""
+        order = self.ask() if order is None else order
         current = dict(held)
         with self._saving:
-            if current == self._leases_written:
+            if self._overtaken(self.leases_path, order) or current == self._leases_written:
                 return
             body = {"holder": self.holder, "saved_at": self._clock.time(), "leases": current}
             write_state(self.leases_path, "leases", body)

@@ -60,12 +60,14 @@ async def remember_leases(store: LastSeenStore, held: Mapping[str, int]) -> None
     await _save(store, store.leases_path, partial(store.save_leases, dict(held)))
 
 
-async def _save(store: LastSeenStore, path: Path, save: Callable[[], None]) -> None:
+async def _save(store: LastSeenStore, path: Path, save: Callable[[int], None]) -> None:
     """Run ``save`` off the event loop (it writes and fsyncs a file and its folder), after the
-    saves asked for before it (a later state is never overwritten by an earlier one)."""
+    saves asked for before it (a later state is never overwritten by an earlier one: not even
+    by one whose task was cancelled while its thread ran on, see ``LastSeenStore.ask``)."""
+    order = store.ask()
     async with store.turn:
         try:
-            await asyncio.to_thread(save)
+            await asyncio.to_thread(save, order)
         except OSError as exc:
             log.error("last_seen_write_failed", extra={"path": str(path), "error": str(exc)})
 

@@ -12,14 +12,17 @@ daemon holds now, or whose PostgreSQL copy is another store's (another daemon re
 ``store.fork``), is left behind: a store that owed changes is kept aside with a report naming
 them (``aside``, as when a running daemon learns it lost a lease); one that owed nothing is
 removed (everything in it is in PostgreSQL, and key material should not linger). A lease still
-ours, or a store still the copy's, is left alone: provisioning resumes it as it is.
+ours, or a store still the copy's whose lease nobody holds, is left alone, and watched (``look``
+again after each batch of leases taken): provisioning resumes it as it is if this daemon takes
+the lease back, and it is left behind if another daemon takes it first (its fair share may not
+give this daemon all its old companies back; nothing else would ever look at that store).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,18 +101,30 @@ def leave(state_dir: Path, left: LeftBehind) -> Report | None:
     return None
 
 
-async def leave_all(db: Database, state_dir: Path, holder: str, held_before: Iterable[str]) -> int:
-    """``find`` then ``leave`` each; a store that cannot be read is left to provisioning (which
-    retries, restores or reports it). Returns how many were left behind."""
+async def look(
+    db: Database,
+    state_dir: Path,
+    holder: str,
+    companies: Iterable[str],
+    held: Container[str] = (),
+) -> tuple[int, set[str]]:
+    """``find`` among ``companies`` (those not ``held`` by this daemon now) then ``leave``
+    each; a store that cannot be read is left to provisioning (which retries, restores or
+    reports it). Returns how many were left behind, and the companies still to watch: a store
+    whose lease nobody else holds yet. Raises ``DatabaseUnavailable``."""
+    watched = [c for c in companies if c not in held]
+    found = await find(db, state_dir, holder, watched)
     count = 0
-    for left in await find(db, state_dir, holder, held_before):
+    for left in found:
         try:
             await asyncio.to_thread(leave, state_dir, left)
             count += 1
         except (StoreFault, *SQLITE_ERRORS, OSError) as exc:
             log.warning("store_left_behind_unreadable",
                         extra={"company": left.company_id, "error": str(exc)})  # fmt: skip
-    return count
+    done = {left.company_id for left in found}
+    waiting = {c for c in watched if c not in done}
+    return count, {c for c in waiting if await asyncio.to_thread(_exists, state_dir, c)}
 
 
 async def _copies(db: Database, companies: list[str]) -> dict[str, tuple[str, int]]:
