@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,3 +168,31 @@ def test_schema_change_regenerates_triggers_and_rechecks_everything(
     writer.contact()
     rows, _ = _replay(conn, rows)
     assert rows == dump_rows(conn)
+
+
+def test_a_long_backlog_is_read_in_memory_that_follows_the_keys(conn: sqlite3.Connection) -> None:
+    """After a long outage a store's log holds many entries over few keys: reading it holds one
+    entry per key, not every entry (a backlog of millions would not fit in memory)."""
+    writer = WhatsmeowWriter(conn, random.Random(6))
+    writer.pair()
+    changelog.trim(conn, changelog.last_seq(conn))
+    contacts = [f"{n}@s.whatsapp.net" for n in range(10)]
+    with conn:
+        for n in range(20_000):
+            conn.execute(
+                "INSERT INTO whatsmeow_sessions (our_jid, their_id, session) VALUES (?, ?, ?) "
+                "ON CONFLICT (our_jid, their_id) DO UPDATE SET session = excluded.session",
+                (writer.jid, contacts[n % 10], random.randbytes(2_000)),
+            )
+    tracemalloc.start()
+    try:
+        prefix = changelog.read_prefix(conn)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert prefix is not None
+    assert prefix.entries == 20_000
+    assert len(prefix.changes) == 10
+    # 20,000 entries of ~4 KB of hex are ~80 MB; ten keys' worth (and a block being read) is
+    # well under 5 MB.
+    assert peak < 5_000_000, peak

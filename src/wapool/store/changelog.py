@@ -23,8 +23,6 @@ from wapool.store.schema import StoreSchema, quote, read_schema
 from wapool.store.working_store import json_array_sql, transaction
 
 TRIM_BATCH = 5_000
-#: Entries fetched at a time while reading the log (a prefix is cut at ``MAX_PURGES``).
-SCAN_BLOCK = 4_096
 #: Purges per prefix: each one costs the mirror a few statements in its transaction.
 MAX_PURGES = 32
 
@@ -78,16 +76,14 @@ def read_prefix(
     a tick, a few entries each, where each statement counted (a query for the purges, one for
     the bounds and a GROUP BY per step, which sorted a large backlog in a temporary B-tree)."""
     with transaction(conn) if own_transaction else contextlib.nullcontext():
-        rows, cuts = _scan(conn, after_seq)
-        if not rows:
+        scan = _scan(conn, after_seq)
+        if scan is None:
             return None
         schema: StoreSchema | None = None
         changes: list[Change] = []
-        starts, ends = [0, *(c + 1 for c in cuts)], [*cuts, len(rows)]
-        for step, (first, end) in enumerate(zip(starts, ends, strict=True)):
-            # The last entry of each key in the step, in key order: PostgreSQL then updates
-            # its index in order, much cheaper for a large backlog than in the log's order.
-            latest = {(row[1], row[2]): row for row in rows[first:end]}
+        for step, latest in enumerate(scan.steps):
+            # In key order: PostgreSQL then updates its index in order, much cheaper for a
+            # large backlog than in the log's order.
             for _, table, key, op, image, at in (latest[k] for k in sorted(latest)):
                 if op == "R":
                     schema = schema or read_schema(conn)
@@ -102,31 +98,52 @@ def read_prefix(
         return Prefix(
             store_uuid=meta.get("store_uuid") or "",
             fingerprint=meta.get("capture_fingerprint") or "",
-            high_seq=int(rows[-1][0]),
-            entries=len(rows),
+            high_seq=scan.high_seq,
+            entries=scan.entries,
             changes=changes,
-            oldest_at=min(row[5] for row in rows),
-            purges=tuple(Purge.decode(rows[c][4]) for c in cuts),
+            oldest_at=scan.oldest_at,
+            purges=tuple(Purge.decode(image) for image in scan.purges),
         )
 
 
-def _scan(conn: sqlite3.Connection, after_seq: int) -> tuple[list[tuple[Any, ...]], list[int]]:
-    """The entries after ``after_seq`` in order, up to the ``MAX_PURGES``-th purge; and where
-    the purges are among them."""
+@dataclass
+class _Scan:
+    #: Per step, the last entry of each (table, key): what a step coalesces to.
+    steps: list[dict[tuple[str, str], tuple[Any, ...]]]
+    #: The purges' images; ``purges[i]`` follows ``steps[i]``.
+    purges: list[str]
+    high_seq: int
+    entries: int
+    oldest_at: float
+
+
+def _scan(conn: sqlite3.Connection, after_seq: int) -> _Scan | None:
+    """The entries after ``after_seq`` in order, up to the ``MAX_PURGES``-th purge, coalesced
+    as they are read: memory follows the keys, not the entries (a backlog after a long outage
+    is millions of entries over a few thousand keys)."""
     cursor = conn.execute(
         "SELECT seq, tbl, pk, op, img, at FROM wapool_changelog WHERE seq > ? ORDER BY seq",
         (after_seq,),
     )
-    rows: list[tuple[Any, ...]] = []
-    cuts: list[int] = []
-    while len(cuts) < MAX_PURGES and (block := cursor.fetchmany(SCAN_BLOCK)):
-        cuts += [len(rows) + i for i, row in enumerate(block) if row[1] == PURGE_TABLE]
-        rows += block
-    cursor.close()
-    if len(cuts) >= MAX_PURGES:
-        del cuts[MAX_PURGES:]
-        del rows[cuts[-1] + 1 :]
-    return rows, cuts
+    latest: dict[tuple[str, str], tuple[Any, ...]] = {}
+    scan = _Scan([latest], [], 0, 0, float("inf"))
+    try:
+        for row in cursor:  # row by row: a fetched block of large images is memory too
+            scan.high_seq, at = row[0], row[5]
+            scan.entries += 1
+            if at < scan.oldest_at:
+                scan.oldest_at = at
+            if row[1] != PURGE_TABLE:
+                latest[row[1], row[2]] = row
+                continue
+            scan.purges.append(row[4])
+            if len(scan.purges) == MAX_PURGES:
+                break  # the rest waits for the next prefix
+            latest = {}
+            scan.steps.append(latest)
+    finally:
+        cursor.close()
+    return scan if scan.entries else None
 
 
 def current_image(
