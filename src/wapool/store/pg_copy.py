@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,16 +193,21 @@ async def _apply(
         "step int) ON COMMIT DELETE ROWS"
     )
     first = True
-    async for chunk in _encoded(copy_rows.chunks(accepted), keys):
-        for step in range(purged, chunk.step):  # one step unless the cleanup purged
-            await _purges(conn, accepted, step, applied)
-        purged = chunk.step
-        if not first:
-            await conn.execute("TRUNCATE incoming")
-        first = False
-        async with conn.cursor().copy(f"COPY incoming ({copy_rows.COLUMNS}) FROM STDIN") as copy:
-            await copy.write(chunk.data)
-        await _write_step(conn, chunk.step)
+    # Closed on the way out, also when an apply fails: the chunk being built ahead is
+    # cancelled (or its error retrieved) now, not whenever the generator is collected.
+    async with contextlib.aclosing(_encoded(copy_rows.chunks(accepted), keys)) as encoded:
+        async for chunk in encoded:
+            for step in range(purged, chunk.step):  # one step unless the cleanup purged
+                await _purges(conn, accepted, step, applied)
+            purged = chunk.step
+            if not first:
+                await conn.execute("TRUNCATE incoming")
+            first = False
+            async with conn.cursor().copy(
+                f"COPY incoming ({copy_rows.COLUMNS}) FROM STDIN"
+            ) as copy:
+                await copy.write(chunk.data)
+            await _write_step(conn, chunk.step)
     for step in range(purged, max(len(b.prefix.purges) for b in accepted)):
         await _purges(conn, accepted, step, applied)
     return Outcome(applied, rejected)
@@ -216,7 +221,7 @@ class _Encoded:
 
 async def _encoded(
     chunks: list[copy_rows.Chunk], keys: dict[str, DataKey] | None
-) -> AsyncIterator[_Encoded]:
+) -> AsyncGenerator[_Encoded, None]:
     """Each chunk's COPY data, built in a thread: the next one while this one is applied."""
     if not chunks:
         return
@@ -230,7 +235,8 @@ async def _encoded(
                 )
             yield _Encoded(chunk.step, data)
     finally:
-        ahead.cancel()
+        if not ahead.cancel() and not ahead.cancelled():
+            ahead.exception()  # retrieved: the apply that stopped early reports its own error
 
 
 async def _purges(conn: Conn, batches: list[Batch], step: int, applied: dict[str, int]) -> None:
