@@ -78,6 +78,9 @@ def test_values_are_escaped_for_copy_and_images_sealed_to_their_row() -> None:
     for company, seq in (("c2", 42), ("c1", 41)):
         with pytest.raises(ValueError, match="does not decrypt"):
             open_image({"k1": dk}, company, change.table, change.key, seq, sealed)
+    # Sealing, one company's key missing: an error, never its images in plaintext.
+    with pytest.raises(RuntimeError, match="no data key to seal company 'c1'"):
+        copy_rows.encode(chunk, {"c2": dk})
 
 
 @pytest.mark.parametrize("seed", [0, 1])

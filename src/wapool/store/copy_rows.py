@@ -65,7 +65,7 @@ def encode(chunk: Chunk, keys: dict[str, DataKey] | None) -> bytes:
     lines: list[str] = []
     for batch, first, end in chunk.parts:
         company, seq = batch.company_id, batch.prefix.high_seq
-        dk = keys.get(company) if keys else None
+        dk = _key(keys, company)
         head, tail = _text(company), f"\t{seq}\t{chunk.step}\n"
         for c in batch.prefix.changes[first:end]:
             if c.image is None:
@@ -76,6 +76,16 @@ def encode(chunk: Chunk, keys: dict[str, DataKey] | None) -> bytes:
                 image = _text(c.image)
             lines.append(f"{head}\t{_text(c.table)}\t{_text(c.key)}\t{image}\t{c.at!r}{tail}")
     return "".join(lines).encode()
+
+
+def _key(keys: dict[str, DataKey] | None, company: str) -> DataKey | None:
+    """The company's data key when the mirror seals; never a plaintext image in its stead."""
+    if not keys:
+        return None
+    try:
+        return keys[company]
+    except KeyError:
+        raise RuntimeError(f"no data key to seal company {company!r}'s rows") from None
 
 
 def _text(value: str) -> str:

@@ -115,7 +115,8 @@ async def read_rows(conn: Conn, db: Database, company_id: str) -> list[tuple[str
 async def apply(
     db: Database, batches: list[Batch], timeout: float | None = None, fence: Fence | None = None
 ) -> Outcome:
-    keys, unusable = await db.cipher.prepare(db, [b.company_id for b in batches])
+    current, unusable = await db.cipher.prepare(db, [b.company_id for b in batches])
+    keys = dict(current) if current else current  # the cipher's live cache, read in a thread
     kept = [b for b in batches if b.company_id not in unusable]
 
     async def work(conn: Conn) -> Outcome:
