@@ -6,19 +6,25 @@ runs with chunks of three rows, so a purge falls between chunks of a transaction
 from __future__ import annotations
 
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import test_purge
-from wapool.crypto.envelope import DataKey, open_image
+from tests.conftest import mirror_once, new_store
+from tests.test_mirror import add_companies, writer_for
+from wapool.crypto import envelope, keyring
+from wapool.crypto.envelope import DataKey, RowCipher, open_image
 from wapool.db.pool import Database
-from wapool.store import copy_rows
+from wapool.store import copy_rows, pg_copy
 from wapool.store.changelog import Change, Prefix
 from wapool.store.pg_copy import Batch
 from wapool.store.purge import Purge
 from wapool.store.schema import StoreSchema
+from wapool.store.verify import verify
 
 SCHEMA = StoreSchema((), (), 1)
 
@@ -90,3 +96,40 @@ async def test_purges_converge_with_chunks_of_three_rows(
     await test_purge.test_purges_among_writes_deletes_and_mirror_ticks_converge(
         seed, db, database_url, whatsmeow_template, tmp_path
     )
+
+
+async def test_rows_are_sealed_and_opened_off_the_event_loop(
+    db: Database,
+    database_url: str,
+    whatsmeow_template: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 14: a tick's sealing (and a restore's opening) must not hold the event loop."""
+    loop_thread = threading.get_ident()
+    sealed_in: set[int] = set()
+    opened_in: set[int] = set()
+    real_seal, real_open = envelope.seal, envelope.open_image
+
+    def seal_recorded(*args: Any) -> str:
+        sealed_in.add(threading.get_ident())
+        return real_seal(*args)
+
+    def open_recorded(*args: Any) -> str:
+        opened_in.add(threading.get_ident())
+        return real_open(*args)
+
+    monkeypatch.setattr(copy_rows, "seal", seal_recorded)
+    monkeypatch.setattr(envelope, "open_image", open_recorded)
+    db.cipher = RowCipher(keyring.Keyring((keyring.new_key(),), "test"))
+    add_companies(database_url, "offloop")
+    path = new_store(whatsmeow_template, tmp_path, "offloop")
+    writer_for(path, 3).conn.close()
+    await mirror_once(db, "offloop", path)
+    rows = await pg_copy.fetch_rows(db, "offloop")
+
+    assert rows
+    assert sealed_in
+    assert opened_in
+    assert loop_thread not in sealed_in | opened_in
+    assert (await verify(db, path, "offloop")).equal
