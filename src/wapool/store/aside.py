@@ -11,6 +11,7 @@ it is restored). When it owed changes, a report names the sequence range kept as
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from contextlib import closing
@@ -21,7 +22,7 @@ from wapool.store import changelog
 from wapool.store.leftovers import REPORT_SUFFIX
 from wapool.store.rescue import Report, write_report
 from wapool.store.restore import replaced_name
-from wapool.store.working_store import read_only, store_path
+from wapool.store.working_store import fsync_path, read_only, store_path
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,38 @@ def set_aside(state_dir: Path, company_id: str, reason: str, after_seq: int = 0)
     if first is not None:
         report = Report(company_id, keep_as.name, reason, 0, [(first, last)], aside=True)
         write_report(keep_as.with_name(keep_as.name + REPORT_SUFFIX), report)
-    for suffix in ("", "-wal", "-shm"):
-        old = path.with_name(path.name + suffix)
-        if old.exists():
-            os.replace(old, keep_as.with_name(keep_as.name + suffix))
+    _move_file_set(path, keep_as)
     if report is not None:  # the alert is the log line too
         alerts.store_set_aside(company_id, f"{reason}: {report.describe()}")
     else:
         log.info("store_set_aside", extra={"company": company_id, "kept_as": keep_as.name,
                                            "reason": reason, "owed": 0})  # fmt: skip
     return report
+
+
+#: What ``link`` says on a filesystem without hard links.
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
+
+
+def _move_file_set(path: Path, keep_as: Path) -> None:
+    """Move the store and its ``-wal``/``-shm`` to ``keep_as`` so that a kill at any point
+    leaves a whole copy there: every file is linked first (the WAL holds commits the main file
+    does not), the folder synced, and only then are the originals removed, the main file
+    first (a WAL left without it is moved aside as a stray by the next restore)."""
+    linked = []
+    for suffix in ("", "-wal", "-shm"):
+        old, new = path.with_name(path.name + suffix), keep_as.with_name(keep_as.name + suffix)
+        try:
+            os.link(old, new)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            os.replace(old, new)  # a filesystem without hard links: renamed, as it comes
+            continue
+        linked.append(old)
+    fsync_path(path.parent)
+    for old in linked:
+        old.unlink()
+    fsync_path(path.parent)
