@@ -133,3 +133,28 @@ async def test_migrations_reproduce_the_canonical_schema(
     from_migrations = _catalog(database_url)
     assert from_canonical, "the canonical schema defines nothing"
     assert from_migrations == from_canonical
+
+
+def test_a_copys_rows_go_with_it_and_only_its_own(database_url: str) -> None:
+    """store_rows has no foreign key (0016): a trigger removes a copy's rows with the copy,
+    also when the company itself is removed, and leaves every other company's rows."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for company in ("gone", "kept", "copy-gone"):
+            conn.execute("INSERT INTO companies (id) VALUES (%s)", (company,))
+            conn.execute(
+                "INSERT INTO store_copies (company_id, store_uuid, schema_version, "
+                "schema_fingerprint, schema_ddl) VALUES (%s, gen_random_uuid(), 1, 'f', '')",
+                (company,),
+            )
+            for n in range(3):
+                conn.execute(
+                    "INSERT INTO store_rows (company_id, tbl, pk, image, written_at) "
+                    "VALUES (%s, 't', %s, 'i', now())",
+                    (company, str(n)),
+                )
+        conn.execute("DELETE FROM companies WHERE id = 'gone'")
+        conn.execute("DELETE FROM store_copies WHERE company_id = 'copy-gone'")
+        left = conn.execute(
+            "SELECT company_id, count(*) FROM store_rows GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert left == [("kept", 3)]

@@ -43,8 +43,10 @@ CREATE TABLE store_copies (
     updated_at         timestamptz NOT NULL DEFAULT now()
 );
 
+-- A copy's rows go with it (store_rows_follow_copy below): no foreign key, which checked every
+-- row the mirror writes (0016).
 CREATE TABLE store_rows (
-    company_id text NOT NULL REFERENCES store_copies (company_id) ON DELETE CASCADE,
+    company_id text NOT NULL,
     tbl        text NOT NULL,
     pk         text NOT NULL,
     image      text NOT NULL,
@@ -57,6 +59,15 @@ CREATE TABLE store_rows (
 );
 
 CREATE INDEX store_rows_written_at_idx ON store_rows (tbl, written_at);
+
+CREATE FUNCTION store_rows_follow_copy() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM store_rows WHERE company_id = OLD.company_id;
+    RETURN OLD;
+END $$;
+
+CREATE TRIGGER store_rows_follow_copy AFTER DELETE ON store_copies
+    FOR EACH ROW EXECUTE FUNCTION store_rows_follow_copy();
 
 -- Every `wapool import`, for the audit trail.
 CREATE TABLE store_imports (
