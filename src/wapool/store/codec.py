@@ -25,19 +25,18 @@ def sql_encode(expr: str) -> str:
     )
 
 
+#: A tagged value's first letter (see ``sql_encode``) -> what turns the rest back into the value.
+_DECODERS: dict[str, Any] = {"x": bytes.fromhex, "t": str, "i": int, "r": float}
+
+
 def decode_value(tagged: str | None) -> SQLiteValue:
     if tagged is None:
         return None
-    tag, body = tagged[:1], tagged[1:]
-    if tag == "x":
-        return bytes.fromhex(body)
-    if tag == "t":
-        return body
-    if tag == "i":
-        return int(body)
-    if tag == "r":
-        return float(body)
-    raise ValueError(f"unknown value tag {tag!r}")
+    decoder = _DECODERS.get(tagged[:1])
+    if decoder is None:
+        raise ValueError(f"unknown value tag {tagged[:1]!r}")
+    value: SQLiteValue = decoder(tagged[1:])
+    return value
 
 
 def decode_row(image: str) -> list[SQLiteValue]:
@@ -45,7 +44,6 @@ def decode_row(image: str) -> list[SQLiteValue]:
     return [decode_value(v) for v in values]
 
 
-_DECODERS: dict[str, Any] = {"x": bytes.fromhex, "t": str, "i": int, "r": float}
 _scan = make_scanner(cast(Any, json.JSONDecoder()))  # json.loads without its wrapping
 
 
