@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wapool.observability import alerts
 from wapool.store import changelog
-from wapool.store.leftovers import REPORT_SUFFIX
+from wapool.store.leftovers import REPORT_SUFFIX, SUFFIXES, remove_file_set
 from wapool.store.rescue import Report, write_report
 from wapool.store.restore import replaced_name
 from wapool.store.working_store import fsync_path, read_only, store_path
@@ -55,12 +55,12 @@ _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
 
 
 def _move_file_set(path: Path, keep_as: Path) -> None:
-    """Move the store and its ``-wal``/``-shm`` to ``keep_as`` so that a kill at any point
-    leaves a whole copy there: every file is linked first (the WAL holds commits the main file
-    does not), the folder synced, and only then are the originals removed, the main file
-    first (a WAL left without it is moved aside as a stray by the next restore)."""
-    linked = []
-    for suffix in ("", "-wal", "-shm"):
+    """Move the store and its companions (``leftovers.SUFFIXES``) to ``keep_as`` so that a
+    kill at any point leaves a whole copy there: every file is linked first (the WAL holds
+    commits the main file does not), the folder synced, and only then are the originals
+    removed, the main file first (a WAL left without it is moved aside as a stray by the next
+    restore)."""
+    for suffix in SUFFIXES:
         old, new = path.with_name(path.name + suffix), keep_as.with_name(keep_as.name + suffix)
         try:
             os.link(old, new)
@@ -70,9 +70,6 @@ def _move_file_set(path: Path, keep_as: Path) -> None:
             if exc.errno not in _NO_LINKS:
                 raise
             os.replace(old, new)  # a filesystem without hard links: renamed, as it comes
-            continue
-        linked.append(old)
     fsync_path(path.parent)
-    for old in linked:
-        old.unlink()
+    remove_file_set(path)
     fsync_path(path.parent)
